@@ -1,0 +1,43 @@
+"""The `autoresearch` command: each subcommand lives in the module of the same concept."""
+
+import argparse
+import importlib
+import sys
+
+# module -> it defines register(subparsers), adding its subcommand(s) with set_defaults(func=...)
+MODULES = [
+    "autoresearch.runner",   # autoresearch run
+    "autoresearch.loop",     # autoresearch loop
+    "autoresearch.ledger",   # autoresearch log
+    "autoresearch.report",   # autoresearch report
+    "autoresearch.status",   # autoresearch status
+]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="autoresearch",
+        description="Run, record and report autonomous train.py experiments.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # not written yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

