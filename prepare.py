@@ -435,6 +435,71 @@ def make_dataloader(tokenizer, B, T, split, device=None, buffer_size=1000):
         yield t[:, :-1], t[:, 1:], epoch
 
 # ---------------------------------------------------------------------------
+# Hardware: what the device is called and how fast it can go (for MFU)
+
+# Dense bf16 tensor-core peak FLOP/s (no sparsity), from the vendors' data sheets; matched on the name.
+GPU_PEAK_FLOPS = [
+    ("GB200", 2.5e15), ("B200", 2.25e15), ("H200", 989e12), ("GH200", 989e12), ("H100 PCIe", 756e12),
+    ("H100", 989e12), ("H800", 989e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12),
+    ("L40", 181e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("A6000", 155e12), ("A40", 150e12),
+    ("RTX 5090", 209e12), ("RTX 4090", 165e12), ("RTX 4080", 97e12), ("RTX 3090", 71e12), ("RTX 3080", 60e12),
+    ("V100", 125e12), ("T4", 65e12), ("MI300X", 1307e12), ("MI250X", 383e12),
+]
+
+
+def device_name(device_type):
+    if device_type == "cuda":
+        return torch.cuda.get_device_name()
+    if device_type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            import platform
+            model = platform.processor() or platform.machine()
+        return f"{model} ({torch.get_num_threads()} threads)"
+    return "Apple Silicon (mps)" if device_type == "mps" else device_type
+
+
+def measure_matmul_flops(device_type, dtype, n=1024, seconds=0.5):
+    """Best observed FLOP/s of an n x n matmul: the practical peak of this machine."""
+    a = torch.randn(n, n, device=device_type, dtype=dtype)
+    b = torch.randn(n, n, device=device_type, dtype=dtype)
+    sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(device_type, lambda: None)
+    best, t_end = 0.0, time.time() + seconds
+    while time.time() < t_end:
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        sync()
+        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
+
+
+def get_peak_flops(device_type, dtype):
+    """Peak FLOP/s to compute MFU against: the data sheet for known GPUs, else measured once and cached."""
+    name = device_name(device_type)
+    if device_type == "cuda":
+        for key, flops in GPU_PEAK_FLOPS:
+            if key.lower() in name.lower():
+                return flops
+    path = os.path.join(CACHE_DIR, "peak_flops.json")
+    key = f"{name}|{dtype}"
+    try:
+        with open(path) as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = measure_matmul_flops(device_type, dtype)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(known, f, indent=1)
+        os.replace(tmp, path)
+    return known[key]
+
+# ---------------------------------------------------------------------------
 # Evaluation: the metric. Keep this short enough to audit in a minute.
 
 _VAL_ROWS = None
