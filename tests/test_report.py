@@ -1,0 +1,338 @@
+"""`autoresearch report`: the progress plot, the self-contained HTML page and the terminal summary."""
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoresearch import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHROMIUM = "/usr/bin/chromium"
+
+# the ledger's columns (common contract), enough of them for the report
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+  id INTEGER PRIMARY KEY, tag TEXT, worker TEXT, branch TEXT, worktree TEXT, parent_commit TEXT,
+  commit_sha TEXT, diff TEXT, description TEXT, status TEXT, cause TEXT, val_bpb REAL,
+  training_seconds REAL, total_seconds REAL, peak_vram_mb REAL, mfu_percent REAL, total_tokens_M REAL,
+  num_steps INTEGER, num_params_M REAL, depth INTEGER, profile TEXT, device TEXT, seed INTEGER,
+  started_at REAL, ended_at REAL, timeout_s REAL, time_budget REAL, log_path TEXT, log_tail TEXT,
+  proposer TEXT, model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL,
+  best_before REAL, threshold REAL, is_baseline INTEGER);
+CREATE TABLE IF NOT EXISTS campaigns (
+  tag TEXT PRIMARY KEY, branch TEXT, base_commit TEXT, created_at REAL, profile TEXT, min_delta REAL,
+  noise_std REAL, baseline_repeats INTEGER, confirm INTEGER, proposer TEXT, model TEXT);
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, ts REAL, tag TEXT, worker TEXT, kind TEXT, message TEXT);
+"""
+
+
+def git_repo(path):
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=path, check=True)
+    return path
+
+
+def write_ledger(repo, experiments, campaigns=()):
+    """A ledger at the contract's place in `repo` holding the given rows (dicts of columns)."""
+    db_path = repo / ".autoresearch" / "ledger.sqlite"
+    db_path.parent.mkdir(exist_ok=True)
+    db = sqlite3.connect(db_path)
+    db.executescript(SCHEMA)
+    for table, rows in (("experiments", experiments), ("campaigns", campaigns)):
+        for row in rows:
+            cols = ", ".join(row)
+            db.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    db.commit()
+    db.close()
+    return db_path
+
+
+def exp(status, val_bpb=None, description="", tag="night", worker=None, t=0, **more):
+    """One finished experiment row; t is its start in minutes after the campaign began."""
+    start = 1_700_000_000 + 60 * t
+    return dict(tag=tag, worker=worker, status=status, val_bpb=0.0 if val_bpb is None else val_bpb,
+                description=description, commit_sha=hashlib.sha1(f"{tag}{worker}{t}".encode()).hexdigest(),
+                started_at=start, ended_at=start + 50, peak_vram_mb=2048.0, training_seconds=15.0,
+                profile="smoke", device="cpu", **more)
+
+
+def campaign_rows():
+    return [
+        exp("keep", 1.50, "baseline", t=0, is_baseline=1, diff=""),
+        exp("discard", 1.52, "DEPTH 4 -> 6", t=1, best_before=1.50, threshold=0.002),
+        exp("keep", 1.45, "MATRIX_LR 0.04 -> 0.06 <b>&</b>", t=2, best_before=1.50, threshold=0.002,
+            diff="--- a/train.py\n+++ b/train.py\n-MATRIX_LR = 0.04\n+MATRIX_LR = 0.06  # <script>alert(1)</script>\n"),
+        exp("crash", None, "huge batch", t=3, cause="out of memory", best_before=1.45, threshold=0.002),
+        exp("discard", 1.70, "way worse", t=4, best_before=1.45, threshold=0.002),
+        exp("keep", 1.40, "WARMDOWN 0.5 -> 0.7", t=5, best_before=1.45, threshold=0.002,
+            diff="-WARMDOWN_RATIO = 0.5\n+WARMDOWN_RATIO = 0.7\n"),
+        exp("timeout", None, "too slow", t=6, cause="killed after 30s", best_before=1.40, threshold=0.002),
+    ]
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "autoresearch.cli", "report", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[1])})
+
+
+def assert_png(path):
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000
+
+
+@pytest.fixture
+def campaign(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, campaign_rows(), [dict(tag="night", min_delta=0.002, noise_std=0.0007, profile="smoke")])
+    return repo
+
+
+# --- the command --------------------------------------------------------------------------------
+
+def test_report_writes_png_and_html_under_reports_tag_and_prints_the_summary(campaign):
+    result = run_cli(cwd=campaign)
+    assert result.returncode == 0, result.stderr
+    out = campaign / "reports" / "night"
+    assert_png(out / "progress.png")
+    assert (out / "report.html").is_file()
+    text = result.stdout
+    assert "7 experiments, 3 kept" in text
+    assert "baseline val_bpb:  1.500000" in text
+    assert "best val_bpb:      1.400000" in text
+    assert "improvement:       0.100000 (6.67%)" in text
+    assert "crash: out of memory x1" in text and "timeout: killed after 30s x1" in text
+    assert "noise threshold:   0.002000 (baseline noise std 0.000700)" in text
+    assert "profile / device:  smoke / cpu" in text
+    assert f"wrote {out / 'report.html'}" in text
+
+
+def test_report_summary_counts_keep_rate_and_experiments_per_hour(campaign):
+    rows, campaigns, tags = report.load_ledger(["night"], campaign)
+    report.with_improvements(rows)
+    s = report.summarize("night", rows, campaigns["night"])
+    assert (s["experiments"], s["kept"], s["failed"]) == (7, 3, 2)
+    assert s["keep_rate"] == pytest.approx(3 / 7)
+    assert s["per_hour"] == pytest.approx(7 / ((6 * 60 + 50) / 3600))
+
+
+def test_report_out_option_chooses_the_folder(campaign, tmp_path):
+    result = run_cli("--out", str(tmp_path / "elsewhere"), cwd=campaign)
+    assert result.returncode == 0, result.stderr
+    assert_png(tmp_path / "elsewhere" / "progress.png")
+
+
+def test_report_with_several_tags_writes_one_report_named_after_all(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, campaign_rows() + [exp("keep", 1.6, "base", tag="day", t=0, is_baseline=1),
+                                          exp("keep", 1.55, "x", tag="day", t=1, best_before=1.6)])
+    result = run_cli("--tag", "night", "--tag", "day", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert_png(repo / "reports" / "night+day" / "progress.png")
+    assert "campaign night:" in result.stdout and "campaign day:" in result.stdout
+
+
+def test_top_hits_are_keeps_ranked_by_improvement_over_the_previous_best(campaign):
+    rows, _, _ = report.load_ledger(["night"], campaign)
+    report.with_improvements(rows)
+    hits = sorted((r for r in rows if r["gain"] is not None), key=lambda r: -r["gain"])
+    assert [r["description"] for r in hits] == ["MATRIX_LR 0.04 -> 0.06 <b>&</b>", "WARMDOWN 0.5 -> 0.7"]
+    assert hits[0]["gain"] == pytest.approx(0.05)
+
+
+def test_html_escapes_descriptions_and_diffs(campaign):
+    assert run_cli(cwd=campaign).returncode == 0
+    page = (campaign / "reports" / "night" / "report.html").read_text()
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>&</b>" not in page and "&lt;b&gt;&amp;&lt;/b&gt;" in page
+
+
+def test_html_is_self_contained(campaign):
+    assert run_cli(cwd=campaign).returncode == 0
+    page = (campaign / "reports" / "night" / "report.html").read_text()
+    assert 'src="data:image/png;base64,' in page
+    for remote in ("http://", "https://", "<link", "src=\"http"):
+        assert remote not in page
+
+
+# --- results.tsv ----------------------------------------------------------------------------------
+
+RESULTS_TSV = (
+    "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+    "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline\n"
+    "b2c3d4e\t0.000000\t0.0\tcrash\tdouble the width (OOM)\n"
+    "c3d4e5f\t0.993200\t44.2\tkeep\tincrease LR to 0.04 & <more>\n"
+    "d4e5f6g\t1.005000\t44.0\tdiscard\tswitch to GeLU activation\n"
+)
+
+
+def test_results_tsv_alone_makes_a_report_named_after_the_file(tmp_path):
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text(RESULTS_TSV)
+    repo = git_repo(tmp_path / "repo")
+    result = run_cli("--results", str(tsv), cwd=repo)
+    assert result.returncode == 0, result.stderr
+    out = repo / "reports" / "results"
+    assert_png(out / "progress.png")
+    page = (out / "report.html").read_text()
+    assert "results.tsv records no diffs" in page
+    assert "increase LR to 0.04 &amp; &lt;more&gt;" in page
+    assert "4 experiments, 2 kept" in result.stdout
+    assert "improvement:       0.004700 (0.47%)" in result.stdout
+    assert "experiments/hour:  n/a (results.tsv does not record it)" in result.stdout
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "first line must be the header"),
+    ("commit,val_bpb,memory_gb,status,description\n", "first line must be the header"),
+    ("commit\tval_bpb\tmemory_gb\tstatus\tdescription\nabc\t0.9\t1.0\n", "line 2: expected 5 tab-separated"),
+    ("commit\tval_bpb\tmemory_gb\tstatus\tdescription\nabc\tfast\t1.0\tkeep\tx\n", "line 2: val_bpb"),
+    ("commit\tval_bpb\tmemory_gb\tstatus\tdescription\nabc\t0.9\t1.0\tmaybe\tx\n", "status 'maybe'"),
+    ("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n", "no experiments yet"),
+])
+def test_malformed_results_tsv_is_one_clear_line_and_exit_1(tmp_path, content, message):
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text(content)
+    result = run_cli("--results", str(tsv), cwd=tmp_path)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_missing_results_tsv_is_one_clear_line(tmp_path):
+    result = run_cli("--results", str(tmp_path / "nope.tsv"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"autoresearch report: no such results file: {tmp_path / 'nope.tsv'} " \
+                                    f"(pass the path of a results.tsv)"
+
+
+# --- bad ledger input -----------------------------------------------------------------------------
+
+def test_unknown_tag_names_the_known_ones(campaign):
+    result = run_cli("--tag", "nope", cwd=campaign)
+    assert result.returncode == 1
+    assert "unknown tag 'nope'" in result.stderr and "'night'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_no_ledger_says_how_to_make_one(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    result = run_cli(cwd=repo)
+    assert result.returncode == 1
+    assert "no ledger at" in result.stderr and "--results" in result.stderr
+    assert not (repo / ".autoresearch" / "ledger.sqlite").exists()
+
+
+def test_empty_ledger_is_one_clear_line(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, [])
+    result = run_cli(cwd=repo)
+    assert result.returncode == 1
+    assert "has no finished experiments yet" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- the plot on edge cases -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows", [
+    pytest.param([exp("crash", None, "broke", t=0, cause="NaN"), exp("crash", None, "broke again", t=1),
+                  exp("keep", 1.5, "baseline", t=2), exp("discard", 1.6, "worse", t=3)], id="crashes-first"),
+    pytest.param([exp("discard", 1.5, "a", t=0), exp("discard", 1.6, "b", t=1)], id="no-keeps"),
+    pytest.param([exp("keep", 1.5, "baseline", t=0)], id="single-experiment"),
+    pytest.param([exp("crash", None, "a", t=0), exp("timeout", None, "b", t=1)], id="all-crashes"),
+    pytest.param([exp("keep", 1.5, "baseline", worker="gpu0", t=0), exp("discard", 1.6, "a", worker="gpu1", t=1),
+                  exp("keep", 1.4, "b", worker="gpu1", t=2, best_before=1.5),
+                  exp("crash", None, "c", worker="gpu0", t=3), exp("keep", 1.3, "d", worker="gpu0", t=4,
+                                                                  best_before=1.4)], id="swarm-2-workers"),
+])
+def test_plot_is_a_valid_png_on_edge_cases(tmp_path, rows):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, rows)
+    result = run_cli(cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert_png(repo / "reports" / "night" / "progress.png")
+    n_keeps = sum(r["status"] == "keep" for r in rows)
+    assert f"{len(rows)} experiments, {n_keeps} kept" in result.stdout
+
+
+def test_crashes_do_not_stretch_the_y_axis():
+    rows = [exp("crash", None, "x", t=0), exp("keep", 1.5, "baseline", t=1), exp("keep", 1.4, "y", t=2)]
+    bottom, top = report.y_range(rows)
+    assert 1.3 < bottom < 1.4 and 1.5 < top < 1.6
+
+
+def test_plot_has_one_panel_per_worker_in_a_swarm(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    rows = [exp("keep", 1.5, "baseline", worker="gpu0", t=0), exp("discard", 1.6, "a", worker="gpu1", t=1)]
+    seen = []
+    real_savefig = plt.Figure.savefig
+    plt.Figure.savefig = lambda fig, *a, **k: (seen.append([ax.get_title() for ax in fig.axes]),
+                                               real_savefig(fig, *a, **k))
+    try:
+        report.plot_progress(rows, tmp_path / "p.png")
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert seen == [["gpu0: 1 experiments, 1 kept", "gpu1: 1 experiments, 0 kept"]]
+
+
+# --- the page in a real browser -------------------------------------------------------------------
+
+def chromium_or_skip():
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        message = f"Chromium is not installed at {CHROMIUM} (apt-get install -y chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("playwright is not installed (pip install playwright)")
+        pytest.skip("playwright is not installed")
+    return sync_playwright
+
+
+def test_report_page_works_in_a_headless_browser(campaign):
+    sync_playwright = chromium_or_skip()
+    assert run_cli(cwd=campaign).returncode == 0
+    url = (campaign / "reports" / "night" / "report.html").as_uri()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url)
+            # the plot is shown
+            assert page.eval_on_selector("#plot", "img => img.complete && img.naturalWidth") > 0
+            # one row per experiment
+            assert page.locator("#experiments tbody tr").count() == 7
+            # a top hit's diff opens on click
+            diff = page.locator("#top-hits details").first.locator("pre.diff")
+            assert not diff.is_visible()
+            page.locator("#top-hits summary").first.click()
+            assert diff.is_visible()
+            assert "MATRIX_LR = 0.06  # <script>alert(1)</script>" in diff.inner_text()
+            # clicking a header sorts the table (val_bpb ascending, crashes last)
+            page.locator("#experiments th", has_text="val_bpb").click()
+            column = page.eval_on_selector_all("#experiments tbody tr",
+                                               "rows => rows.map(r => r.cells[5].textContent)")
+            assert column == ["1.400000", "1.450000", "1.500000", "1.520000", "1.700000", "", ""]
+            page.locator("#experiments th", has_text="val_bpb").click()
+            column = page.eval_on_selector_all("#experiments tbody tr",
+                                               "rows => rows.map(r => r.cells[5].textContent)")
+            assert column[:2] == ["1.700000", "1.520000"]
+            # nothing but the file itself and its inline image was loaded
+            assert all(u.startswith(("file:", "data:")) for u in requests), requests
+        finally:
+            browser.close()
