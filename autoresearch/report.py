@@ -41,15 +41,15 @@ def ledger_path(repo="."):
     return root / ".autoresearch" / "ledger.sqlite" if root else None
 
 
-def open_ledger(repo="."):
+def open_ledger(repo=".", hint=""):
     """The Ledger of this checkout, without creating one: ReportError when there is none."""
     path = ledger_path(repo)
     if path is None:
         raise ReportError(f"{Path(repo).resolve()} is not a git checkout: run this inside the "
-                          f"campaign's repository, or pass --results results.tsv")
+                          f"campaign's repository{hint}")
     if not path.exists():
-        raise ReportError(f"no ledger at {path}: nothing has run here yet (start one with "
-                          f"`autoresearch run` or `autoresearch loop`, or pass --results results.tsv)")
+        raise ReportError(f"no ledger at {path}: nothing has run from this checkout yet (start a "
+                          f"campaign with `autoresearch loop` or `autoresearch run`{hint})")
     try:
         from autoresearch.ledger import Ledger
     except ModuleNotFoundError:  # TODO: drop once ledger.py has landed
@@ -120,7 +120,7 @@ def read_results_tsv(path):
 
 def load_ledger(tags, repo="."):
     """(rows, campaigns by tag, ledger path) for the given tags; the latest campaign when none."""
-    ledger = open_ledger(repo)
+    ledger = open_ledger(repo, hint=", or pass --results results.tsv")
     everything = [r for r in ledger.experiments() if r["status"] != "running"]
     known = ledger.tags()
     if not everything:

@@ -1,0 +1,165 @@
+"""
+`autoresearch status`: a live terminal view of the running campaigns, read from the ledger.
+Per campaign and worker: the experiment in progress with a progress bar taken from the last
+progress line of its run log, then the last results, the best so far and experiments per hour.
+"""
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from autoresearch.report import ReportError, is_failed, open_ledger, short, summarize
+
+# train.py's progress line, e.g. "step 00042 (13.9%) | loss: 5.123456 | ... | remaining: 258s"
+PROGRESS = re.compile(r"^step (\d+) \((\d+(?:\.\d+)?)%\).*\| remaining: (\d+)s")
+BAR_WIDTH = 30
+LAST_RESULTS = 5
+CLEAR = "\x1b[H\x1b[2J"
+
+
+def read_progress(log_path, worktree=None, tail_bytes=65536):
+    """What the run's log says so far: {step, percent, remaining, phase}, or None without a log.
+
+    The log is '\\r'-separated progress lines; only its tail is read and the last complete
+    progress line wins. phase: "starting" (no progress yet), "training", "evaluating" (the
+    eval's progress follows the last step) or "done" (the summary block has been printed)."""
+    if not log_path:
+        return None
+    path = Path(log_path)
+    if not path.is_absolute() and worktree:
+        path = Path(worktree) / path
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - tail_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    state = dict(step=None, percent=None, remaining=None, phase="starting")
+    for line in re.split(r"[\r\n]", text):
+        line = line.strip()
+        match = PROGRESS.match(line)
+        if match:
+            state.update(step=int(match[1]), percent=float(match[2]), remaining=int(match[3]), phase="training")
+        elif line.startswith("eval") and state["phase"] == "training":
+            state["phase"] = "evaluating"
+        elif line.startswith("val_bpb:") or line.startswith("FAIL:"):
+            state["phase"] = "done"
+    return state
+
+
+def bar(percent, width=BAR_WIDTH):
+    filled = round(width * min(max(percent or 0.0, 0.0), 100.0) / 100)
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def clock(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def running_line(row, now):
+    """One line for an experiment in progress."""
+    elapsed = now - row["started_at"] if row.get("started_at") else None
+    progress = read_progress(row.get("log_path"), row.get("worktree"))
+    head = f"  {row.get('worker') or 'main':<8} #{row['id']} {short(row.get('description'), 40)!r}"
+    if progress is None:
+        tail = "no run log yet"
+    elif progress["phase"] == "starting":
+        tail = f"{bar(0)} starting (no progress line yet)"
+    else:
+        tail = f"{bar(progress['percent'])} {progress['percent']:5.1f}%  remaining {progress['remaining']}s"
+        if progress["phase"] != "training":
+            tail += f"  ({progress['phase']})"
+    timing = f"elapsed {clock(elapsed)}" if elapsed is not None else ""
+    if row.get("timeout_s") and elapsed is not None:
+        timing += f" of {clock(row['timeout_s'])} max"
+        if elapsed > row["timeout_s"] + 120:
+            timing += "  (stale? it is past its timeout)"
+    return f"{head}  {tail}  {timing}".rstrip()
+
+
+def result_line(row):
+    val = "   crashed" if is_failed(row) else f"{row['val_bpb']:.6f}"
+    who = f" ({row['worker']})" if row.get("worker") else ""
+    cause = f" [{short(row['cause'], 40)}]" if row.get("cause") and is_failed(row) else ""
+    return (f"    #{row['id']:<4} {row['status']:<8} {val}  {(row.get('commit_sha') or '')[:7]:<7}  "
+            f"{short(row.get('description'), 50)}{who}{cause}")
+
+
+def campaign_lines(tag, rows, campaign, now):
+    """The block of one campaign: its running experiments, then its last results."""
+    finished = [r for r in rows if r["status"] != "running"]
+    running = [r for r in rows if r["status"] == "running"]
+    lines = []
+    if finished:
+        s = summarize(tag, finished, campaign or {})
+        best = f"{s['best']:.6f}" if s["best"] is not None else "n/a"
+        rate = f", {s['per_hour']:.1f} experiments/hour" if s["per_hour"] else ""
+        profile = f" [{s['profile']} / {s['device']}]" if s["profile"] else ""
+        lines.append(f"campaign {tag}{profile}: {s['experiments']} done, {s['kept']} kept, best {best}{rate}")
+    else:
+        lines.append(f"campaign {tag}: no finished experiment yet")
+    if running:
+        lines.append("  running:")
+        lines += [running_line(r, now) for r in sorted(running, key=lambda r: r.get("worker") or "")]
+    if finished:
+        lines.append("  last results:")
+        lines += [result_line(r) for r in finished[-LAST_RESULTS:]]
+    return lines
+
+
+def status_text(ledger, now=None):
+    """The whole screen, as text."""
+    now = time.time() if now is None else now
+    rows = ledger.experiments()
+    lines = [f"autoresearch status  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}"]
+    if not rows:
+        return "\n".join(lines + ["No experiment is running, and the ledger has no experiments yet."])
+    by_tag = {}
+    for r in rows:
+        by_tag.setdefault(r["tag"], []).append(r)
+    live = [tag for tag, some in by_tag.items() if any(r["status"] == "running" for r in some)]
+    if not live:
+        lines.append("No campaign is running. The last results:")
+        latest = sorted(by_tag, key=lambda tag: by_tag[tag][-1]["id"], reverse=True)[:3]
+    else:
+        latest = live
+    for tag in latest:
+        lines.append("")
+        lines += campaign_lines(tag, by_tag[tag], ledger.campaign(tag), now)
+    return "\n".join(lines)
+
+
+def cmd_status(args):
+    if args.interval <= 0:
+        print(f"autoresearch status: --interval must be a positive number of seconds, not {args.interval}",
+              file=sys.stderr)
+        return 1
+    try:
+        ledger = open_ledger()
+        if not args.watch:
+            print(status_text(ledger))
+            return 0
+        while True:
+            screen = status_text(ledger)
+            sys.stdout.write(CLEAR + screen + f"\n\n(refreshing every {args.interval:g}s; Ctrl-C to stop)\n")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except ReportError as e:
+        print(f"autoresearch status: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print()
+        return 0
+
+
+def register(subparsers):
+    p = subparsers.add_parser("status", help="live view of running campaigns",
+                              description="Show each running experiment's progress, the last results, "
+                                          "the best so far and experiments per hour.")
+    p.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
+    p.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between redraws (default 2)")
+    p.set_defaults(func=cmd_status)

@@ -1,0 +1,137 @@
+"""`autoresearch status`: the live view of running campaigns."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch import status
+from test_report import exp, git_repo, write_ledger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_status(*args, cwd, **kw):
+    return subprocess.run([sys.executable, "-m", "autoresearch.cli", "status", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, **kw)
+
+
+def wait_for(predicate, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_status_shows_the_progress_of_a_running_smoke_training(campaign_repo, smoke_cache, tmp_path):
+    """A real train.py run (smoke profile, 6 s budget) with a ledger row marked running."""
+    log = tmp_path / "run.log"
+    env = {**os.environ, "AUTORESEARCH_TIME_BUDGET": "6", "AUTORESEARCH_CACHE": smoke_cache,
+           "AUTORESEARCH_PROFILE": "smoke"}
+    with open(log, "wb") as out:
+        train = subprocess.Popen([sys.executable, "train.py"], cwd=campaign_repo, stdout=out,
+                                 stderr=subprocess.STDOUT, env=env)
+    try:
+        write_ledger(campaign_repo, [
+            exp("keep", 3.30, "baseline", t=0, is_baseline=1),
+            exp("discard", 3.40, "DEPTH 4 -> 6", t=1, best_before=3.30),
+            dict(tag="night", worker="cpu0", status="running", description="MATRIX_LR 0.04 -> 0.05",
+                 started_at=time.time(), timeout_s=120, log_path=str(log), worktree=str(campaign_repo)),
+        ])
+        assert wait_for(lambda: any(status.PROGRESS.match(line) for line in
+                                    log.read_text(errors="replace").replace("\r", "\n").splitlines()), 90), \
+            log.read_text(errors="replace")[-2000:]
+        result = run_status(cwd=campaign_repo)
+    finally:
+        train.kill()
+        train.wait()
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "campaign night [smoke / cpu]: 2 done, 1 kept, best 3.300000" in text
+    line = next(l for l in text.splitlines() if "MATRIX_LR 0.04 -> 0.05" in l)
+    assert line.lstrip().startswith("cpu0     #3")
+    assert "[" in line and "]" in line and "%" in line
+    assert "remaining " in line and "s  " in line
+    assert "elapsed 0:" in line and "of 2:00 max" in line
+    assert "#2    discard  3.400000" in text
+
+
+def test_status_with_nothing_running_says_so_and_shows_the_last_results(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, [exp("keep", 1.5, "baseline", t=0), exp("crash", None, "oops", t=1, cause="NaN loss"),
+                        exp("keep", 1.4, "better <lr>", t=2, best_before=1.5)])
+    result = run_status(cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert "No campaign is running. The last results:" in result.stdout
+    assert "campaign night [smoke / cpu]: 3 done, 2 kept, best 1.400000" in result.stdout
+    assert "crash       crashed" in result.stdout and "[NaN loss]" in result.stdout
+    assert "better <lr>" in result.stdout
+
+
+def test_status_without_a_ledger_is_one_clear_line(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    result = run_status(cwd=repo)
+    assert result.returncode == 1
+    assert result.stderr.startswith("autoresearch status: no ledger at")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_status_on_an_empty_ledger_says_nothing_ran_yet(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, [])
+    result = run_status(cwd=repo)
+    assert result.returncode == 0
+    assert "ledger has no experiments yet" in result.stdout
+
+
+def test_progress_comes_from_the_last_complete_progress_line(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("profile: smoke\n"
+                   "\rstep 00001 (10.0%) | loss: 6.9 | lrm: 1.00 | dt: 5ms | tok/s: 1 | mfu: 1.0% | epoch: 1 | remaining: 9s    "
+                   "\rstep 00002 (42.5%) | loss: 6.1 | lrm: 1.00 | dt: 5ms | tok/s: 1 | mfu: 1.0% | epoch: 1 | remaining: 5s    "
+                   "\rstep 00003 (5")  # a line still being written
+    assert status.read_progress(str(log)) == dict(step=2, percent=42.5, remaining=5, phase="training")
+
+
+def test_progress_phases_starting_evaluating_and_done(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("profile: smoke\n")
+    assert status.read_progress(str(log))["phase"] == "starting"
+    log.write_text("\rstep 00009 (100.0%) | loss: 5 | remaining: 0s\neval:  50%|#####     | 4/8\r")
+    assert status.read_progress(str(log))["phase"] == "evaluating"
+    log.write_text("\rstep 00009 (100.0%) | loss: 5 | remaining: 0s\n---\nval_bpb:          1.0\n")
+    assert status.read_progress(str(log))["phase"] == "done"
+    assert status.read_progress(str(tmp_path / "missing.log")) is None
+
+
+def test_progress_bar_is_proportional():
+    assert status.bar(0, width=10) == "[..........]"
+    assert status.bar(50, width=10) == "[#####.....]"
+    assert status.bar(100, width=10) == "[##########]"
+
+
+def test_watch_redraws_until_ctrl_c_and_exits_0(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, [exp("keep", 1.5, "baseline", t=0)])
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "status", "--watch", "--interval", "0.3"],
+                            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert out.count(status.CLEAR) >= 2
+    assert "Ctrl-C to stop" in out
+
+
+def test_watch_interval_must_be_positive(tmp_path):
+    result = run_status("--watch", "--interval", "0", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "--interval must be a positive number" in result.stderr
