@@ -1,0 +1,128 @@
+"""Small git helpers: each one runs one git command in a checkout and returns its text."""
+
+import os
+import subprocess
+
+# files the harness itself writes into a checkout: never part of an experiment
+HARNESS_OUTPUTS = ["run.log", "results.tsv", ".autoresearch"]
+# pathspecs that leave those (and Python's byte-code caches) out of `git add` and `git status`
+EXCLUDES = [f":(exclude){p}" for p in HARNESS_OUTPUTS] + [
+    ":(exclude,glob)**/__pycache__/**", ":(exclude,glob)**/*.pyc"]
+
+
+class GitError(RuntimeError):
+    """A git command failed; the message is git's own last line."""
+
+
+def git(repo, *args, check=True, env=None, input=None):
+    """Run `git <args>` in repo and return its stdout without the trailing newline."""
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, input=input,
+                          env={**os.environ, **env} if env else None)
+    if check and proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise GitError(f"git {' '.join(args)}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+    return proc.stdout.rstrip("\n")
+
+
+def is_repo(path):
+    proc = subprocess.run(["git", "rev-parse", "--git-dir"], cwd=path, capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def toplevel(repo):
+    """The root folder of the checkout (worktree) that holds repo."""
+    return git(repo, "rev-parse", "--show-toplevel")
+
+
+def main_root(repo):
+    """The root of the main worktree, shared by every worktree of the repository."""
+    common = git(repo, "rev-parse", "--path-format=absolute", "--git-common-dir")
+    return os.path.dirname(common)
+
+
+def git_dir(repo):
+    """This worktree's own git folder (.git, or .git/worktrees/<name> in a linked worktree)."""
+    return git(repo, "rev-parse", "--absolute-git-dir")
+
+
+def current_branch(repo):
+    """The checked-out branch's short name, or None on a detached HEAD."""
+    name = git(repo, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
+    return name or None
+
+
+def head(repo):
+    return git(repo, "rev-parse", "HEAD")
+
+
+def short(sha):
+    return sha[:7] if sha else ""
+
+
+def first_parent_history(repo, rev="HEAD", limit=10000):
+    """Commits from rev back along first parents, newest first."""
+    return git(repo, "rev-list", "--first-parent", f"--max-count={limit}", rev).split()
+
+
+def stage_all(repo):
+    """Stage every change of the checkout (new, modified, deleted files) except the harness's outputs."""
+    paths = dirty_paths(repo)  # named one by one: an exclude pathspec that names an ignored file fails
+    if paths:
+        git(repo, "add", "--all", "--pathspec-from-file=-", "--pathspec-file-nul", input="\0".join(paths))
+
+
+def staged_paths(repo, base):
+    """Paths whose staged content differs from commit base (added, modified, deleted; renames as two)."""
+    out = git(repo, "diff", "--cached", "--name-only", "--no-renames", base, "--", ".", *EXCLUDES)
+    return out.splitlines()
+
+
+def has_staged_changes(repo):
+    """Whether the index differs from HEAD."""
+    return subprocess.run(["git", "diff", "--cached", "--quiet", "HEAD"], cwd=repo).returncode != 0
+
+
+def dirty_paths(repo):
+    """Tracked files changed in the working tree and untracked files git does not ignore."""
+    out = git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames",
+              "--", ".", *EXCLUDES)
+    return [entry[3:] for entry in out.split("\0") if entry]
+
+
+def untracked_paths(repo):
+    out = git(repo, "ls-files", "--others", "--exclude-standard", "-z", "--", ".", *EXCLUDES)
+    return [p for p in out.split("\0") if p]
+
+
+def _identity(repo):
+    """A fallback author for commits in a repository without user.name/user.email configured."""
+    if git(repo, "config", "user.email", check=False) and git(repo, "config", "user.name", check=False):
+        return []
+    return ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost"]
+
+
+def commit(repo, message):
+    """Commit what is staged (hooks and signing off: the harness's commits must be predictable)."""
+    git(repo, *_identity(repo), "-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify",
+        "--allow-empty-message", "-m", message)
+    return head(repo)
+
+
+def diff(repo, old, new, limit=1_000_000):
+    """`git diff old new` as text, cut at limit characters."""
+    text = git(repo, "diff", "--no-color", "--no-ext-diff", old, new)
+    return text if len(text) <= limit else text[:limit] + f"\n... diff cut at {limit} characters\n"
+
+
+def reset_hard(repo, rev):
+    git(repo, "reset", "--quiet", "--hard", rev)
+
+
+def update_ref(repo, ref, sha):
+    git(repo, "update-ref", ref, sha)
+
+
+def remove_untracked(repo, paths):
+    """Delete the given untracked files (the checkout's other untracked files stay)."""
+    if paths:
+        git(repo, "clean", "--force", "--quiet", "--", *paths)

@@ -1,0 +1,307 @@
+"""
+The ledger: every experiment of every campaign in one SQLite file, and `autoresearch log`.
+
+The file is `<main worktree root>/.autoresearch/ledger.sqlite`, shared by all worktrees of the
+repository. It is in WAL mode and every write is one short `BEGIN IMMEDIATE` transaction with a
+busy timeout, so several runners (worktrees, swarm workers) can write at once. Each call opens
+its own connection: a Ledger object is cheap and safe to share between threads.
+
+Tables: `experiments` (one row per experiment), `campaigns` (one row per tag) and `events`
+(free-form log lines of the loop and the workers). Rows come back as plain dicts.
+"""
+
+import contextlib
+import json
+import math
+import os
+import sqlite3
+import sys
+import time
+
+from autoresearch import gitutil
+
+EXPERIMENT_COLUMNS = {
+    "id": "INTEGER PRIMARY KEY", "tag": "TEXT", "worker": "TEXT", "branch": "TEXT", "worktree": "TEXT",
+    "parent_commit": "TEXT", "commit_sha": "TEXT", "diff": "TEXT", "description": "TEXT",
+    "status": "TEXT", "cause": "TEXT", "val_bpb": "REAL", "training_seconds": "REAL",
+    "total_seconds": "REAL", "peak_vram_mb": "REAL", "mfu_percent": "REAL", "total_tokens_M": "REAL",
+    "num_steps": "INTEGER", "num_params_M": "REAL", "depth": "INTEGER", "profile": "TEXT",
+    "device": "TEXT", "seed": "INTEGER", "started_at": "REAL", "ended_at": "REAL", "timeout_s": "REAL",
+    "time_budget": "REAL", "log_path": "TEXT", "log_tail": "TEXT", "proposer": "TEXT", "model": "TEXT",
+    "prompt_tokens": "INTEGER", "completion_tokens": "INTEGER", "cost_usd": "REAL",
+    "best_before": "REAL", "threshold": "REAL", "is_baseline": "INTEGER",
+}
+CAMPAIGN_COLUMNS = {
+    "tag": "TEXT PRIMARY KEY", "branch": "TEXT", "base_commit": "TEXT", "created_at": "REAL",
+    "profile": "TEXT", "min_delta": "REAL", "noise_std": "REAL", "baseline_repeats": "INTEGER",
+    "confirm": "INTEGER", "proposer": "TEXT", "model": "TEXT",
+    # sha256 of the profile's manifest.json + tokenizer.json when the campaign started
+    "fingerprint": "TEXT",
+}
+EVENT_COLUMNS = {"id": "INTEGER PRIMARY KEY", "ts": "REAL", "tag": "TEXT", "worker": "TEXT",
+                 "kind": "TEXT", "message": "TEXT"}
+TABLES = {"experiments": EXPERIMENT_COLUMNS, "campaigns": CAMPAIGN_COLUMNS, "events": EVENT_COLUMNS}
+STATUSES = ("running", "keep", "discard", "crash", "timeout", "invalid")
+BUSY_TIMEOUT_MS = 60_000
+
+
+def ledger_path(repo="."):
+    """Where the ledger of the repository holding `repo` lives (the same for all its worktrees)."""
+    return os.path.join(gitutil.main_root(repo), ".autoresearch", "ledger.sqlite")
+
+
+def _check_columns(table, cols):
+    unknown = sorted(set(cols) - set(TABLES[table]))
+    if unknown:
+        raise ValueError(f"unknown {table} column(s): {', '.join(unknown)}")
+
+
+class Ledger:
+    """The SQLite ledger; created (tables and folder) on first use."""
+
+    def __init__(self, path=None, repo="."):
+        self.path = os.path.abspath(path or ledger_path(repo))
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self._create()
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _connect(self):
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return conn
+
+    @contextlib.contextmanager
+    def _read(self):
+        conn = self._connect()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _write(self):
+        """One write transaction, taken up front so concurrent writers queue instead of deadlocking."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _create(self):
+        with self._read() as conn:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                for attempt in range(50):  # switching needs a moment alone with the file
+                    try:
+                        conn.execute("PRAGMA journal_mode = WAL")
+                        break
+                    except sqlite3.OperationalError:
+                        time.sleep(0.1)
+        with self._write() as conn:
+            for table, columns in TABLES.items():
+                spec = ", ".join(f"{name} {kind}" for name, kind in columns.items())
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({spec})")
+                present = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for name, kind in columns.items():  # a ledger made by an older version
+                    if name not in present:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            conn.execute("CREATE INDEX IF NOT EXISTS experiments_tag ON experiments (tag, status)")
+
+    # -- experiments ----------------------------------------------------------------------------
+    def start_experiment(self, **cols):
+        """Insert an experiment (status `running` and started_at now unless given); returns its id."""
+        cols.pop("id", None)
+        cols.setdefault("status", "running")
+        cols.setdefault("started_at", time.time())
+        _check_columns("experiments", cols)
+        names = ", ".join(cols)
+        marks = ", ".join("?" for _ in cols)
+        with self._write() as conn:
+            cur = conn.execute(f"INSERT INTO experiments ({names}) VALUES ({marks})", list(cols.values()))
+            return cur.lastrowid
+
+    def update_experiment(self, id, **cols):
+        """Set some columns of an experiment."""
+        cols.pop("id", None)
+        _check_columns("experiments", cols)
+        if not cols:
+            return
+        sets = ", ".join(f"{name} = ?" for name in cols)
+        with self._write() as conn:
+            conn.execute(f"UPDATE experiments SET {sets} WHERE id = ?", [*cols.values(), id])
+
+    def finish_experiment(self, id, **cols):
+        """Record the outcome of an experiment (ended_at now unless given)."""
+        cols.setdefault("ended_at", time.time())
+        self.update_experiment(id, **cols)
+
+    def experiment(self, id):
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM experiments WHERE id = ?", (id,)).fetchone()
+        return dict(row) if row else None
+
+    def experiments(self, tag=None, status=None):
+        """Experiments ordered by id; status is one status or a list of them."""
+        where, args = [], []
+        if tag is not None:
+            where.append("tag = ?")
+            args.append(tag)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            args.extend(statuses)
+        sql = "SELECT * FROM experiments" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._read() as conn:
+            return [dict(row) for row in conn.execute(sql + " ORDER BY id", args)]
+
+    def best(self, tag):
+        """The campaign's best val_bpb: the lowest of its `keep` experiments (None before the baseline)."""
+        with self._read() as conn:
+            row = conn.execute("SELECT MIN(val_bpb) FROM experiments WHERE tag = ? AND status = 'keep' "
+                               "AND val_bpb IS NOT NULL", (tag,)).fetchone()
+        return row[0]
+
+    # -- campaigns ------------------------------------------------------------------------------
+    def campaign(self, tag):
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM campaigns WHERE tag = ?", (tag,)).fetchone()
+        return dict(row) if row else None
+
+    def campaigns(self):
+        with self._read() as conn:
+            return [dict(row) for row in conn.execute("SELECT * FROM campaigns ORDER BY created_at, tag")]
+
+    def save_campaign(self, **cols):
+        """Create the campaign `tag` or update the columns given (the others keep their values)."""
+        if not cols.get("tag"):
+            raise ValueError("save_campaign needs a tag")
+        _check_columns("campaigns", cols)
+        with self._write() as conn:
+            exists = conn.execute("SELECT 1 FROM campaigns WHERE tag = ?", (cols["tag"],)).fetchone()
+            if exists:
+                rest = {k: v for k, v in cols.items() if k != "tag"}
+                if rest:
+                    sets = ", ".join(f"{name} = ?" for name in rest)
+                    conn.execute(f"UPDATE campaigns SET {sets} WHERE tag = ?", [*rest.values(), cols["tag"]])
+            else:
+                cols.setdefault("created_at", time.time())
+                conn.execute(f"INSERT INTO campaigns ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+                             list(cols.values()))
+
+    def tags(self):
+        """Every campaign tag, campaigns first (by creation), then tags only experiments name."""
+        with self._read() as conn:
+            tags = [r[0] for r in conn.execute("SELECT tag FROM campaigns ORDER BY created_at, tag")]
+            for (tag,) in conn.execute("SELECT tag FROM experiments GROUP BY tag ORDER BY MIN(id)"):
+                if tag not in tags:
+                    tags.append(tag)
+        return tags
+
+    # -- events ---------------------------------------------------------------------------------
+    def event(self, tag, kind, message, worker=None):
+        with self._write() as conn:
+            cur = conn.execute("INSERT INTO events (ts, tag, worker, kind, message) VALUES (?, ?, ?, ?, ?)",
+                               (time.time(), tag, worker, kind, message))
+            return cur.lastrowid
+
+    def events(self, tag=None, since_id=0):
+        sql, args = "SELECT * FROM events WHERE id > ?", [since_id]
+        if tag is not None:
+            sql += " AND tag = ?"
+            args.append(tag)
+        with self._read() as conn:
+            return [dict(row) for row in conn.execute(sql + " ORDER BY id", args)]
+
+
+# -- autoresearch log ---------------------------------------------------------------------------
+LOG_FORMATS = ("table", "tsv", "json")
+
+
+def _clean(text):
+    return " ".join(str(text or "").split())
+
+
+def _memory_gb(row):
+    return row["peak_vram_mb"] / 1024 if row.get("peak_vram_mb") is not None else None
+
+
+def _fmt(value, digits):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def format_table(rows):
+    header = ["id", "tag", "commit", "status", "val_bpb", "mem_gb", "seconds", "proposer", "description"]
+    lines = [header]
+    for r in rows:
+        seconds = r["ended_at"] - r["started_at"] if r.get("ended_at") and r.get("started_at") else None
+        desc = _clean(r["description"])
+        if r.get("cause") and r["status"] not in ("keep", "discard"):
+            desc += f" [{_clean(r['cause'])}]"
+        lines.append([str(r["id"]), r["tag"] or "", gitutil.short(r["commit_sha"]), r["status"] or "",
+                      _fmt(r["val_bpb"], 6), _fmt(_memory_gb(r), 1), _fmt(seconds, 0), r["proposer"] or "",
+                      desc[:100]])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1]
+                     for line in lines)
+
+
+def format_tsv(rows):
+    """The five results.tsv columns first (so existing analysis reads it), then the ledger's extras."""
+    header = ["commit", "val_bpb", "memory_gb", "status", "description", "tag", "id", "proposer", "cause"]
+    lines = ["\t".join(header)]
+    for r in rows:
+        lines.append("\t".join([
+            gitutil.short(r["commit_sha"]), _fmt(r["val_bpb"], 6) if r["val_bpb"] is not None else "0.000000",
+            _fmt(_memory_gb(r), 1) if r["peak_vram_mb"] is not None else "0.0", r["status"] or "",
+            _clean(r["description"]), r["tag"] or "", str(r["id"]), r["proposer"] or "", _clean(r["cause"])]))
+    return "\n".join(lines)
+
+
+def format_json(rows):
+    out = []
+    for r in rows:
+        item = {"id": r["id"], "tag": r["tag"], "commit": gitutil.short(r["commit_sha"])}
+        item.update({k: v for k, v in r.items() if k not in item})
+        out.append(item)
+    return json.dumps(out, indent=1)
+
+
+def cmd_log(args):
+    repo = "."
+    if not gitutil.is_repo(repo):
+        print(f"error: {os.path.abspath(repo)} is not in a git repository; run `autoresearch log` "
+              f"inside the checkout of a campaign", file=sys.stderr)
+        return 2
+    path = ledger_path(repo)
+    if not os.path.exists(path):
+        if args.format == "json":
+            print("[]")
+        else:
+            print(f"no experiments recorded yet ({path} does not exist); start one with "
+                  f"`autoresearch run -m DESCRIPTION` on a branch autoresearch/<tag>", file=sys.stderr)
+        return 0
+    ledger = Ledger(path)
+    if args.tag is not None and args.tag not in ledger.tags():
+        known = ", ".join(ledger.tags()) or "none yet"
+        print(f"error: no campaign with tag {args.tag!r} in the ledger (known tags: {known})", file=sys.stderr)
+        return 2
+    rows = ledger.experiments(tag=args.tag)
+    print({"table": format_table, "tsv": format_tsv, "json": format_json}[args.format](rows))
+    return 0
+
+
+def register(subparsers):
+    p = subparsers.add_parser("log", help="print the experiments recorded in the ledger",
+                              description="Print the ledger's experiments, oldest first.")
+    p.add_argument("--tag", help="only this campaign (default: all)")
+    p.add_argument("--format", choices=LOG_FORMATS, default="table",
+                   help="table (default), tsv (results.tsv columns first) or json")
+    p.set_defaults(func=cmd_log)

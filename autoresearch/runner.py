@@ -1,0 +1,638 @@
+"""
+One experiment, start to finish: `autoresearch run -m DESCRIPTION [--timeout S] [--seed N]`.
+
+In a checkout on the campaign branch `autoresearch/<tag>`:
+  1. Integrity. Against the campaign's base commit (HEAD when the tag's first experiment ran) only
+     `train.py` may differ: any other tracked file changed, added or deleted, or an untracked file git
+     does not ignore, makes the experiment `invalid` (the harness's own run.log, results.tsv,
+     .autoresearch/ and __pycache__ do not count). So does a change of the data cache: the sha256 of
+     the profile's manifest.json + tokenizer.json must match the one recorded with the campaign.
+  2. Commit what changed (message = description); the row goes into the ledger as `running`.
+  3. `python train.py` in its own process group (env AUTORESEARCH_SEED when --seed is given),
+     stdout and stderr to run.log; at the timeout (default 2 x TIME_BUDGET + 120 s) the whole group
+     gets SIGTERM, then SIGKILL. Files the run itself changes in the checkout or the cache make it
+     `invalid` too.
+  4. Status: keep / discard / crash (cause: OOM, the FAIL line, the exception, or the exit code) /
+     timeout / invalid. With no best yet (the baseline) a finished run is `keep`; otherwise keep iff
+     val_bpb < best - threshold, best being the lowest val_bpb of the campaign's `keep` rows and the
+     threshold the argument, else max(min_delta, 2 x noise_std) of the campaign, else 0.
+  5. A keep leaves the branch on the experiment's commit. Anything else resets the branch (hard) to
+     the start point and saves the experiment's commit as refs/autoresearch/<tag>/<short sha>.
+     The start point is the newest commit on HEAD's first-parent line that is the campaign's base or
+     a `keep` of the ledger; commits an agent made itself since then belong to the experiment.
+  6. The ledger row is finished and results.tsv (checkout root, reference columns) gets one line:
+     keep and discard as they are; crash, timeout and invalid all as `crash` (the reference knows only
+     those three), the description then ending in [timeout] or [invalid].
+
+decide=False (the loop's baseline repeats and confirmation runs): the status is worked out the same
+way and recorded, but the branch is not moved (the experiment's commit stays checked out); call
+settle() afterwards to keep or discard it for good. An invalid experiment is reverted regardless.
+
+Ctrl-C or SIGTERM while training: the process group is killed, the row is recorded as `crash` with
+cause "interrupted", the tree is reset to the start point (the commit saved under refs/autoresearch/),
+results.tsv gets its crash line, and Interrupted (a KeyboardInterrupt) is raised; `run` exits 130.
+A signal at any other moment is held back until the ledger and the tree agree again. A row still
+`running` from a runner that died (kill -9, reboot) is recorded as crash the next time this checkout
+runs an experiment (see recover()).
+"""
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from autoresearch import gitutil
+from autoresearch.ledger import Ledger
+
+BRANCH_PREFIX = "autoresearch/"
+TIMEOUT_MARGIN = 120.0   # seconds over twice the budget before a run is killed
+KILL_GRACE = 5.0         # seconds between SIGTERM and SIGKILL
+LOG_TAIL_LINES = 50
+TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+SUMMARY_COLUMNS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
+                   "total_tokens_M", "num_steps", "num_params_M", "depth"]
+OOM_PATTERN = re.compile(r"out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory", re.I)
+
+
+class RunError(Exception):
+    """A user mistake or a missing precondition: one line saying what is wrong and how to fix it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during an experiment; `row` is the experiment as recorded (or None)."""
+
+    def __init__(self, message="interrupted", row=None):
+        super().__init__(message)
+        self.row = row
+
+
+# -- small pure helpers ------------------------------------------------------------------------
+def _lines(text):
+    """Log lines, splitting progress lines written with '\\r' as well as on newlines."""
+    return [line for line in re.split(r"[\r\n]+", text) if line.strip()]
+
+
+def _number(text):
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_summary(text):
+    """The `key: value` lines from the last `val_bpb:` line on, numbers as int/float ({} if none)."""
+    lines = re.split(r"[\r\n]+", text)
+    starts = [i for i, line in enumerate(lines) if line.startswith("val_bpb:")]
+    if not starts:
+        return {}
+    summary = {}
+    for line in lines[starts[-1]:]:
+        m = re.match(r"([A-Za-z_][A-Za-z0-9_]*):\s*(.*?)\s*$", line)
+        if m:
+            summary.setdefault(m.group(1), _number(m.group(2)))
+    return summary
+
+
+def crash_cause(log_text, returncode):
+    """Why a run failed, in one line: OOM, the FAIL line, the exception, a signal or the exit code."""
+    lines = _lines(log_text)
+    for line in reversed(lines):
+        if OOM_PATTERN.search(line):
+            return "OOM: " + line.strip()[:300]
+    for line in reversed(lines):
+        if line.startswith("FAIL:"):
+            return line.strip()[:300]
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if tracebacks:
+        block = lines[tracebacks[-1] + 1:]
+        where = [line.strip() for line in block if line.lstrip().startswith('File "')]
+        final = [line.strip() for line in block if not line.startswith((" ", "\t"))]
+        message = final[-1] if final else block[-1].strip()
+        return f"exception: {message[:300]}" + (f" ({where[-1]})" if where else "")
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name
+        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    return f"exit code {returncode} without a val_bpb line"
+
+
+def log_tail(log_text, n=LOG_TAIL_LINES):
+    return "\n".join(_lines(log_text)[-n:])
+
+
+def tsv_line(row):
+    """The reference results.tsv line of a ledger row."""
+    status = row["status"] if row["status"] in ("keep", "discard") else "crash"
+    ok = status != "crash" and row.get("val_bpb") is not None
+    description = " ".join(str(row.get("description") or "").split())
+    if row["status"] in ("timeout", "invalid"):
+        description += f" [{row['status']}]"
+    memory = row["peak_vram_mb"] / 1024 if ok and row.get("peak_vram_mb") is not None else 0.0
+    return (f"{gitutil.short(row['commit_sha'])}\t{row['val_bpb'] if ok else 0.0:.6f}\t{memory:.1f}\t"
+            f"{status}\t{description}\n")
+
+
+def append_results_tsv(checkout, row):
+    path = os.path.join(checkout, "results.tsv")
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a") as f:
+        f.write((TSV_HEADER if new else "") + tsv_line(row))
+
+
+def campaign_tag(repo):
+    """The campaign tag of the checkout's branch autoresearch/<tag>; RunError on any other branch."""
+    if not gitutil.is_repo(repo):
+        raise RunError(f"{os.path.abspath(repo)} is not a git checkout; run inside the project's repository")
+    branch = gitutil.current_branch(repo)
+    if not branch or not branch.startswith(BRANCH_PREFIX) or branch == BRANCH_PREFIX:
+        example = time.strftime("%b%d").lower()
+        raise RunError(f"not on a campaign branch (current: {branch or 'detached HEAD'}); create one with "
+                       f"`git checkout -b autoresearch/<tag>`, e.g. `git checkout -b autoresearch/{example}`")
+    return branch[len(BRANCH_PREFIX):]
+
+
+def discarded_ref(tag, sha):
+    return f"refs/autoresearch/{tag}/{gitutil.short(sha)}"
+
+
+# -- the rules and the data --------------------------------------------------------------------
+_PROBE = ("import json, sys; sys.path.insert(0, '.'); import constants as c; "
+          "print(json.dumps({'profile': c.PROFILE, 'time_budget': c.TIME_BUDGET, "
+          "'profile_dir': c.profile_dir(c.PROFILE)}))")
+
+
+def read_rules(checkout):
+    """Profile, time budget and data folder as the checkout's constants.py sees them (env included)."""
+    proc = subprocess.run([sys.executable, "-c", _PROBE], cwd=checkout, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise RunError(f"cannot read the rules from constants.py: {lines[-1] if lines else proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def data_fingerprint(profile, profile_dir):
+    """sha256 of the profile's manifest.json and tokenizer.json (RunError when not prepared)."""
+    digest = hashlib.sha256()
+    for name in ("manifest.json", "tokenizer.json"):
+        path = os.path.join(profile_dir, name)
+        if not os.path.exists(path):
+            raise RunError(f"profile {profile!r} is not prepared ({path} is missing); "
+                           f"run `python prepare.py --profile {profile}`")
+        digest.update(name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+# -- processes and signals ---------------------------------------------------------------------
+def kill_group(proc, grace=None):
+    """SIGTERM the process group of proc, SIGKILL whatever is left after the grace period, reap."""
+    grace = KILL_GRACE if grace is None else grace
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+class _Signals:
+    """SIGINT/SIGTERM during an experiment: raised as Interrupted while armed, else held back."""
+
+    def __init__(self):
+        self.pending = None
+        self.armed = False
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        self.pending = signal.Signals(signum).name
+        if self.armed:
+            self.armed = False
+            raise Interrupted(f"interrupted by {self.pending}")
+
+    def arm(self):
+        if self.pending:
+            raise Interrupted(f"interrupted by {self.pending}")
+        self.armed = True
+
+    def hold(self):
+        self.armed = False
+
+
+class _CheckoutLock:
+    """One experiment at a time per checkout (a lock file in the worktree's own git folder)."""
+
+    def __init__(self, checkout):
+        self.path = os.path.join(gitutil.git_dir(checkout), "autoresearch-run.lock")
+
+    def __enter__(self):
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            pid = self.file.read().strip() or "?"
+            self.file.close()
+            raise RunError(f"another `autoresearch run` (pid {pid}) is running in this checkout; wait for "
+                           f"it to finish, or use another worktree (`git worktree add`)") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+# -- git moves ---------------------------------------------------------------------------------
+def start_point(checkout, ledger, tag, base):
+    """Newest commit on HEAD's first-parent line that is the campaign base or a `keep` of the campaign."""
+    settled = {r["commit_sha"] for r in ledger.experiments(tag=tag, status="keep")} | {base}
+    for sha in gitutil.first_parent_history(checkout):
+        if sha in settled:
+            return sha
+    return gitutil.head(checkout)
+
+
+def revert(checkout, tag, commit, start):
+    """Save commit under refs/autoresearch/<tag>/ and reset the checkout to start."""
+    if commit and commit != start:
+        gitutil.update_ref(checkout, discarded_ref(tag, commit), commit)
+    gitutil.reset_hard(checkout, start)
+
+
+def recover(repo, ledger=None):
+    """Record rows left `running` in this checkout by a runner that died as crash; reset the tree.
+    Call only while no experiment runs in the checkout (run_experiment calls it under its lock)."""
+    checkout = gitutil.toplevel(repo)
+    ledger = ledger or Ledger(repo=checkout)
+    recovered = []
+    for row in ledger.experiments(status="running"):
+        if row["worktree"] != checkout:
+            continue
+        ledger.finish_experiment(row["id"], status="crash",
+                                 cause="interrupted: the runner stopped before the experiment finished")
+        # back to the start point, unless someone has edited the checkout since (then the commit
+        # simply becomes part of the next experiment)
+        if row["commit_sha"] and row["parent_commit"] and gitutil.head(checkout) == row["commit_sha"] \
+                and not gitutil.dirty_paths(checkout):
+            revert(checkout, row["tag"], row["commit_sha"], row["parent_commit"])
+        row = ledger.experiment(row["id"])
+        append_results_tsv(checkout, row)
+        ledger.event(row["tag"], "recovered", f"#{row['id']} was left running; recorded as crash", row["worker"])
+        recovered.append(row)
+    return recovered
+
+
+def settle(repo, exp_id, keep, cause=None, ledger=None):
+    """Finish an experiment run with decide=False: keep it (branch stays) or discard it (branch reset
+    to its parent, commit saved under refs/autoresearch/). Updates the ledger and results.tsv."""
+    checkout = gitutil.toplevel(repo)
+    ledger = ledger or Ledger(repo=checkout)
+    row = ledger.experiment(exp_id)
+    if row is None:
+        raise RunError(f"no experiment #{exp_id} in the ledger")
+    status = "keep" if keep else ("discard" if row["status"] in ("keep", "discard") else row["status"])
+    if not keep and row["commit_sha"] != row["parent_commit"]:
+        if gitutil.head(checkout) != row["commit_sha"]:
+            raise RunError(f"cannot discard #{exp_id}: the checkout is not on its commit "
+                           f"{gitutil.short(row['commit_sha'])} any more")
+        revert(checkout, row["tag"], row["commit_sha"], row["parent_commit"])
+    ledger.update_experiment(exp_id, status=status, **({"cause": cause} if cause else {}))
+    row = ledger.experiment(exp_id)
+    _rewrite_results_tsv(checkout, row)
+    return row
+
+
+def _rewrite_results_tsv(checkout, row):
+    """Replace the results.tsv line of row's commit (the last one) with its current state."""
+    path = os.path.join(checkout, "results.tsv")
+    if not os.path.exists(path):
+        return append_results_tsv(checkout, row)
+    with open(path) as f:
+        lines = f.readlines()
+    short = gitutil.short(row["commit_sha"]) + "\t"
+    for i in range(len(lines) - 1, 0, -1):
+        if lines[i].startswith(short):
+            lines[i] = tsv_line(row)
+            break
+    else:
+        lines.append(tsv_line(row))
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+# -- one experiment ----------------------------------------------------------------------------
+def _show_progress(log_path, started, timeout):
+    """Overwrite one stderr line with the run's latest progress line (terminals only)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_path) - 4096))
+            lines = _lines(f.read().decode("utf-8", "replace"))
+    except OSError:
+        return
+    last = lines[-1].strip() if lines else "starting"
+    text = f"[{time.time() - started:5.0f}s/{timeout:.0f}s] {last}"
+    sys.stderr.write("\r" + text[:150].ljust(150))
+    sys.stderr.flush()
+
+
+def run_experiment(repo, description, *, timeout=None, proposer="manual", model=None, prompt_tokens=None,
+                   completion_tokens=None, cost_usd=None, seed=None, worker=None, threshold=None,
+                   is_baseline=None, decide=True, progress=False, ledger=None):
+    """Run one experiment in the checkout holding repo; returns its finished ledger row (a dict).
+
+    RunError for user mistakes (nothing recorded); Interrupted after recording when a signal came.
+    progress=True prints a start line and, on a terminal, the live progress line."""
+    if not description or not description.strip():
+        raise RunError('a description is required: autoresearch run -m "what this experiment changes"')
+    tag = campaign_tag(repo)
+    checkout = gitutil.toplevel(repo)
+    ledger = ledger or Ledger(repo=checkout)
+    worker = worker or os.environ.get("AUTORESEARCH_WORKER") or socket.gethostname()
+    with _CheckoutLock(checkout), _Signals() as signals:
+        recover(checkout, ledger)
+        experiment = _Experiment(checkout, ledger, tag, description.strip(), worker, signals, progress)
+        return experiment.run(timeout=timeout, seed=seed, threshold=threshold, is_baseline=is_baseline,
+                              decide=decide, ledger_cols=dict(
+                                  proposer=proposer, model=model, prompt_tokens=prompt_tokens,
+                                  completion_tokens=completion_tokens, cost_usd=cost_usd))
+
+
+class _Experiment:
+    def __init__(self, checkout, ledger, tag, description, worker, signals, progress):
+        self.checkout, self.ledger, self.tag = checkout, ledger, tag
+        self.description, self.worker, self.signals, self.progress = description, worker, signals, progress
+        self.branch = BRANCH_PREFIX + tag
+
+    def say(self, text):
+        if self.progress:
+            print(text, flush=True)
+
+    def run(self, timeout, seed, threshold, is_baseline, decide, ledger_cols):
+        checkout, ledger, tag = self.checkout, self.ledger, self.tag
+        # 1. checks that change nothing (Ctrl-C simply stops here)
+        self.signals.arm()
+        campaign = ledger.campaign(tag) or {}
+        base = campaign.get("base_commit") or gitutil.head(checkout)
+        changed = gitutil.git(checkout, "diff", "--name-only", "--no-renames", base, "--", ".",
+                              *gitutil.EXCLUDES).splitlines()
+        outside = sorted(set(changed + gitutil.untracked_paths(checkout)) - {"train.py"})
+        rules, fingerprint, cause = {}, None, None
+        if outside:
+            cause = "changed files other than train.py: " + ", ".join(outside)
+        else:
+            rules = read_rules(checkout)
+            fingerprint = data_fingerprint(rules["profile"], rules["profile_dir"])
+            if campaign.get("profile") and rules["profile"] != campaign["profile"]:
+                cause = f"profile {rules['profile']} differs from the campaign's {campaign['profile']}"
+            elif campaign.get("fingerprint") and fingerprint != campaign["fingerprint"]:
+                cause = f"the data cache of profile {rules['profile']} changed since the campaign started"
+        self.signals.hold()
+
+        # 2. campaign, commit, ledger row: held signals wait until these agree
+        known = dict(branch=self.branch, base_commit=base, profile=rules.get("profile"), fingerprint=fingerprint,
+                     proposer=ledger_cols["proposer"], model=ledger_cols["model"])
+        missing = {k: v for k, v in known.items() if v is not None and campaign.get(k) is None}
+        if missing:  # a new campaign, or one the loop created with its settings only
+            ledger.save_campaign(tag=tag, **missing)
+            if not campaign.get("base_commit"):
+                ledger.event(tag, "campaign", f"campaign {tag} starts at {gitutil.short(base)}", self.worker)
+        campaign = ledger.campaign(tag)
+        self.rules = rules
+        start = start_point(checkout, ledger, tag, base)
+        gitutil.stage_all(checkout)
+        commit = gitutil.commit(checkout, self.description) if gitutil.has_staged_changes(checkout) \
+            else gitutil.head(checkout)
+        cols = dict(tag=tag, worker=self.worker, branch=self.branch, worktree=checkout, parent_commit=start,
+                    commit_sha=commit, diff=gitutil.diff(checkout, start, commit), description=self.description,
+                    profile=rules.get("profile"), time_budget=rules.get("time_budget"), seed=seed, **ledger_cols)
+        if cause:
+            return self.record_invalid(cols, cause, commit, start)
+
+        best = ledger.best(tag)
+        if threshold is None:
+            threshold = max(campaign.get("min_delta") or 0.0, 2 * (campaign.get("noise_std") or 0.0))
+        if is_baseline is None:
+            is_baseline = best is None
+        if timeout is None:
+            timeout = 2 * float(rules["time_budget"]) + TIMEOUT_MARGIN
+        log_path = os.path.join(checkout, "run.log")
+        exp_id = ledger.start_experiment(**cols, log_path=log_path, timeout_s=timeout, best_before=best,
+                                         threshold=threshold, is_baseline=int(bool(is_baseline)))
+        self.say(f"experiment #{exp_id} on {self.branch} at {gitutil.short(commit)}: {self.description}\n"
+                 f"training (profile {rules['profile']}, budget {rules['time_budget']:g} s, timeout {timeout:g} s), "
+                 f"log: {log_path}")
+
+        # 3. train
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if seed is not None:
+            env["AUTORESEARCH_SEED"] = str(seed)
+        started = time.time()
+        proc, timed_out = None, False
+        try:
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen([sys.executable, "train.py"], cwd=checkout, stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                        start_new_session=True)
+            self.signals.arm()
+            while True:
+                try:
+                    proc.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if time.time() - started > timeout:
+                    timed_out = True
+                    break
+                if self.progress and sys.stderr.isatty():
+                    _show_progress(log_path, started, timeout)
+            self.signals.hold()
+        except Interrupted as interrupt:
+            self.signals.hold()
+            if proc is not None:
+                kill_group(proc)
+            if self.progress and sys.stderr.isatty():
+                sys.stderr.write("\n")
+            row = self.finish(exp_id, commit, start, decide=True, status="crash", timed_out=False,
+                              cause=f"interrupted ({self.signals.pending or 'signal'})", returncode=None)
+            raise Interrupted(str(interrupt), row=row) from None
+        kill_group(proc, grace=0 if not timed_out else None)  # the group may outlive its leader
+        if self.progress and sys.stderr.isatty():
+            sys.stderr.write("\n")
+
+        # 4. decide and record
+        row = self.finish(exp_id, commit, start, decide=decide, status=None, timed_out=timed_out,
+                          cause=f"timeout: killed after {timeout:g} s" if timed_out else None,
+                          returncode=proc.returncode, fingerprint=fingerprint, threshold=threshold,
+                          best=best, is_baseline=is_baseline)
+        if self.signals.pending:
+            raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
+        return row
+
+    def fingerprint_now(self):
+        try:
+            return data_fingerprint(self.rules["profile"], self.rules["profile_dir"])
+        except RunError:  # the run deleted it
+            return None
+
+    def read_log(self):
+        path = os.path.join(self.checkout, "run.log")
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - (4 << 20)))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def finish(self, exp_id, commit, start, decide, status, timed_out, cause, returncode,
+               fingerprint=None, threshold=0.0, best=None, is_baseline=False):
+        """Work out the status, move the branch, finish the ledger row and append results.tsv."""
+        checkout, tag = self.checkout, self.tag
+        text = self.read_log()
+        summary = parse_summary(text)
+        metrics = {k: summary.get(k) for k in SUMMARY_COLUMNS if isinstance(summary.get(k), (int, float))}
+        val = metrics.get("val_bpb")
+        if status is None:
+            touched = gitutil.dirty_paths(checkout)
+            if touched:
+                status, cause = "invalid", "the run changed files in the checkout: " + ", ".join(sorted(touched))
+                gitutil.remove_untracked(checkout, gitutil.untracked_paths(checkout))
+            elif fingerprint and self.fingerprint_now() != fingerprint:
+                status, cause = "invalid", "the run changed the data cache"
+            elif timed_out:
+                status = "timeout"
+            elif returncode != 0 or val is None or not math.isfinite(val):
+                status = "crash"
+                cause = crash_cause(text, returncode) if returncode != 0 or val is None else f"val_bpb is {val}"
+            elif is_baseline or best is None or val < best - threshold:
+                status = "keep"
+            else:
+                status = "discard"
+        if status == "invalid" or (decide and status != "keep"):
+            revert(checkout, tag, commit, start)
+        device = summary.get("device_name") or summary.get("device")
+        seed = summary.get("seed") if isinstance(summary.get("seed"), int) else None
+        extra = {"seed": seed} if seed is not None else {}
+        self.ledger.finish_experiment(
+            exp_id, status=status, cause=cause, log_tail=log_tail(text), device=device,
+            **({"profile": summary["profile"]} if isinstance(summary.get("profile"), str) else {}),
+            **metrics, **extra)
+        row = self.ledger.experiment(exp_id)
+        append_results_tsv(checkout, row)
+        self.ledger.event(tag, status, f"#{exp_id} {gitutil.short(commit)} {status}"
+                          + (f" val_bpb {val:.6f}" if val is not None else "") + f": {self.description}",
+                          self.worker)
+        return row
+
+    def record_invalid(self, cols, cause, commit, start):
+        now = time.time()
+        exp_id = self.ledger.start_experiment(**cols, status="invalid", cause=cause, started_at=now, ended_at=now)
+        revert(self.checkout, self.tag, commit, start)
+        row = self.ledger.experiment(exp_id)
+        append_results_tsv(self.checkout, row)
+        self.ledger.event(self.tag, "invalid", f"#{exp_id} {gitutil.short(commit)} invalid: {cause}", self.worker)
+        if self.signals.pending:
+            raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
+        return row
+
+
+# -- autoresearch run --------------------------------------------------------------------------
+def summary_text(row, ledger):
+    """Two short lines for a human: what happened and where the branch is."""
+    best = ledger.best(row["tag"])
+    parts = [f"{row['status']}", f"#{row['id']}", f"commit {gitutil.short(row['commit_sha'])}"]
+    if row["val_bpb"] is not None:
+        parts.append(f"val_bpb {row['val_bpb']:.6f}")
+        if row["best_before"] is not None:
+            parts.append(f"delta {row['val_bpb'] - row['best_before']:+.6f} vs best {row['best_before']:.6f} "
+                         f"(threshold {row['threshold'] or 0:g})")
+    if row["cause"]:
+        parts.append(f"cause: {row['cause']}")
+    line = "  ".join(parts)
+    if row["status"] == "keep":
+        where = f"branch {row['branch']} stays at {gitutil.short(row['commit_sha'])}"
+    elif row["commit_sha"] != row["parent_commit"]:
+        where = (f"branch {row['branch']} reset to {gitutil.short(row['parent_commit'])}; the experiment is "
+                 f"kept as {discarded_ref(row['tag'], row['commit_sha'])}")
+    else:
+        where = f"branch {row['branch']} unchanged"
+    best_text = f"best {best:.6f}" if best is not None else "no best yet"
+    return f"{line}\n{where}; campaign {row['tag']}: {best_text}"
+
+
+def cmd_run(args):
+    ledger = None
+    try:
+        if gitutil.is_repo("."):
+            campaign_tag(".")
+            ledger = Ledger(repo=".")
+        row = run_experiment(".", args.message, timeout=args.timeout, seed=args.seed, threshold=args.threshold,
+                             progress=True, ledger=ledger)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except gitutil.GitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:
+        if e.row is not None:
+            print(summary_text(e.row, ledger), file=sys.stderr)
+        print(f"stopped: {e}", file=sys.stderr)
+        return 130
+    print(summary_text(row, ledger))
+    return 0
+
+
+def _positive(text):
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+_positive.__name__ = "positive number of seconds"
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "run", help="run one experiment (commit train.py, train, decide, record)",
+        description="Run one experiment in this checkout, on branch autoresearch/<tag>: commit train.py, "
+                    "run it with all output to run.log, keep or discard it, and record it in the ledger "
+                    "and results.tsv.")
+    p.add_argument("-m", "--message", required=True, metavar="DESC", help="what this experiment changes")
+    p.add_argument("--timeout", type=_positive, metavar="S",
+                   help="kill the run after S seconds (default: 2 x the profile's TIME_BUDGET + 120)")
+    p.add_argument("--seed", type=int, metavar="N", help="random seed (env AUTORESEARCH_SEED; default 42)")
+    p.add_argument("--threshold", type=float, metavar="D",
+                   help="keep only if val_bpb < best - D (default: the campaign's max(min_delta, 2 x noise std), else 0)")
+    p.set_defaults(func=cmd_run)
