@@ -1,0 +1,196 @@
+"""The SQLite ledger shared by all worktrees, and `autoresearch log`."""
+
+import json
+import multiprocessing
+import sqlite3
+import subprocess
+
+import pytest
+
+from autoresearch import cli
+from autoresearch.ledger import Ledger, ledger_path
+
+
+def git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.com")
+    git(repo, "config", "user.name", "t")
+    (repo / "train.py").write_text("print('hi')\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    return repo
+
+
+def add_rows(ledger):
+    ledger.save_campaign(tag="a", branch="autoresearch/a", base_commit="1" * 40, profile="smoke")
+    first = ledger.start_experiment(tag="a", commit_sha="a" * 40, description="baseline", proposer="manual")
+    ledger.finish_experiment(first, status="keep", val_bpb=1.25, peak_vram_mb=2048.0)
+    second = ledger.start_experiment(tag="a", commit_sha="b" * 40, description="tab\there\nnewline",
+                                     proposer="search")
+    ledger.finish_experiment(second, status="crash", cause="OOM: out of memory")
+    third = ledger.start_experiment(tag="b", commit_sha="c" * 40, description="other tag", proposer="openai")
+    ledger.finish_experiment(third, status="discard", val_bpb=1.5, peak_vram_mb=1024.0)
+    return first, second, third
+
+
+def test_ledger_lives_at_the_main_worktree_root_for_every_worktree(repo, tmp_path):
+    git(repo, "worktree", "add", "-q", "-b", "autoresearch/w", str(tmp_path / "wt"))
+    expected = str(repo / ".autoresearch" / "ledger.sqlite")
+    assert ledger_path(repo) == expected
+    assert ledger_path(tmp_path / "wt") == expected
+    assert Ledger(repo=tmp_path / "wt").path == expected
+
+
+def test_ledger_is_in_wal_mode(repo):
+    ledger = Ledger(repo=repo)
+    with sqlite3.connect(ledger.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_started_experiment_is_running_until_finished(repo):
+    ledger = Ledger(repo=repo)
+    exp_id = ledger.start_experiment(tag="a", description="x", log_path="/tmp/run.log")
+    row = ledger.experiment(exp_id)
+    assert row["status"] == "running" and row["started_at"] > 0 and row["ended_at"] is None
+    ledger.finish_experiment(exp_id, status="keep", val_bpb=1.0)
+    row = ledger.experiment(exp_id)
+    assert row["status"] == "keep" and row["val_bpb"] == 1.0 and row["ended_at"] >= row["started_at"]
+
+
+def test_experiments_filter_by_tag_and_status_in_id_order(repo):
+    ledger = Ledger(repo=repo)
+    first, second, third = add_rows(ledger)
+    assert [r["id"] for r in ledger.experiments()] == [first, second, third]
+    assert [r["id"] for r in ledger.experiments(tag="a")] == [first, second]
+    assert [r["id"] for r in ledger.experiments(status="crash")] == [second]
+    assert [r["id"] for r in ledger.experiments(status=["keep", "discard"])] == [first, third]
+
+
+def test_best_is_the_lowest_keep(repo):
+    ledger = Ledger(repo=repo)
+    assert ledger.best("a") is None
+    add_rows(ledger)
+    extra = ledger.start_experiment(tag="a", description="worse discard")
+    ledger.finish_experiment(extra, status="discard", val_bpb=0.5)
+    assert ledger.best("a") == 1.25
+
+
+def test_unknown_columns_are_rejected(repo):
+    ledger = Ledger(repo=repo)
+    with pytest.raises(ValueError, match="val_bpbb"):
+        ledger.start_experiment(tag="a", val_bpbb=1.0)
+    with pytest.raises(ValueError, match="colour"):
+        ledger.save_campaign(tag="a", colour="red")
+
+
+def test_save_campaign_updates_only_the_columns_given(repo):
+    ledger = Ledger(repo=repo)
+    ledger.save_campaign(tag="a", branch="autoresearch/a", base_commit="f" * 40, min_delta=0.001)
+    ledger.save_campaign(tag="a", noise_std=0.002)
+    campaign = ledger.campaign("a")
+    assert campaign["base_commit"] == "f" * 40 and campaign["min_delta"] == 0.001
+    assert campaign["noise_std"] == 0.002 and campaign["created_at"] > 0
+    assert ledger.campaign("missing") is None
+
+
+def test_tags_list_campaigns_and_tags_seen_only_in_experiments(repo):
+    ledger = Ledger(repo=repo)
+    add_rows(ledger)
+    assert ledger.tags() == ["a", "b"]
+
+
+def test_events_are_recorded_in_order(repo):
+    ledger = Ledger(repo=repo)
+    ledger.event("a", "start", "campaign starts", worker="w1")
+    ledger.event("b", "keep", "#1 keep")
+    assert [(e["tag"], e["kind"], e["worker"]) for e in ledger.events()] == [("a", "start", "w1"), ("b", "keep", None)]
+    assert [e["message"] for e in ledger.events(tag="b")] == ["#1 keep"]
+
+
+def _writer(path, worker, count):
+    ledger = Ledger(path)
+    for i in range(count):
+        exp_id = ledger.start_experiment(tag="c", worker=worker, description=f"{worker}-{i}")
+        ledger.event("c", "started", f"{worker}-{i}", worker=worker)
+        ledger.finish_experiment(exp_id, status="discard", val_bpb=float(i))
+
+
+def test_concurrent_writers_lose_nothing(repo):
+    path = Ledger(repo=repo).path
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, f"w{n}", 25)) for n in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = Ledger(path).experiments(tag="c")
+    assert len(rows) == 100 and len({r["id"] for r in rows}) == 100
+    assert all(r["status"] == "discard" for r in rows)
+    assert sorted(r["description"] for r in rows) == sorted(f"w{n}-{i}" for n in range(4) for i in range(25))
+    assert len(Ledger(path).events(tag="c")) == 100
+
+
+def run_log(repo, monkeypatch, capsys, *args):
+    monkeypatch.chdir(repo)
+    code = cli.main(["log", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_log_json_has_the_contract_keys(repo, monkeypatch, capsys):
+    add_rows(Ledger(repo=repo))
+    code, out, _ = run_log(repo, monkeypatch, capsys, "--format", "json")
+    items = json.loads(out)
+    assert code == 0 and len(items) == 3
+    assert {"tag", "commit", "status", "val_bpb", "description", "proposer"} <= set(items[0])
+    assert (items[0]["tag"], items[0]["commit"], items[0]["status"], items[0]["val_bpb"]) == ("a", "aaaaaaa", "keep", 1.25)
+
+
+def test_log_tag_filter(repo, monkeypatch, capsys):
+    add_rows(Ledger(repo=repo))
+    code, out, _ = run_log(repo, monkeypatch, capsys, "--tag", "b", "--format", "json")
+    assert code == 0 and [i["description"] for i in json.loads(out)] == ["other tag"]
+
+
+def test_log_tsv_starts_with_the_results_tsv_columns(repo, monkeypatch, capsys):
+    add_rows(Ledger(repo=repo))
+    code, out, _ = run_log(repo, monkeypatch, capsys, "--format", "tsv")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("commit\tval_bpb\tmemory_gb\tstatus\tdescription\t")
+    assert lines[1].split("\t")[:5] == ["aaaaaaa", "1.250000", "2.0", "keep", "baseline"]
+    assert lines[2].split("\t")[:5] == ["bbbbbbb", "0.000000", "0.0", "crash", "tab here newline"]
+    assert all(len(line.split("\t")) == len(lines[0].split("\t")) for line in lines)
+
+
+def test_log_table_shows_one_line_per_experiment(repo, monkeypatch, capsys):
+    add_rows(Ledger(repo=repo))
+    code, out, _ = run_log(repo, monkeypatch, capsys)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 4 and lines[0].split()[:4] == ["id", "tag", "commit", "status"]
+    assert "OOM: out of memory" in lines[2] and "1.250000" in lines[1]
+
+
+def test_log_unknown_tag_is_a_one_line_error(repo, monkeypatch, capsys):
+    add_rows(Ledger(repo=repo))
+    code, out, err = run_log(repo, monkeypatch, capsys, "--tag", "nope")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "known tags: a, b" in err
+
+
+def test_log_before_any_experiment_says_how_to_start(repo, monkeypatch, capsys):
+    code, out, err = run_log(repo, monkeypatch, capsys)
+    assert code == 0 and "autoresearch run" in err
+    code, out, _ = run_log(repo, monkeypatch, capsys, "--format", "json")
+    assert json.loads(out) == []
+
+
+def test_log_outside_a_git_repository_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    code, _, err = run_log(tmp_path, monkeypatch, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not in a git repository" in err
