@@ -11,10 +11,10 @@ from autoresearch.proposers.llm import ChatProposer
 
 class AnthropicProposer(ChatProposer):
     name = "anthropic"
-    default_model = "claude-sonnet-4-5"
+    default_model = "claude-sonnet-4-6"
     max_tokens = 16000  # room for a complete train.py
 
-    def __init__(self, model=None, base_url=None, api_key=None, timeout=600, **options):
+    def __init__(self, model=None, base_url=None, api_key=None, timeout=600, max_retries=2, **options):
         try:
             import anthropic
         except ImportError:
@@ -26,7 +26,7 @@ class AnthropicProposer(ChatProposer):
         super().__init__(model=model, **options)
         self._anthropic = anthropic
         self.client = anthropic.Anthropic(api_key=api_key, base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL"),
-                                          timeout=timeout)
+                                          timeout=timeout, max_retries=max_retries)
 
     def chat(self, system, messages):
         try:

@@ -27,8 +27,9 @@ HISTORY_ROWS = 40        # the most recent experiments shown to the model
 LOG_TAIL_CHARS = 3000    # of the last failure's log
 
 # USD per million tokens (input, output): approximate public list prices, for the ledger's cost
-# column and --max-cost. Matched by the longest prefix of the model name (a provider prefix such
-# as "openai/" is dropped). Other models: pass --price-input/--price-output, or the cost is 0.
+# column and --max-cost. A model matches its entry exactly or with a date suffix
+# ("claude-sonnet-4-5-20250929"); a provider prefix ("openai/") is dropped and dots count as dashes.
+# Any other model: pass --price-input/--price-output, or its cost is recorded as 0 (and a note says so).
 PRICES = {
     "gpt-4o-mini": (0.15, 0.60),
     "gpt-4o": (2.50, 10.00),
@@ -45,16 +46,26 @@ PRICES = {
     "claude-haiku-4-5": (1.00, 5.00),
     "claude-3-7-sonnet": (3.00, 15.00),
     "claude-sonnet-4": (3.00, 15.00),
-    "claude-opus-4-5": (5.00, 25.00),
+    "claude-sonnet-4-5": (3.00, 15.00),
+    "claude-sonnet-4-6": (3.00, 15.00),
     "claude-opus-4": (15.00, 75.00),
+    "claude-opus-4-1": (15.00, 75.00),
+    "claude-opus-4-5": (5.00, 25.00),
+    "claude-opus-4-6": (5.00, 25.00),
 }
+
+
+def _norm(name):
+    return name.lower().rsplit("/", 1)[-1].replace(".", "-")
 
 
 def price_of(model):
     """(input, output) USD per million tokens for a known model, else None."""
-    name = (model or "").lower().rsplit("/", 1)[-1]
-    matches = [prefix for prefix in PRICES if name.startswith(prefix)]
-    return PRICES[max(matches, key=len)] if matches else None
+    name = _norm(model or "")
+    for key, price in PRICES.items():
+        if re.fullmatch(re.escape(_norm(key)) + r"(-\d{4}-?\d{2}-?\d{2}|-latest)?", name):
+            return price
+    return None
 
 
 class Pricing:

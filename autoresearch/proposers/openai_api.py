@@ -14,7 +14,7 @@ class OpenAIProposer(ChatProposer):
     name = "openai"
     default_model = "gpt-4.1-mini"
 
-    def __init__(self, model=None, base_url=None, api_key=None, timeout=600, **options):
+    def __init__(self, model=None, base_url=None, api_key=None, timeout=600, max_retries=2, **options):
         try:
             import openai
         except ImportError:
@@ -28,7 +28,8 @@ class OpenAIProposer(ChatProposer):
             api_key = "none"  # local servers (vLLM, Ollama) accept any key
         super().__init__(model=model, **options)
         self._openai = openai
-        self.client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout)
+        self.client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout,
+                                  max_retries=max_retries)
 
     def chat(self, system, messages):
         try:

@@ -1,0 +1,344 @@
+"""Proposers: `search` (no LLM), the openai/anthropic API proposers against a loopback server
+speaking their protocols, and the claude/codex CLI proposers against stand-in executables."""
+
+import ast
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch.proposers import Proposal, ProposalError, ProposerConfigError, get_proposer
+from autoresearch.proposers import search
+from autoresearch.proposers.llm import PRICES, ReplyError, parse_reply
+from standins.llm_server import COMPLETION_TOKENS, PROMPT_TOKENS, LLMServer
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDINS = Path(__file__).resolve().parent / "standins"
+TRAIN_PY = (ROOT / "train.py").read_text()
+
+
+def changed_lines(old, new):
+    a, b = old.splitlines(), new.splitlines()
+    assert len(a) == len(b)
+    return [(x, y) for x, y in zip(a, b) if x != y]
+
+
+def git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git checkout with the real train.py and prepare.py, one commit, clean."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("train.py", "prepare.py", "constants.py"):
+        shutil.copy(ROOT / name, repo / name)
+    (repo / ".gitignore").write_text("run.log\nresults.tsv\n.autoresearch/\n__pycache__/\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "t@example.com")
+    git(repo, "config", "user.name", "t")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "initial")
+    return repo
+
+
+# ---------------------------------------------------------------------------------------- search
+
+def test_search_changes_one_or_two_knobs_and_describes_each_change():
+    proposer = get_proposer("search", seed=1, device="cuda")
+    for n in range(20):
+        proposal = proposer.propose(TRAIN_PY, "", [{}] * n, None)
+        changes = changed_lines(TRAIN_PY, proposal.train_py)
+        assert 1 <= len(changes) <= 2
+        assert len(proposal.description.split(", ")) == len(changes)
+        for part in proposal.description.split(", "):
+            name, old, arrow, new = part.split(" ")
+            assert arrow == "->" and old != new
+            assert any(line.startswith(f"{name} = {new}") for _, line in changes)
+        ast.parse(proposal.train_py)
+
+
+def test_search_edits_the_assignment_in_effect_on_the_device():
+    cpu = search.find_knobs(TRAIN_PY, "cpu")
+    cuda = search.find_knobs(TRAIN_PY, "cuda")
+    assert cpu["DEPTH"].value == 4 and cuda["DEPTH"].value == 8          # the cpu block overrides
+    assert cpu["MATRIX_LR"].value == cuda["MATRIX_LR"].value == 0.04     # no override: the top-level one
+    edited = search.apply_changes(TRAIN_PY, cpu, {"DEPTH": 5})
+    assert changed_lines(TRAIN_PY, edited) == [("    DEPTH = 4", "    DEPTH = 5")]
+    assert search.find_knobs(edited, "cpu")["DEPTH"].value == 5
+    assert search.find_knobs(edited, "cuda")["DEPTH"].value == 8
+
+
+def test_search_honours_elif_and_else_device_blocks():
+    source = ('DEVICE_TYPE = "cpu"\nLR = 0.1\nN = 2**4\nif DEVICE_TYPE == "cuda":\n    LR = 0.2\n'
+              'elif DEVICE_TYPE in ("mps", "xpu"):\n    LR = 0.3\nelse:\n    N = 2**2\n'
+              'if USE_OTHER:\n    LR = 9.9\n\ndef f():\n    pass\nLATE = 1\n')
+    assert search.find_knobs(source, "cuda")["LR"].value == 0.2
+    assert search.find_knobs(source, "mps")["LR"].value == 0.3
+    assert search.find_knobs(source, "cpu")["LR"].value == 0.1
+    assert search.find_knobs(source, "cpu")["N"].value == 4 and search.find_knobs(source, "cuda")["N"].value == 16
+    assert "LATE" not in search.find_knobs(source, "cpu")   # after the first def: not a hyper-parameter
+
+
+def test_search_takes_the_device_from_the_campaigns_last_experiment():
+    source = 'LR = 0.1\nif DEVICE_TYPE == "cpu":\n    LR = 0.2\n'
+    proposer = get_proposer("search", seed=3)
+    on_cpu = proposer.propose(source, "", [{"device": "cuda"}, {"device": "cpu"}], None)
+    assert changed_lines(source, on_cpu.train_py)[0][0] == "    LR = 0.2"
+    on_gpu = proposer.propose(source, "", [{"device": "cpu"}, {"device": "NVIDIA H100 80GB HBM3"}], None)
+    assert changed_lines(source, on_gpu.train_py)[0][0] == "LR = 0.1"
+
+
+def test_search_keeps_formatting_comments_and_powers_of_two():
+    knobs = search.find_knobs(TRAIN_PY, "cuda")
+    edited = search.apply_changes(TRAIN_PY, knobs, {"TOTAL_BATCH_SIZE": 2**20, "UNEMBEDDING_LR": 0.0032})
+    assert changed_lines(TRAIN_PY, edited) == [
+        ("TOTAL_BATCH_SIZE = 2**19  # tokens per optimizer step", "TOTAL_BATCH_SIZE = 2**20  # tokens per optimizer step"),
+        ("UNEMBEDDING_LR = 0.004    # AdamW, output head", "UNEMBEDDING_LR = 0.0032   # AdamW, output head")]
+
+
+def test_search_steps_are_sensible_for_each_type():
+    assert search.neighbours("MATRIX_LR", "float", 0.04) == [0.02, 0.0267, 0.032, 0.05, 0.06, 0.08]
+    assert search.neighbours("DEPTH", "int", 5) == [6, 4]
+    assert search.neighbours("DEVICE_BATCH_SIZE", "int", 32) == [64, 16]
+    assert search.neighbours("TOTAL_BATCH_SIZE", "pow2", 2**13) == [2**14, 2**12]
+    assert search.neighbours("USE_X", "bool", True) == [False]
+    assert "L" not in search.neighbours("WINDOW_PATTERN", "pattern", "L")
+    assert all(0 <= v <= 1 for v in search.neighbours("WARMDOWN_RATIO", "float", 0.8))
+    assert all(0.8 < v < 1 for v in search.neighbours("BETA2", "float", 0.95))
+    assert search.neighbours("WARMUP_RATIO", "float", 0.0) == [0.05, 0.1]
+
+
+def test_search_never_mutates_the_seed():
+    source = "SEED = 42\nLR = 0.1\n"
+    assert set(search.find_knobs(source, "cpu")) == {"LR"}
+
+
+def test_search_never_repeats_a_configuration_of_the_campaign(repo):
+    """Each proposal is committed as an experiment; a fresh proposer (a restarted loop) sees only the
+    history, and still never proposes a configuration any experiment already had."""
+    history, seen = [{"commit_sha": git(repo, "rev-parse", "HEAD"), "device": "cpu"}], set()
+    seen.add(search.fingerprint({k: v.value for k, v in search.find_knobs(TRAIN_PY, "cpu").items()}))
+    small = TRAIN_PY  # always propose from the baseline: the neighbourhood runs out fastest
+    for n in range(25):
+        proposal = get_proposer("search", repo=repo, seed=7).propose(small, "", history, None)
+        fp = search.fingerprint({k: v.value for k, v in search.find_knobs(proposal.train_py, "cpu").items()})
+        assert fp not in seen, f"proposal {n} repeats a configuration: {proposal.description}"
+        seen.add(fp)
+        (repo / "train.py").write_text(proposal.train_py)
+        git(repo, "commit", "-qam", proposal.description)
+        history.append({"commit_sha": git(repo, "rev-parse", "HEAD"), "device": "cpu"})
+        git(repo, "checkout", "-q", "HEAD~1", "--", "train.py")  # discarded: back to the start point
+        git(repo, "commit", "-qam", "revert")
+
+
+def test_search_is_reproducible_for_a_seed():
+    a = get_proposer("search", seed=11, device="cpu").propose(TRAIN_PY, "", [{}] * 3, None)
+    b = get_proposer("search", seed=11, device="cpu").propose(TRAIN_PY, "", [{}] * 3, None)
+    assert a == b
+    others = {get_proposer("search", seed=s, device="cpu").propose(TRAIN_PY, "", [{}] * 3, None).description
+              for s in range(12, 20)}
+    assert len(others) > 1
+
+
+def test_search_without_knobs_is_an_invalid_proposal():
+    with pytest.raises(ProposalError, match="no knobs"):
+        get_proposer("search", device="cpu").propose("import torch\nx = torch.zeros(3)\n", "", [], None)
+
+
+def test_unknown_proposer_is_a_config_error():
+    with pytest.raises(ProposerConfigError, match="choose one of: search, openai, anthropic, claude, codex"):
+        get_proposer("gpt")
+
+
+# ---------------------------------------------------------------------------------- reply parsing
+
+FULL_REPLY = "DESCRIPTION: raise the Muon LR\n\n```python\n" + TRAIN_PY.replace("MATRIX_LR = 0.04", "MATRIX_LR = 0.05") + "```\n"
+EDIT_REPLY = ("I will lower the embedding LR.\nDESCRIPTION: EMBEDDING_LR 0.6 -> 0.5\n\n"
+              "<<<<<<< SEARCH\nEMBEDDING_LR = 0.6        # AdamW, token embedding and value embeddings\n=======\n"
+              "EMBEDDING_LR = 0.5        # AdamW, token embedding and value embeddings\n>>>>>>> REPLACE\n")
+
+
+def test_reply_with_a_complete_file_is_used_whole():
+    description, new = parse_reply(FULL_REPLY, TRAIN_PY)
+    assert description == "raise the Muon LR"
+    assert changed_lines(TRAIN_PY, new) == [("MATRIX_LR = 0.04          # Muon, every matrix inside the blocks",
+                                             "MATRIX_LR = 0.05          # Muon, every matrix inside the blocks")]
+
+
+def test_reply_with_search_replace_blocks_is_applied():
+    description, new = parse_reply(EDIT_REPLY, TRAIN_PY)
+    assert description == "EMBEDDING_LR 0.6 -> 0.5"
+    assert len(changed_lines(TRAIN_PY, new)) == 1 and "EMBEDDING_LR = 0.5" in new
+
+
+@pytest.mark.parametrize("reply, reason", [
+    ("DESCRIPTION: nothing\nJust an idea, no code.", "neither"),
+    ("```python\ndef broken(:\n" + TRAIN_PY + "```", "not valid Python"),
+    ("```python\n" + TRAIN_PY + "```", "identical"),
+    ("<<<<<<< SEARCH\nnot in the file\n=======\nx = 1\n>>>>>>> REPLACE", "does not match"),
+    ("<<<<<<< SEARCH\n    DEPTH = 4\n=======\n    DEPTH = 5\n>>>>>>> REPLACE", "matches 2 places"),
+    ("<<<<<<< SEARCH\nDEPTH = 8\n=======\nDEPTH = 9\n", "not closed"),
+    ("```python\nimport torch\n```", "less than half"),
+])
+def test_unusable_replies_are_rejected_with_the_reason(reply, reason):
+    with pytest.raises(ReplyError, match=reason):
+        parse_reply(reply, TRAIN_PY)
+
+
+# ------------------------------------------------------------------------------ openai / anthropic
+
+def api_proposer(name, server, monkeypatch, **options):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    base = server.url + "/v1" if name == "openai" else server.url
+    return get_proposer(name, base_url=base, **options)
+
+
+@pytest.mark.parametrize("name, model", [("openai", "gpt-4o-mini"), ("anthropic", "claude-haiku-4-5")])
+def test_api_proposer_uses_a_full_file_reply_and_records_usage_and_cost(name, model, monkeypatch):
+    with LLMServer([FULL_REPLY]) as server:
+        proposal = api_proposer(name, server, monkeypatch, model=model).propose(
+            TRAIN_PY, "# program\nbe bold", [{"description": "baseline", "status": "keep", "val_bpb": 1.5}],
+            "Traceback: boom")
+    assert proposal.description == "raise the Muon LR" and "MATRIX_LR = 0.05" in proposal.train_py
+    assert (proposal.model, proposal.prompt_tokens, proposal.completion_tokens) == (model, PROMPT_TOKENS, COMPLETION_TOKENS)
+    price_in, price_out = PRICES[model]
+    assert proposal.cost_usd == pytest.approx((PROMPT_TOKENS * price_in + COMPLETION_TOKENS * price_out) / 1e6)
+    request = server.requests[0]
+    assert request["model"] == model
+    prompt = request["messages"][-1]["content"]
+    for part in ("be bold", "MATRIX_LR = 0.04", "baseline", "1.500000", "Traceback: boom", "<<<<<<< SEARCH"):
+        assert part in prompt
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_api_proposer_applies_search_replace_blocks(name, monkeypatch):
+    with LLMServer([EDIT_REPLY]) as server:
+        proposal = api_proposer(name, server, monkeypatch).propose(TRAIN_PY, "", [], None)
+    assert proposal.description == "EMBEDDING_LR 0.6 -> 0.5" and "EMBEDDING_LR = 0.5" in proposal.train_py
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_api_proposer_retries_a_malformed_reply_with_the_error_fed_back(name, monkeypatch):
+    with LLMServer(["Sure! I'd increase the learning rate.", EDIT_REPLY]) as server:
+        proposal = api_proposer(name, server, monkeypatch).propose(TRAIN_PY, "", [], None)
+    assert proposal.description == "EMBEDDING_LR 0.6 -> 0.5"
+    assert proposal.prompt_tokens == 2 * PROMPT_TOKENS and proposal.completion_tokens == 2 * COMPLETION_TOKENS
+    retry = server.requests[1]["messages"]
+    assert retry[-2] == {"role": "assistant", "content": "Sure! I'd increase the learning rate."}
+    assert "could not be used" in retry[-1]["content"] and "neither" in retry[-1]["content"]
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_api_proposer_gives_up_after_its_attempts_with_the_cost_recorded(name, monkeypatch):
+    with LLMServer(["no code"] * 3) as server:
+        with pytest.raises(ProposalError, match="no usable reply in 3 attempts") as info:
+            api_proposer(name, server, monkeypatch).propose(TRAIN_PY, "", [], None)
+    assert len(server.requests) == 3
+    assert info.value.prompt_tokens == 3 * PROMPT_TOKENS and info.value.cost_usd > 0
+
+
+def test_prices_match_a_model_with_or_without_a_date_or_provider_prefix():
+    from autoresearch.proposers.llm import price_of
+    assert price_of("claude-sonnet-4-5-20250929") == price_of("anthropic/claude-sonnet-4.5") == (3.0, 15.0)
+    assert price_of("openai/gpt-4o-mini") == (0.15, 0.60)
+    assert price_of("claude-opus-4-9") is None and price_of("llama3") is None
+
+
+def test_api_proposer_with_an_unknown_model_costs_zero_unless_priced(monkeypatch, capsys):
+    with LLMServer([FULL_REPLY, FULL_REPLY]) as server:
+        free = api_proposer("openai", server, monkeypatch, model="my-local-llama").propose(TRAIN_PY, "", [], None)
+        assert "no price known for model 'my-local-llama'" in capsys.readouterr().err
+        priced = api_proposer("openai", server, monkeypatch, model="my-local-llama", price_input=1.0,
+                              price_output=2.0).propose(TRAIN_PY, "", [], None)
+    assert free.cost_usd == 0.0
+    assert priced.cost_usd == pytest.approx((PROMPT_TOKENS * 1.0 + COMPLETION_TOKENS * 2.0) / 1e6)
+
+
+def test_api_proposer_server_errors_are_transient(monkeypatch):
+    with LLMServer([503, 503, 503]) as server:
+        proposer = api_proposer("openai", server, monkeypatch, max_retries=0)
+        with pytest.raises(Exception) as info:
+            proposer.propose(TRAIN_PY, "", [], None)
+    assert not isinstance(info.value, (ProposalError, ProposerConfigError))
+
+
+@pytest.mark.parametrize("name, variable", [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")])
+def test_api_proposer_without_a_key_says_which_variable_to_set(name, variable, monkeypatch):
+    monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ProposerConfigError, match=variable):
+        get_proposer(name)
+
+
+# ------------------------------------------------------------------------------------ claude / codex
+
+@pytest.fixture
+def standins_on_path(monkeypatch):
+    monkeypatch.setenv("PATH", f"{STANDINS}{os.pathsep}{os.environ['PATH']}")
+
+
+def status(repo):
+    return git(repo, "status", "--porcelain", "--untracked-files=all")
+
+
+@pytest.mark.parametrize("name", ["claude", "codex"])
+def test_cli_proposer_returns_the_cli_edit_and_leaves_the_checkout_clean(name, repo, standins_on_path):
+    proposal = get_proposer(name, repo=repo).propose(TRAIN_PY, "", [], None)
+    assert proposal.description == "MATRIX_LR 0.04 -> 0.05 (stand-in)"
+    assert "MATRIX_LR = 0.05" in proposal.train_py and len(changed_lines(TRAIN_PY, proposal.train_py)) == 1
+    assert status(repo) == ""  # the loop, not the CLI, writes and runs the experiment
+
+
+def test_claude_proposer_records_the_cost_the_cli_reports(repo, standins_on_path):
+    proposal = get_proposer("claude", repo=repo).propose(TRAIN_PY, "", [], None)
+    assert (proposal.prompt_tokens, proposal.completion_tokens, proposal.cost_usd) == (2000, 90, 0.0123)
+
+
+def test_codex_proposer_records_token_usage_and_prices_a_known_model(repo, standins_on_path):
+    proposal = get_proposer("codex", repo=repo, model="gpt-5").propose(TRAIN_PY, "", [], None)
+    assert (proposal.prompt_tokens, proposal.completion_tokens) == (2400, 120)
+    assert proposal.cost_usd == pytest.approx((2400 * 1.25 + 120 * 10.0) / 1e6)
+
+
+@pytest.mark.parametrize("name", ["claude", "codex"])
+def test_cli_that_edits_another_file_is_invalid_and_reverted(name, repo, standins_on_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_MODE", "edit_prepare")
+    with pytest.raises(ProposalError, match="other than train.py \\(prepare.py\\)"):
+        get_proposer(name, repo=repo).propose(TRAIN_PY, "", [], None)
+    assert status(repo) == ""
+
+
+@pytest.mark.parametrize("mode, error", [("noop", "unchanged"), ("syntax", "not valid Python")])
+def test_cli_that_changes_nothing_or_breaks_python_is_invalid(mode, error, repo, standins_on_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_MODE", mode)
+    with pytest.raises(ProposalError, match=error):
+        get_proposer("claude", repo=repo).propose(TRAIN_PY, "", [], None)
+    assert status(repo) == ""
+
+
+def test_cli_that_fails_is_a_transient_error(repo, standins_on_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_MODE", "fail")
+    with pytest.raises(RuntimeError, match="codex exited with status 1: error: could not reach the API"):
+        get_proposer("codex", repo=repo).propose(TRAIN_PY, "", [], None)
+
+
+def test_cli_that_hangs_is_killed_at_its_timeout(repo, standins_on_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_MODE", "hang")
+    start = time.time()
+    with pytest.raises(ProposalError, match="did not finish in 2 s"):
+        get_proposer("claude", repo=repo, cli_timeout=2).propose(TRAIN_PY, "", [], None)
+    assert time.time() - start < 10
+    leftover = subprocess.run(["pgrep", "-f", str(STANDINS / "claude")], capture_output=True, text=True).stdout
+    assert leftover == ""
+
+
+def test_cli_missing_from_path_is_a_config_error(repo, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ProposerConfigError, match="`claude`, which is not on PATH"):
+        get_proposer("claude", repo=repo)
