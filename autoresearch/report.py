@@ -6,12 +6,15 @@ of one or more campaigns, read from the ledger (or from a reference-format resul
 import base64
 import html
 import io
+import os
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+from autoresearch import gitutil
+from autoresearch.ledger import Ledger, ledger_path
 
 FAILED = ("crash", "timeout", "invalid")  # statuses that produced no usable val_bpb
 TSV_HEADER = ["commit", "val_bpb", "memory_gb", "status", "description"]
@@ -25,59 +28,21 @@ class ReportError(Exception):
 # ---------------------------------------------------------------------------------------------
 # reading experiments
 
-def git_root(repo=".", common=False):
-    """The checkout's top folder (or, with common=True, the main worktree's); None outside git."""
-    args = ["--path-format=absolute", "--git-common-dir"] if common else ["--show-toplevel"]
-    out = subprocess.run(["git", "rev-parse", *args], cwd=repo, capture_output=True, text=True)
-    if out.returncode != 0:
-        return None
-    path = Path(out.stdout.strip())
-    return path.parent if common else path
-
-
-def ledger_path(repo="."):
-    """Where the ledger of the campaign(s) run from this checkout lives (it may not exist)."""
-    root = git_root(repo, common=True)
-    return root / ".autoresearch" / "ledger.sqlite" if root else None
+def checkout_root(repo="."):
+    """The top folder of the checkout (worktree) holding repo; repo itself outside git."""
+    return Path(gitutil.toplevel(repo)) if gitutil.is_repo(repo) else Path(repo).resolve()
 
 
 def open_ledger(repo=".", hint=""):
     """The Ledger of this checkout, without creating one: ReportError when there is none."""
-    path = ledger_path(repo)
-    if path is None:
+    if not gitutil.is_repo(repo):
         raise ReportError(f"{Path(repo).resolve()} is not a git checkout: run this inside the "
                           f"campaign's repository{hint}")
-    if not path.exists():
+    path = ledger_path(repo)
+    if not os.path.exists(path):
         raise ReportError(f"no ledger at {path}: nothing has run from this checkout yet (start a "
                           f"campaign with `autoresearch loop` or `autoresearch run`{hint})")
-    try:
-        from autoresearch.ledger import Ledger
-    except ModuleNotFoundError:  # TODO: drop once ledger.py has landed
-        return _ReadOnlyLedger(path)
-    return Ledger(path=str(path), repo=repo)
-
-
-class _ReadOnlyLedger:
-    """Stand-in for the Ledger API while ledger.py is being written: read-only SELECTs."""
-
-    def __init__(self, path):
-        import sqlite3
-        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        self.db.row_factory = sqlite3.Row
-
-    def experiments(self, tag=None, status=None):
-        rows = [dict(r) for r in self.db.execute("SELECT * FROM experiments ORDER BY id")]
-        return [r for r in rows if (tag is None or r["tag"] == tag) and (status is None or r["status"] == status)]
-
-    def campaign(self, tag):
-        try:
-            row = self.db.execute("SELECT * FROM campaigns WHERE tag = ?", (tag,)).fetchone()
-        except Exception:
-            return None
-        return dict(row) if row else None
-
-    def tags(self):
-        return [r[0] for r in self.db.execute("SELECT DISTINCT tag FROM experiments ORDER BY tag")]
+    return Ledger(path=path)
 
 
 def is_failed(row):
@@ -486,7 +451,7 @@ def build_report(tags=None, results=None, out=None, repo="."):
     for tag in tags:
         with_improvements([r for r in rows if r["tag"] == tag])
     summaries = [summarize(tag, [r for r in rows if r["tag"] == tag], campaigns[tag]) for tag in tags]
-    out = Path(out) if out else (git_root(repo) or Path(repo).resolve()) / "reports" / name
+    out = Path(out) if out else checkout_root(repo) / "reports" / name
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -521,10 +486,11 @@ def register(subparsers):
     p = subparsers.add_parser("report", help="progress plot, HTML report and summary of a campaign",
                               description="Write DIR/progress.png and DIR/report.html for one or more "
                                           "campaigns and print their summary.")
-    p.add_argument("--tag", action="append", metavar="T",
-                   help="campaign tag (repeat for several; default: the latest campaign)")
-    p.add_argument("--results", metavar="PATH",
-                   help="read a reference-format results.tsv instead of the ledger")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--tag", action="append", metavar="T",
+                        help="campaign tag (repeat for several; default: the latest campaign)")
+    source.add_argument("--results", metavar="PATH",
+                        help="read a reference-format results.tsv instead of the ledger")
     p.add_argument("--out", metavar="DIR",
                    help="output folder (default: reports/<tag> under the checkout)")
     p.set_defaults(func=cmd_report)

@@ -101,7 +101,8 @@ def campaign_lines(tag, rows, campaign, now):
         profile = f" [{s['profile']} / {s['device']}]" if s["profile"] else ""
         lines.append(f"campaign {tag}{profile}: {s['experiments']} done, {s['kept']} kept, best {best}{rate}")
     else:
-        lines.append(f"campaign {tag}: no finished experiment yet")
+        profile = (campaign or {}).get("profile") or running[0].get("profile")
+        lines.append(f"campaign {tag}{f' [{profile}]' if profile else ''}: no finished experiment yet")
     if running:
         lines.append("  running:")
         lines += [running_line(r, now) for r in sorted(running, key=lambda r: r.get("worker") or "")]

@@ -2,7 +2,6 @@
 
 import hashlib
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -10,26 +9,10 @@ from pathlib import Path
 import pytest
 
 from autoresearch import report
+from autoresearch.ledger import Ledger
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = "/usr/bin/chromium"
-
-# the ledger's columns (common contract), enough of them for the report
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS experiments (
-  id INTEGER PRIMARY KEY, tag TEXT, worker TEXT, branch TEXT, worktree TEXT, parent_commit TEXT,
-  commit_sha TEXT, diff TEXT, description TEXT, status TEXT, cause TEXT, val_bpb REAL,
-  training_seconds REAL, total_seconds REAL, peak_vram_mb REAL, mfu_percent REAL, total_tokens_M REAL,
-  num_steps INTEGER, num_params_M REAL, depth INTEGER, profile TEXT, device TEXT, seed INTEGER,
-  started_at REAL, ended_at REAL, timeout_s REAL, time_budget REAL, log_path TEXT, log_tail TEXT,
-  proposer TEXT, model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL,
-  best_before REAL, threshold REAL, is_baseline INTEGER);
-CREATE TABLE IF NOT EXISTS campaigns (
-  tag TEXT PRIMARY KEY, branch TEXT, base_commit TEXT, created_at REAL, profile TEXT, min_delta REAL,
-  noise_std REAL, baseline_repeats INTEGER, confirm INTEGER, proposer TEXT, model TEXT);
-CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, ts REAL, tag TEXT, worker TEXT, kind TEXT, message TEXT);
-"""
-
 
 def git_repo(path):
     path.mkdir(parents=True, exist_ok=True)
@@ -38,18 +21,13 @@ def git_repo(path):
 
 
 def write_ledger(repo, experiments, campaigns=()):
-    """A ledger at the contract's place in `repo` holding the given rows (dicts of columns)."""
-    db_path = repo / ".autoresearch" / "ledger.sqlite"
-    db_path.parent.mkdir(exist_ok=True)
-    db = sqlite3.connect(db_path)
-    db.executescript(SCHEMA)
-    for table, rows in (("experiments", experiments), ("campaigns", campaigns)):
-        for row in rows:
-            cols = ", ".join(row)
-            db.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
-    db.commit()
-    db.close()
-    return db_path
+    """The ledger of `repo` (made with the Ledger API) holding the given rows (dicts of columns)."""
+    ledger = Ledger(repo=repo)
+    for row in experiments:
+        ledger.start_experiment(**row)
+    for row in campaigns:
+        ledger.save_campaign(**row)
+    return ledger
 
 
 def exp(status, val_bpb=None, description="", tag="night", worker=None, t=0, **more):

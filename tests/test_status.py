@@ -1,6 +1,7 @@
 """`autoresearch status`: the live view of running campaigns."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,37 +31,36 @@ def wait_for(predicate, seconds):
     return False
 
 
-def test_status_shows_the_progress_of_a_running_smoke_training(campaign_repo, smoke_cache, tmp_path):
-    """A real train.py run (smoke profile, 6 s budget) with a ledger row marked running."""
-    log = tmp_path / "run.log"
-    env = {**os.environ, "AUTORESEARCH_TIME_BUDGET": "6", "AUTORESEARCH_CACHE": smoke_cache,
-           "AUTORESEARCH_PROFILE": "smoke"}
-    with open(log, "wb") as out:
-        train = subprocess.Popen([sys.executable, "train.py"], cwd=campaign_repo, stdout=out,
-                                 stderr=subprocess.STDOUT, env=env)
+def progress_lines(log):
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [line for line in re.split(r"[\r\n]", text) if status.PROGRESS.match(line.strip())]
+
+
+def test_status_shows_the_progress_bar_of_a_running_smoke_campaign(campaign_repo):
+    """`autoresearch run` on the real train.py (smoke profile, 6 s budget) in the background."""
+    subprocess.run(["git", "checkout", "-qb", "autoresearch/smoke"], cwd=campaign_repo, check=True)
+    env = {**os.environ, "AUTORESEARCH_TIME_BUDGET": "6", "PYTHONPATH": str(ROOT)}
+    run = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", "baseline <as is>"],
+                           cwd=campaign_repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        write_ledger(campaign_repo, [
-            exp("keep", 3.30, "baseline", t=0, is_baseline=1),
-            exp("discard", 3.40, "DEPTH 4 -> 6", t=1, best_before=3.30),
-            dict(tag="night", worker="cpu0", status="running", description="MATRIX_LR 0.04 -> 0.05",
-                 started_at=time.time(), timeout_s=120, log_path=str(log), worktree=str(campaign_repo)),
-        ])
-        assert wait_for(lambda: any(status.PROGRESS.match(line) for line in
-                                    log.read_text(errors="replace").replace("\r", "\n").splitlines()), 90), \
-            log.read_text(errors="replace")[-2000:]
-        result = run_status(cwd=campaign_repo)
+        assert wait_for(lambda: progress_lines(campaign_repo / "run.log") or run.poll() is not None, 120)
+        assert run.poll() is None, run.stdout.read()
+        during = run_status(cwd=campaign_repo)
+        output, _ = run.communicate(timeout=180)
     finally:
-        train.kill()
-        train.wait()
-    assert result.returncode == 0, result.stderr
-    text = result.stdout
-    assert "campaign night [smoke / cpu]: 2 done, 1 kept, best 3.300000" in text
-    line = next(l for l in text.splitlines() if "MATRIX_LR 0.04 -> 0.05" in l)
-    assert line.lstrip().startswith("cpu0     #3")
-    assert "[" in line and "]" in line and "%" in line
-    assert "remaining " in line and "s  " in line
-    assert "elapsed 0:" in line and "of 2:00 max" in line
-    assert "#2    discard  3.400000" in text
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert during.returncode == 0, during.stderr
+    assert "campaign smoke [smoke]: no finished experiment yet" in during.stdout
+    line = next(l for l in during.stdout.splitlines() if "baseline <as is>" in l)
+    assert re.search(r"#1 'baseline <as is>'  \[[#.]{30}\] +\d+\.\d%  remaining \d+s  elapsed \d+:\d\d of \d+:\d\d max",
+                     line), line
+    # when it is over: nothing running, its result among the last ones
+    assert run.returncode == 0, output
+    after = run_status(cwd=campaign_repo)
+    assert "No campaign is running. The last results:" in after.stdout
+    assert re.search(r"#1 +keep +\d\.\d{6} +[0-9a-f]{7} +baseline <as is>", after.stdout), after.stdout
 
 
 def test_status_with_nothing_running_says_so_and_shows_the_last_results(tmp_path):
