@@ -209,6 +209,8 @@ def y_range(rows):
     baselines = [b for b in (baseline_of([r for r in rows if r["tag"] == t]) for t in {r["tag"] for r in rows})
                  if b is not None]
     lo, hi = min(values), max(baselines) if baselines else max(values)
+    if hi <= lo:  # nothing beat the baseline yet: show how far off the tries were
+        hi = max(values)
     span = hi - lo if hi > lo else max(abs(hi) * 0.01, 1e-3)
     return lo - 0.15 * span, hi + 0.25 * span
 
@@ -218,6 +220,7 @@ def plot_progress(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     tags_in_order = list(dict.fromkeys(r["tag"] for r in rows))
     series = {}
@@ -239,15 +242,17 @@ def plot_progress(rows, path):
         inside = [r for r in discards if r["val_bpb"] <= top]
         above = [r for r in discards if r["val_bpb"] > top]
         failed = [r for r in mine if is_failed(r)]
-        ax.scatter(xs(inside), [r["val_bpb"] for r in inside], c="#aaaaaa", s=14, label="discard", zorder=2)
+        if inside:
+            ax.scatter(xs(inside), [r["val_bpb"] for r in inside], c="#aaaaaa", s=14, label="discard", zorder=2)
         if above:
             ax.scatter(xs(above), [top - 0.01 * (top - bottom)] * len(above), c="#aaaaaa", marker="^", s=20,
                        label="discard (off the top)", zorder=2)
         if failed:
             ax.scatter(xs(failed), [bottom + 0.02 * (top - bottom)] * len(failed), c="#d62728", marker="x",
                        s=24, label="crash / timeout / invalid", zorder=2)
-        ax.scatter(xs(keeps), [r["val_bpb"] for r in keeps], c="#2ca02c", s=36, edgecolors="black",
-                   linewidths=0.5, label="keep", zorder=4)
+        if keeps:
+            ax.scatter(xs(keeps), [r["val_bpb"] for r in keeps], c="#2ca02c", s=36, edgecolors="black",
+                       linewidths=0.5, label="keep", zorder=4)
         for r in keeps:
             ax.annotate(short(r.get("description")), (number[id(r)], r["val_bpb"]), xytext=(4, 6),
                         textcoords="offset points", fontsize=7, rotation=30, color="#1a6b1a", clip_on=True)
@@ -265,13 +270,15 @@ def plot_progress(rows, path):
             ax.text(0.5, 0.5, "no successful experiments", transform=ax.transAxes, ha="center", color="#d62728")
         ax.set_ylim(bottom, top)
         ax.set_xlim(0.5, len(campaign) + 0.5 + 0.06 * len(campaign))  # room for the last label
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("experiment #")
         ax.set_ylabel("val_bpb (lower is better)")
         ax.grid(alpha=0.25)
         name = " / ".join(str(p) for p in ((tag if len(tags) > 1 else None), worker) if p)
-        if len(series) > 1 or name:
+        if len(series) > 1:
             ax.set_title(f"{name}: {len(mine)} experiments, {len(keeps)} kept", fontsize=11)
-        ax.legend(loc="upper right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -293,7 +300,7 @@ th[data-dir=asc]::after { content: " \\25B2"; } th[data-dir=desc]::after { conte
 td.num { text-align: right; font-family: ui-monospace, monospace; }
 tr.keep td { background: #eef8ee; } tr.crash td, tr.timeout td, tr.invalid td { color: #a33; }
 details { margin: .4em 0; border: 1px solid #ddd; border-radius: 4px; padding: .3em .6em; }
-summary { cursor: pointer; } pre.diff { overflow-x: auto; font-size: 12px; background: #fafafa; padding: .5em; }
+summary { cursor: pointer; } .add { color: #1a7f37; } .del { color: #cf222e; } pre.diff { overflow-x: auto; font-size: 12px; background: #fafafa; padding: .5em; }
 .note { color: #777; }
 """
 
@@ -361,6 +368,16 @@ def table_html(rows):
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
+def diff_html(diff):
+    """A unified diff, escaped, its added and removed lines coloured."""
+    out = []
+    for line in diff.splitlines():
+        kind = "add" if line.startswith("+") and not line.startswith("+++") else \
+               "del" if line.startswith("-") and not line.startswith("---") else None
+        out.append(f'<span class="{kind}">{esc(line)}</span>' if kind else esc(line))
+    return "\n".join(out)
+
+
 def top_hits_html(rows, from_tsv):
     hits = sorted((r for r in rows if r.get("gain") is not None), key=lambda r: -r["gain"])
     if not hits:
@@ -377,8 +394,8 @@ def top_hits_html(rows, from_tsv):
         if from_tsv:
             parts.append(f"<li>{label}</li>")
         else:
-            diff = r.get("diff") or "(no diff recorded)"
-            parts.append(f'<li><details><summary>{label}</summary><pre class="diff">{esc(diff)}</pre></details></li>')
+            diff = diff_html(r.get("diff") or "(no diff recorded)")
+            parts.append(f'<li><details><summary>{label}</summary><pre class="diff">{diff}</pre></details></li>')
     parts.append("</ol>")
     return "".join(parts)
 
