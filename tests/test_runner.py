@@ -1,0 +1,475 @@
+"""
+`autoresearch run`: one experiment, its integrity check, its decision, and what it leaves behind
+(branch, refs/autoresearch/, results.tsv, the ledger, no stray processes).
+
+Most tests use a stand-in train.py that prints a summary block at once (the runner does not care how
+val_bpb was made); the end-to-end campaign, the crash and the default timeout use the real train.py
+on the smoke profile with a budget of a few seconds.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch import runner
+from autoresearch.ledger import Ledger
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def fake_train(val_bpb=1.0, body=""):
+    """A train.py that prints the reference summary block (and whatever body does first)."""
+    return textwrap.dedent("""\
+        import os, sys
+        {body}
+        print("step 00001 (50.0%) | loss: 5.000000", end="\\r")
+        print("step 00002 (100.0%) | loss: 4.000000")
+        print("---")
+        print("val_bpb:          {val_bpb:.6f}")
+        print("training_seconds: 1.0")
+        print("total_seconds:    2.5")
+        print("peak_vram_mb:     1536.0")
+        print("mfu_percent:      1.50")
+        print("total_tokens_M:   0.1")
+        print("num_steps:        2")
+        print("num_params_M:     1.2")
+        print("depth:            2")
+        print("profile:          smoke")
+        print("device:           cpu")
+        print("device_name:      stand-in cpu")
+        print("seed:             " + os.environ.get("AUTORESEARCH_SEED", "42"))
+        """).format(val_bpb=val_bpb, body=textwrap.dedent(body))
+
+
+@pytest.fixture
+def repo(campaign_repo):
+    """The campaign repo on branch autoresearch/t with the stand-in train.py as its base commit."""
+    (campaign_repo / "train.py").write_text(fake_train(1.0))
+    git(campaign_repo, "commit", "-qam", "stand-in train.py")
+    git(campaign_repo, "checkout", "-qb", "autoresearch/t")
+    return campaign_repo
+
+
+def run(repo, description, train=None, **kw):
+    if train is not None:
+        (repo / "train.py").write_text(train)
+    return runner.run_experiment(repo, description, **kw)
+
+
+def cli(repo, *args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "autoresearch.cli", *args], cwd=repo, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, **kw)
+
+
+def results_tsv(repo):
+    return [line.split("\t") for line in (repo / "results.tsv").read_text().splitlines()]
+
+
+def live_group_members(pgid):
+    """Processes of a process group that are still alive (zombies do not count)."""
+    members = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(pid))
+    return members
+
+
+def hanging_train(pid_file, ignore_sigterm=True):
+    """A train.py that starts a child and sleeps; both ignore SIGTERM unless told otherwise."""
+    ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN)" if ignore_sigterm else "pass"
+    return textwrap.dedent(f"""\
+        import os, signal, subprocess, sys, time
+        {ignore}
+        child = subprocess.Popen([sys.executable, "-c",
+            "import signal, time; {ignore}; time.sleep(600)"])
+        with open({str(pid_file)!r}, "w") as f:
+            f.write(f"{{os.getpid()}} {{child.pid}}")
+        print("step 00001 (1.0%) | loss: 9.000000", flush=True)
+        time.sleep(600)
+        """)
+
+
+# -- parsing -------------------------------------------------------------------------------------
+def test_parse_summary_reads_the_block_after_val_bpb():
+    text = "step 00001 (1%) | loss: 5.0\rstep 00002 (2%) | loss: 4.9\nprofile: smoke | device: cpu\n---\n" \
+           "val_bpb:          0.997900\nnum_steps:        953\ndevice_name:      Intel Xeon\nseed: 42\n"
+    summary = runner.parse_summary(text)
+    assert summary == {"val_bpb": 0.9979, "num_steps": 953, "device_name": "Intel Xeon", "seed": 42}
+    assert isinstance(summary["num_steps"], int)
+
+
+def test_parse_summary_without_val_bpb_is_empty():
+    assert runner.parse_summary("step 00001 | loss: 5.0\nTraceback (most recent call last):\n") == {}
+
+
+def test_crash_cause_names_oom_fail_exception_or_exit_code():
+    oom = "Traceback (most recent call last):\n  File \"train.py\", line 9\ntorch.OutOfMemoryError: CUDA out of memory."
+    assert runner.crash_cause(oom, 1).startswith("OOM: torch.OutOfMemoryError")
+    assert runner.crash_cause("step 3\nFAIL: loss is nan at step 3; the run diverged\n", 1) == \
+        "FAIL: loss is nan at step 3; the run diverged"
+    exc = 'x\nTraceback (most recent call last):\n  File "train.py", line 7, in <module>\n    boom()\nValueError: bad\n'
+    assert runner.crash_cause(exc, 1) == 'exception: ValueError: bad (File "train.py", line 7, in <module>)'
+    assert runner.crash_cause("", 3) == "exit code 3 without a val_bpb line"
+    assert runner.crash_cause("", -9) == "killed by SIGKILL (out of memory?)"
+
+
+# -- the campaign, with the real train.py ----------------------------------------------------------
+def test_campaign_of_real_runs_keeps_discards_and_records_consistently(campaign_repo, monkeypatch):
+    """Baseline keep -> keep -> discard with the real train.py (smoke, 3 s). On a shared CPU two runs'
+    val_bpb cannot be ordered in advance, so the last two force their decision with --threshold
+    (keep when val_bpb < best + 10, discard unless val_bpb < best - 10); the rule itself is tested
+    below with the stand-in."""
+    repo = campaign_repo
+    monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "3")
+    # a run takes at least two optimizer steps: make them cheaper (when train.py still has these lines)
+    cpu_batch = "    TOTAL_BATCH_SIZE = 2**13\n    DEVICE_BATCH_SIZE = 32\n"
+    train = (repo / "train.py").read_text()
+    if cpu_batch in train:
+        (repo / "train.py").write_text(train.replace(cpu_batch, "    TOTAL_BATCH_SIZE = 2**11\n    DEVICE_BATCH_SIZE = 16\n"))
+        git(repo, "commit", "-qam", "smaller CPU batch for the test")
+    git(repo, "checkout", "-qb", "autoresearch/real")
+    base = git(repo, "rev-parse", "HEAD")
+    train = (repo / "train.py").read_text()
+
+    first = cli(repo, "run", "-m", "baseline")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines()[-2].startswith("keep  #1")
+
+    (repo / "train.py").write_text(train.replace("WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.4"))
+    second = cli(repo, "run", "-m", "warmdown 0.4", "--threshold", "-10")
+    assert second.returncode == 0, second.stderr
+    kept = git(repo, "rev-parse", "HEAD")
+
+    (repo / "train.py").write_text(train.replace("MATRIX_LR = 0.04", "MATRIX_LR = 0.0"))
+    third = cli(repo, "run", "-m", "matrix lr 0", "--threshold", "10", "--seed", "7")
+    assert third.returncode == 0, third.stderr
+
+    rows = Ledger(repo=repo).experiments(tag="real")
+    assert [r["status"] for r in rows] == ["keep", "keep", "discard"]
+    assert [r["parent_commit"] for r in rows] == [base, base, kept]
+    assert rows[0]["commit_sha"] == base and rows[1]["commit_sha"] == kept
+    assert all(r["val_bpb"] > 0 and r["num_steps"] > 0 and r["profile"] == "smoke" and r["device"]
+               and r["time_budget"] == 3 and "val_bpb:" in r["log_tail"] for r in rows)
+    assert rows[2]["seed"] == 7 and rows[0]["seed"] == 42 and rows[1]["is_baseline"] == 0
+    assert "+WARMDOWN_RATIO = 0.4" in rows[1]["diff"] and "+MATRIX_LR = 0.0" in rows[2]["diff"]
+    # the branch stayed on the keep; the discard is reachable under refs/autoresearch/
+    assert git(repo, "rev-parse", "HEAD") == kept
+    assert git(repo, "rev-parse", f"refs/autoresearch/real/{rows[2]['commit_sha'][:7]}") == rows[2]["commit_sha"]
+    assert "WARMDOWN_RATIO = 0.4" in (repo / "train.py").read_text() and git(repo, "status", "--porcelain") == ""
+    # results.tsv agrees with the ledger row by row
+    tsv = results_tsv(repo)
+    assert tsv[0] == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert tsv[1:] == [[r["commit_sha"][:7], f"{r['val_bpb']:.6f}", f"{r['peak_vram_mb'] / 1024:.1f}", r["status"],
+                        r["description"]] for r in rows]
+
+
+def test_real_train_raising_is_a_crash_with_the_exception(campaign_repo):
+    repo = campaign_repo
+    git(repo, "checkout", "-qb", "autoresearch/crash")
+    train = (repo / "train.py").read_text()
+    marker = 'DEVICE_TYPE = "cuda"'
+    (repo / "train.py").write_text(train.replace(marker, 'raise RuntimeError("boom from the test")\n' + marker, 1))
+    row = runner.run_experiment(repo, "raise early")
+    assert row["status"] == "crash" and row["val_bpb"] is None
+    assert row["cause"].startswith("exception: RuntimeError: boom from the test (File ")
+    assert "train.py" in row["cause"] and "RuntimeError" in row["log_tail"]
+    assert results_tsv(repo)[1][1:4] == ["0.000000", "0.0", "crash"]
+    # a crash is not kept: the branch is back on its start, the commit under refs/autoresearch/
+    assert git(repo, "rev-parse", "HEAD") == row["parent_commit"] != row["commit_sha"]
+    assert git(repo, "rev-parse", f"refs/autoresearch/crash/{row['commit_sha'][:7]}") == row["commit_sha"]
+
+
+# -- the decision ----------------------------------------------------------------------------------
+def test_first_experiment_is_the_baseline_and_kept(repo):
+    row = run(repo, "baseline")
+    assert (row["status"], row["is_baseline"], row["best_before"], row["val_bpb"]) == ("keep", 1, None, 1.0)
+    assert row["commit_sha"] == row["parent_commit"] == git(repo, "rev-parse", "HEAD") and row["diff"] == ""
+    campaign = Ledger(repo=repo).campaign("t")
+    assert campaign["base_commit"] == row["commit_sha"] and campaign["profile"] == "smoke"
+    assert len(campaign["fingerprint"]) == 64
+
+
+def test_better_is_kept_and_advances_the_branch(repo):
+    run(repo, "baseline")
+    row = run(repo, "better", fake_train(0.9))
+    assert (row["status"], row["best_before"], row["threshold"]) == ("keep", 1.0, 0.0)
+    assert git(repo, "rev-parse", "HEAD") == row["commit_sha"] != row["parent_commit"]
+    assert git(repo, "log", "-1", "--format=%s") == "better"
+    assert "+print(\"val_bpb:          0.900000\")" in row["diff"]
+
+
+def test_worse_is_discarded_reset_and_saved_under_refs(repo):
+    baseline = run(repo, "baseline")
+    row = run(repo, "worse", fake_train(1.1))
+    assert row["status"] == "discard" and row["parent_commit"] == baseline["commit_sha"]
+    assert git(repo, "rev-parse", "HEAD") == baseline["commit_sha"]
+    assert (repo / "train.py").read_text() == fake_train(1.0) and git(repo, "status", "--porcelain") == ""
+    assert git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/autoresearch/") == \
+        f"refs/autoresearch/t/{row['commit_sha'][:7]} {row['commit_sha']}"
+    assert [line[3] for line in results_tsv(repo)[1:]] == ["keep", "discard"]
+
+
+def test_a_gain_within_the_threshold_is_discarded(repo):
+    run(repo, "baseline")
+    assert run(repo, "noise-sized gain", fake_train(0.995), threshold=0.01)["status"] == "discard"
+
+
+def test_threshold_defaults_to_the_campaign_noise_floor(repo):
+    run(repo, "baseline")
+    Ledger(repo=repo).save_campaign(tag="t", min_delta=0.001, noise_std=0.02)
+    row = run(repo, "small gain", fake_train(0.97))
+    assert row["threshold"] == pytest.approx(0.04) and row["status"] == "discard"
+
+
+def test_commits_the_agent_made_itself_belong_to_the_experiment(repo):
+    baseline = run(repo, "baseline")
+    (repo / "train.py").write_text(fake_train(1.2))
+    git(repo, "commit", "-qam", "agent's own commit")
+    row = run(repo, "worse, committed by the agent")
+    assert row["status"] == "discard" and row["parent_commit"] == baseline["commit_sha"]
+    assert row["commit_sha"] == git(repo, "rev-parse", f"refs/autoresearch/t/{row['commit_sha'][:7]}")
+    assert git(repo, "rev-parse", "HEAD") == baseline["commit_sha"]
+
+
+def test_seed_is_passed_to_train_and_recorded(repo):
+    assert run(repo, "seeded", seed=1234)["seed"] == 1234
+
+
+def test_proposer_and_cost_are_recorded(repo):
+    row = run(repo, "proposed", proposer="openai", model="gpt-x", prompt_tokens=100, completion_tokens=20,
+              cost_usd=0.01, worker="w7")
+    assert (row["proposer"], row["model"], row["prompt_tokens"], row["completion_tokens"], row["cost_usd"],
+            row["worker"]) == ("openai", "gpt-x", 100, 20, 0.01, "w7")
+
+
+def test_decide_false_records_without_moving_the_branch_until_settled(repo):
+    baseline = run(repo, "baseline")
+    row = run(repo, "candidate", fake_train(1.1), decide=False)
+    assert row["status"] == "discard" and git(repo, "rev-parse", "HEAD") == row["commit_sha"]
+    row = runner.settle(repo, row["id"], keep=False, cause="not confirmed")
+    assert (row["status"], row["cause"]) == ("discard", "not confirmed")
+    assert git(repo, "rev-parse", "HEAD") == baseline["commit_sha"]
+    assert git(repo, "rev-parse", f"refs/autoresearch/t/{row['commit_sha'][:7]}") == row["commit_sha"]
+    assert results_tsv(repo)[-1][0] == row["commit_sha"][:7] and results_tsv(repo)[-1][3] == "discard"
+
+
+# -- failures ----------------------------------------------------------------------------------------
+def test_fail_line_is_a_crash_with_that_line_as_cause(repo):
+    run(repo, "baseline")
+    train = "import sys\nprint('step 00003 | loss: nan')\nprint('FAIL: loss is nan at step 3; the run diverged')\nsys.exit(1)\n"
+    row = run(repo, "diverges", train)
+    assert (row["status"], row["cause"]) == ("crash", "FAIL: loss is nan at step 3; the run diverged")
+    assert results_tsv(repo)[-1][1:4] == ["0.000000", "0.0", "crash"]
+
+
+def test_hanging_train_is_killed_at_the_timeout_with_no_process_left(repo, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "KILL_GRACE", 1.0)
+    baseline = run(repo, "baseline")
+    pid_file = tmp_path / "pids"
+    started = time.time()
+    row = run(repo, "hangs", hanging_train(pid_file), timeout=2)
+    assert time.time() - started < 15
+    assert row["status"] == "timeout" and row["cause"] == "timeout: killed after 2 s" and row["timeout_s"] == 2
+    leader, child = map(int, pid_file.read_text().split())
+    assert live_group_members(leader) == [] and child not in live_group_members(leader)
+    assert not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+    assert git(repo, "rev-parse", "HEAD") == baseline["commit_sha"]
+    assert results_tsv(repo)[-1][3:] == ["crash", "hangs [timeout]"]
+
+
+def test_default_timeout_is_twice_the_budget_plus_a_margin(repo, short_budget):
+    row = run(repo, "baseline")
+    assert row["timeout_s"] == 2 * short_budget + runner.TIMEOUT_MARGIN and row["time_budget"] == short_budget
+
+
+# -- integrity -----------------------------------------------------------------------------------------
+def test_edit_to_prepare_is_invalid_and_reverted(repo):
+    baseline = run(repo, "baseline")
+    prepare = (repo / "prepare.py").read_text()
+    (repo / "prepare.py").write_text(prepare + "\nEVAL_TOKENS = 1\n")
+    (repo / "train.py").write_text(fake_train(0.5))
+    row = run(repo, "shrink the eval")
+    assert row["status"] == "invalid" and row["cause"] == "changed files other than train.py: prepare.py"
+    assert row["log_path"] is None and row["val_bpb"] is None  # never ran
+    assert git(repo, "rev-parse", "HEAD") == baseline["commit_sha"] and git(repo, "status", "--porcelain") == ""
+    assert (repo / "prepare.py").read_text() == prepare
+    assert "+EVAL_TOKENS = 1" in git(repo, "show", f"refs/autoresearch/t/{row['commit_sha'][:7]}")
+    assert results_tsv(repo)[-1][3:] == ["crash", "shrink the eval [invalid]"]
+    assert Ledger(repo=repo).best("t") == 1.0
+
+
+def test_new_untracked_file_is_invalid_and_removed(repo):
+    run(repo, "baseline")
+    (repo / "helper.py").write_text("SECRET = 1\n")
+    row = run(repo, "helper module")
+    assert row["status"] == "invalid" and "helper.py" in row["cause"] and not (repo / "helper.py").exists()
+    assert "SECRET = 1" in git(repo, "show", f"{row['commit_sha']}:helper.py")
+
+
+def test_harness_outputs_do_not_count_as_changes_even_when_not_ignored(repo):
+    (repo / ".gitignore").unlink()
+    git(repo, "commit", "-qam", "no .gitignore")
+    assert run(repo, "baseline")["status"] == "keep"
+    assert run(repo, "again")["status"] == "discard"  # run.log, results.tsv, .autoresearch/ exist now
+    assert "run.log" not in git(repo, "ls-files")
+
+
+def test_run_that_edits_a_tracked_file_is_invalid(repo):
+    baseline = run(repo, "baseline")
+    prepare = (repo / "prepare.py").read_text()
+    body = "with open('prepare.py', 'a') as f:\n    f.write('# patched at run time\\n')\n"
+    row = run(repo, "patches prepare at run time", fake_train(0.5, body))
+    assert row["status"] == "invalid" and row["cause"] == "the run changed files in the checkout: prepare.py"
+    assert (repo / "prepare.py").read_text() == prepare and git(repo, "rev-parse", "HEAD") == baseline["commit_sha"]
+
+
+def test_data_cache_change_is_invalid(repo, monkeypatch, tmp_path, smoke_cache):
+    import shutil
+    cache = tmp_path / "cache"
+    shutil.copytree(Path(smoke_cache) / "smoke", cache / "smoke")
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
+    run(repo, "baseline")
+    with open(cache / "smoke" / "manifest.json", "a") as f:
+        f.write("\n")
+    row = run(repo, "after the cache changed", fake_train(0.5))
+    assert row["status"] == "invalid" and "data cache" in row["cause"]
+
+
+# -- interruption and recovery -------------------------------------------------------------------------
+def test_sigint_kills_training_records_crash_and_resets(repo, tmp_path):
+    baseline = run(repo, "baseline")
+    pid_file = tmp_path / "pids"
+    (repo / "train.py").write_text(hanging_train(pid_file, ignore_sigterm=False))
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", "hangs"], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    running = Ledger(repo=repo).experiments(tag="t", status="running")
+    assert len(running) == 1 and running[0]["log_path"] == str(repo / "run.log")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    row = Ledger(repo=repo).experiment(running[0]["id"])
+    assert row["status"] == "crash" and row["cause"] == "interrupted (SIGINT)"
+    leader, child = map(int, pid_file.read_text().split())
+    assert live_group_members(leader) == []
+    assert git(repo, "rev-parse", "HEAD") == baseline["commit_sha"] and git(repo, "status", "--porcelain") == ""
+    assert results_tsv(repo)[-1][0] == row["commit_sha"][:7] and results_tsv(repo)[-1][3] == "crash"
+
+
+def test_row_left_running_by_a_dead_runner_is_recorded_on_the_next_run(repo):
+    baseline = run(repo, "baseline")
+    (repo / "train.py").write_text(fake_train(0.8))
+    git(repo, "commit", "-qam", "died mid-run")
+    dead = git(repo, "rev-parse", "HEAD")
+    ledger = Ledger(repo=repo)
+    stale = ledger.start_experiment(tag="t", worktree=str(repo), commit_sha=dead,
+                                    parent_commit=baseline["commit_sha"], description="died mid-run")
+    row = run(repo, "next")
+    assert ledger.experiment(stale)["status"] == "crash" and "interrupted" in ledger.experiment(stale)["cause"]
+    assert row["parent_commit"] == baseline["commit_sha"] and row["commit_sha"] == baseline["commit_sha"]
+    assert git(repo, "rev-parse", f"refs/autoresearch/t/{dead[:7]}") == dead
+
+
+# -- several checkouts -----------------------------------------------------------------------------------
+def test_two_runs_in_two_worktrees_share_one_ledger(repo, tmp_path):
+    run(repo, "baseline")
+    git(repo, "checkout", "-q", "main")
+    slow = fake_train(0.9, "import time\ntime.sleep(2)\n")
+    worktrees = []
+    for name in ("a", "b"):
+        path = tmp_path / f"wt-{name}"
+        git(repo, "worktree", "add", "-q", "-b", f"autoresearch/{name}", str(path), "autoresearch/t")
+        (path / "train.py").write_text(slow)
+        worktrees.append(path)
+    procs = [subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", f"slow in {p.name}"], cwd=p,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}) for p in worktrees]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    rows = {r["tag"]: r for r in Ledger(repo=repo).experiments() if r["tag"] in ("a", "b")}
+    assert set(rows) == {"a", "b"} and all(r["status"] == "keep" for r in rows.values())
+    assert rows["a"]["worktree"] == str(tmp_path / "wt-a") and rows["b"]["worktree"] == str(tmp_path / "wt-b")
+    assert rows["a"]["started_at"] < rows["b"]["ended_at"] and rows["b"]["started_at"] < rows["a"]["ended_at"]
+    for path in worktrees:
+        assert len(results_tsv(path)) == 2 and not (path / ".autoresearch").exists()
+    assert (repo / ".autoresearch" / "ledger.sqlite").exists()
+
+
+def test_second_run_in_the_same_checkout_is_refused(repo, tmp_path):
+    pid_file = tmp_path / "pids"
+    (repo / "train.py").write_text(hanging_train(pid_file, ignore_sigterm=False))
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", "hangs", "--timeout", "20"],
+                            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.time() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        second = cli(repo, "run", "-m", "meanwhile")
+        assert second.returncode == 2 and "another `autoresearch run`" in second.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 130
+
+
+# -- user mistakes ---------------------------------------------------------------------------------------
+def test_not_on_a_campaign_branch_is_a_one_line_error(repo):
+    git(repo, "checkout", "-q", "main")
+    result = cli(repo, "run", "-m", "x")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "not on a campaign branch (current: main)" in result.stderr
+    assert "git checkout -b autoresearch/" in result.stderr
+    with pytest.raises(runner.RunError):
+        runner.campaign_tag(repo)
+    assert not (repo / ".autoresearch").exists()
+
+
+def test_campaign_tag_comes_from_the_branch(repo):
+    assert runner.campaign_tag(repo) == "t"
+
+
+def test_unprepared_profile_is_a_one_line_error(repo, tmp_path):
+    result = cli(repo, "run", "-m", "x", env={"AUTORESEARCH_CACHE": str(tmp_path / "empty")})
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "python prepare.py --profile smoke" in result.stderr
+    assert Ledger(repo=repo).experiments() == []
+
+
+def test_missing_description_is_refused(repo):
+    assert cli(repo, "run").returncode == 2
+    assert cli(repo, "run", "-m", "  ").returncode == 2
+
+
+def test_run_prints_a_summary_and_exits_zero_even_for_a_discard(repo):
+    assert cli(repo, "run", "-m", "baseline").returncode == 0
+    (repo / "train.py").write_text(fake_train(1.5))
+    result = cli(repo, "run", "-m", "worse")
+    assert result.returncode == 0
+    last = result.stdout.strip().splitlines()
+    assert last[-2].startswith("discard") and "val_bpb 1.500000" in last[-2] and "delta +0.500000" in last[-2]
+    assert "refs/autoresearch/t/" in last[-1] and "best 1.000000" in last[-1]
+    log = json.loads(cli(repo, "log", "--format", "json").stdout)
+    assert [(i["status"], i["description"], i["proposer"]) for i in log] == \
+        [("keep", "baseline", "manual"), ("discard", "worse", "manual")]
