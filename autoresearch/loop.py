@@ -1,0 +1,593 @@
+"""
+The never-stopping loop: `autoresearch loop --proposer NAME --tag T [budgets] [noise options]`.
+
+The harness owns the research loop. In the current checkout:
+  1. Create the branch autoresearch/<tag> from HEAD, or resume it. A row a dead loop left `running`
+     is recorded as crash (cause "interrupted") by the runner's recovery, and the branch and tree are
+     restored to the campaign's best (anything else lying there is saved under
+     refs/autoresearch/<tag>/leftover-<time> first): nothing is lost, nothing runs twice.
+  2. The baseline, if the campaign has none: train.py unchanged, recorded as keep. With
+     --baseline-repeats K it runs K times on seeds 42, 43, ...; the standard deviation of the K
+     val_bpbs is the campaign's noise, and the keep threshold is max(--min-delta, 2 x noise).
+  3. Then until a budget is spent: the proposer gets the best train.py, program.md, the history and
+     the last failure's log tail and returns a new train.py; the runner commits it, trains, decides
+     and records. With --confirm a would-be keep is re-run on a new seed and kept only if both runs
+     beat the best. A proposal that cannot be used is recorded as an `invalid` experiment; a
+     proposer that fails (network, rate limit) is retried with exponential back-off.
+Budgets count the whole campaign (a resumed loop finishes the same budget): --max-experiments
+counts every experiment of the tag, baseline, repeats and confirmations included; --max-cost sums the
+LLM cost of all of them; --hours is this invocation's wall-clock time (no new experiment starts after
+it; the one running finishes). Ctrl-C or SIGTERM stops cleanly: the training is killed and recorded,
+the tree is reset, exit 130 or 143.
+"""
+
+import fcntl
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from autoresearch import gitutil, runner
+from autoresearch.ledger import Ledger
+from autoresearch.proposers import REGISTRY, ProposalError, ProposerConfigError, get_proposer
+
+DEFAULT_SEED = 42          # train.py's default AUTORESEARCH_SEED
+MAX_BACKOFF = 300.0        # seconds between proposer retries at most
+BASELINE_CRASH_LIMIT = 3   # a baseline that crashes this often in a row stops the loop
+FAILED = ("crash", "timeout", "invalid")
+
+
+class Stop(Exception):
+    """SIGTERM or SIGINT while the loop itself (not the runner) was busy."""
+
+    def __init__(self, signame):
+        super().__init__(f"stopped by {signame}")
+        self.signame = signame
+
+
+class LoopError(Exception):
+    """A user mistake or missing precondition: one line, exit 2."""
+
+
+def exit_code(signame):
+    return 143 if signame == "SIGTERM" else 130
+
+
+class _Signals:
+    """SIGINT/SIGTERM: raised as Stop while armed (proposing, waiting), else noted and acted on at
+    the next step. During an experiment the runner installs its own handlers."""
+
+    def __init__(self):
+        self.pending = None
+        self.armed = False
+
+    def install(self):
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        self.pending = signal.Signals(signum).name
+        if self.armed:
+            self.armed = False
+            raise Stop(self.pending)
+
+    def check(self):
+        if self.pending:
+            raise Stop(self.pending)
+
+    def sleep(self, seconds):
+        self.armed = True
+        try:
+            self.check()
+            time.sleep(seconds)
+        finally:
+            self.armed = False
+
+    def call(self, fn, *args):
+        self.armed = True
+        try:
+            self.check()
+            return fn(*args)
+        finally:
+            self.armed = False
+
+
+class _LoopLock:
+    """One loop per checkout: a lock file in the worktree's git folder holding the loop's pid."""
+
+    def __init__(self, checkout):
+        self.path = os.path.join(gitutil.git_dir(checkout), "autoresearch-loop.lock")
+
+    def __enter__(self):
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            pid = self.file.read().strip() or "?"
+            self.file.close()
+            raise LoopError(f"another `autoresearch loop` (pid {pid}) is running in this checkout; stop it "
+                            f"first, or run this one in another worktree (`git worktree add`)") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def _fmt(value):
+    return f"{value:.6f}" if isinstance(value, (int, float)) else "-"
+
+
+def _tsv_replace(checkout, old_row, new_row):
+    """Rewrite the results.tsv line of old_row (the last one equal to it) as new_row's."""
+    path = os.path.join(checkout, "results.tsv")
+    if not os.path.exists(path):
+        return
+    old, new = runner.tsv_line(old_row), runner.tsv_line(new_row)
+    with open(path) as f:
+        lines = f.readlines()
+    for i in range(len(lines) - 1, 0, -1):
+        if lines[i] == old:
+            lines[i] = new
+            with open(path, "w") as f:
+                f.writelines(lines)
+            return
+
+
+class Loop:
+    def __init__(self, repo, tag, proposer_name, *, max_experiments=None, hours=None, max_cost=None,
+                 model=None, base_url=None, baseline_repeats=1, min_delta=None, confirm=False, timeout=None,
+                 seed=0, worker=None, price_input=None, price_output=None, proposer_timeout=1800.0,
+                 backoff=5.0, out=sys.stdout, proposer=None):
+        self.repo = repo
+        self.tag = tag
+        self.branch = runner.BRANCH_PREFIX + tag
+        self.proposer_name = proposer_name
+        self.max_experiments = max_experiments
+        self.deadline = time.time() + hours * 3600 if hours is not None else None
+        self.max_cost = max_cost
+        self.model = model
+        self.base_url = base_url
+        self.baseline_repeats = max(1, baseline_repeats or 1)
+        self.min_delta = min_delta
+        self.confirm = confirm
+        self.timeout = timeout
+        self.seed = seed
+        self.worker = worker
+        self.proposer_options = dict(model=model, base_url=base_url, seed=seed, price_input=price_input,
+                                     price_output=price_output, cli_timeout=proposer_timeout)
+        self.backoff = backoff
+        self.out = out
+        self.proposer = proposer  # tests may hand one in
+        self.signals = _Signals()
+        self.proposals_ok = 0
+
+    # -- output -----------------------------------------------------------------------------------
+    def say(self, text):
+        print(text, file=self.out, flush=True)
+
+    def note(self, kind, text):
+        self.say(text)
+        self.ledger.event(self.tag, kind, text, self.worker)
+
+    def rows(self):
+        return self.ledger.experiments(tag=self.tag)
+
+    def report(self, row):
+        """One line per finished experiment: n, status, val_bpb, best, description."""
+        n = len(self.rows())
+        best = self.ledger.best(self.tag)
+        cause = f"  [{row['cause']}]" if row.get("cause") and row["status"] not in ("keep", "discard") else ""
+        self.say(f"{n:4d}  {row['status']:8} val_bpb {_fmt(row.get('val_bpb')):>9}  best {_fmt(best):>9}  "
+                 f"{row.get('description') or ''}{cause}")
+
+    # -- budgets ----------------------------------------------------------------------------------
+    def budget_left(self):
+        """None while there is budget, else why not."""
+        rows = self.rows()
+        if self.max_experiments is not None and len(rows) >= self.max_experiments:
+            return f"--max-experiments {self.max_experiments} reached ({len(rows)} experiments in campaign {self.tag})"
+        if self.deadline is not None and time.time() >= self.deadline:
+            return "--hours reached"
+        if self.max_cost is not None:
+            spent = sum(r.get("cost_usd") or 0.0 for r in rows)
+            if spent >= self.max_cost:
+                return f"--max-cost {self.max_cost:g} USD reached ({spent:.4f} USD spent)"
+        return None
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def check_preconditions(self):
+        if not gitutil.is_repo(self.repo):
+            raise LoopError(f"{os.path.abspath(self.repo)} is not a git checkout; run the loop inside the "
+                            f"project's repository")
+        self.checkout = gitutil.toplevel(self.repo)
+        if not os.path.exists(os.path.join(self.checkout, "train.py")):
+            raise LoopError(f"no train.py in {self.checkout}; run the loop in the project's root folder")
+        if subprocess.run(["git", "check-ref-format", f"refs/heads/{self.branch}"]).returncode != 0 \
+                or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.tag):
+            raise LoopError(f"--tag {self.tag!r} cannot name a branch; use letters, digits, '.', '_' or '-' "
+                            f"(e.g. --tag {time.strftime('%b%d').lower()})")
+        if gitutil.git(self.checkout, "rev-parse", "--verify", "--quiet", "HEAD", check=False) == "":
+            raise LoopError("the repository has no commit yet; commit the project files first")
+        rules = runner.read_rules(self.checkout)  # RunError when constants.py is broken
+        runner.data_fingerprint(rules["profile"], rules["profile_dir"])  # RunError when not prepared
+        self.rules = rules
+
+    def checkout_branch(self):
+        current = gitutil.current_branch(self.checkout)
+        if current == self.branch:
+            return
+        dirty = gitutil.dirty_paths(self.checkout)
+        if dirty:
+            raise LoopError(f"the checkout has uncommitted changes ({', '.join(dirty[:5])}); commit or revert "
+                            f"them before starting the loop, which switches to branch {self.branch}")
+        exists = gitutil.git(self.checkout, "rev-parse", "--verify", "--quiet", f"refs/heads/{self.branch}",
+                             check=False)
+        if exists:
+            gitutil.git(self.checkout, "checkout", "--quiet", self.branch)
+            self.say(f"resuming branch {self.branch}")
+        else:
+            gitutil.git(self.checkout, "checkout", "--quiet", "-b", self.branch)
+            self.say(f"created branch {self.branch} at {gitutil.short(gitutil.head(self.checkout))}")
+
+    def save_campaign(self):
+        campaign = self.ledger.campaign(self.tag)
+        cols = dict(tag=self.tag, confirm=int(self.confirm), proposer=self.proposer_name,
+                    model=self.model or getattr(self.proposer, "model", None))
+        if self.min_delta is not None or not campaign:
+            cols["min_delta"] = self.min_delta or 0.0
+        if not campaign or not campaign.get("base_commit"):
+            cols.update(branch=self.branch, base_commit=gitutil.head(self.checkout))
+        if not campaign or not campaign.get("noise_std"):
+            cols["baseline_repeats"] = self.baseline_repeats
+        self.ledger.save_campaign(**cols)
+
+    def best_commit(self):
+        keeps = self.ledger.experiments(tag=self.tag, status="keep")
+        if keeps:
+            return keeps[-1]["commit_sha"]
+        return self.ledger.campaign(self.tag)["base_commit"]
+
+    def restore(self):
+        """Recover rows a dead loop left running, then put the branch and tree on the campaign's best;
+        whatever else is there is saved under refs/autoresearch/<tag>/leftover-<time> first."""
+        with runner._CheckoutLock(self.checkout):  # no `autoresearch run` is running here
+            for row in runner.recover(self.checkout, self.ledger):
+                self.say(f"recovered #{row['id']} ({row['description']}): left running by a stopped loop, "
+                         f"recorded as crash")
+        target = self.best_commit()
+        head = gitutil.head(self.checkout)
+        dirty = gitutil.dirty_paths(self.checkout)
+        if head == target and not dirty:
+            return
+        if dirty or head != target:
+            saved = self.save_leftover(head, dirty)
+            gitutil.reset_hard(self.checkout, target)
+            gitutil.remove_untracked(self.checkout, gitutil.untracked_paths(self.checkout))
+            self.note("restored", f"restored {self.branch} to the campaign's best {gitutil.short(target)}"
+                      + (f"; what was there is saved as {saved}" if saved else ""))
+
+    def save_leftover(self, head, dirty):
+        """A commit of HEAD plus the uncommitted changes, kept under refs/autoresearch/<tag>/; its ref."""
+        sha = head
+        if dirty:
+            with tempfile.TemporaryDirectory() as tmp:
+                env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
+                gitutil.git(self.checkout, "read-tree", "HEAD", env=env)
+                gitutil.git(self.checkout, "add", "--all", "--", ".", *gitutil.EXCLUDES, env=env)
+                tree = gitutil.git(self.checkout, "write-tree", env=env)
+                sha = gitutil.git(self.checkout, *gitutil._identity(self.checkout), "commit-tree", tree, "-p", head,
+                                  "-m", "uncommitted changes found by autoresearch loop")
+        known = {r["commit_sha"] for r in self.rows()} | {self.ledger.campaign(self.tag)["base_commit"]}
+        if sha in known:
+            return None
+        ref = f"refs/autoresearch/{self.tag}/leftover-{time.strftime('%Y%m%d-%H%M%S')}-{gitutil.short(sha)}"
+        gitutil.update_ref(self.checkout, ref, sha)
+        return ref
+
+    # -- experiments ------------------------------------------------------------------------------
+    def threshold(self):
+        campaign = self.ledger.campaign(self.tag) or {}
+        return max(campaign.get("min_delta") or 0.0, 2 * (campaign.get("noise_std") or 0.0))
+
+    def next_seed(self):
+        seeds = [r["seed"] for r in self.rows() if isinstance(r.get("seed"), int)]
+        return max(seeds + [DEFAULT_SEED]) + 1
+
+    def run(self, description, **kw):
+        """runner.run_experiment with the loop's settings; prints the line; returns the row."""
+        kw.setdefault("proposer", self.proposer_name)
+        self.signals.check()
+        row = runner.run_experiment(self.checkout, description, timeout=self.timeout, worker=self.worker,
+                                    ledger=self.ledger, **kw)
+        return row
+
+    def baseline_runs(self):
+        return [r for r in self.rows() if r.get("is_baseline") and r["status"] in ("keep", "discard")
+                and r.get("val_bpb") is not None]
+
+    def ensure_baseline(self):
+        """Run the baseline (and its repeats) until the campaign has them; returns False if out of budget."""
+        crashes = 0
+        while self.ledger.best(self.tag) is None:
+            if self.budget_left():
+                return False
+            row = self.run("baseline", is_baseline=True, threshold=0.0)
+            self.report(row)
+            if row["status"] != "keep":
+                crashes += 1
+                if crashes >= BASELINE_CRASH_LIMIT:
+                    raise LoopError(f"the baseline failed {crashes} times in a row ({row['status']}: "
+                                    f"{row.get('cause')}); fix train.py (see run.log) and start the loop again")
+        campaign = self.ledger.campaign(self.tag)
+        repeats = campaign.get("baseline_repeats") or 1
+        if campaign.get("noise_std") is None and repeats > 1:
+            while len(self.baseline_runs()) < repeats:
+                if self.budget_left():
+                    return False
+                seed = self.next_seed()
+                n = len(self.baseline_runs()) + 1
+                row = self.run(f"baseline (repeat {n}/{repeats}, seed {seed})", seed=seed, is_baseline=True,
+                               decide=False)
+                row = runner.settle(self.checkout, row["id"], keep=False, ledger=self.ledger,
+                                    cause=f"baseline repeat on seed {seed}: measures the noise")
+                self.report(row)
+            values = [r["val_bpb"] for r in self.baseline_runs()][:repeats]
+            noise = statistics.stdev(values)
+            self.ledger.save_campaign(tag=self.tag, noise_std=noise)
+            self.note("threshold", f"noise: val_bpb std {noise:.6f} over {len(values)} baseline runs "
+                                   f"({', '.join(_fmt(v) for v in values)}); keep threshold = max(min_delta "
+                                   f"{campaign.get('min_delta') or 0:g}, 2 x {noise:.6f}) = {self.threshold():.6f}")
+        elif not self.rows_after_baseline():
+            self.note("threshold", f"keep threshold = {self.threshold():.6f} (min_delta "
+                                   f"{campaign.get('min_delta') or 0:g}, noise std "
+                                   f"{_fmt(campaign.get('noise_std')) if campaign.get('noise_std') else 'not measured'})")
+        return True
+
+    def rows_after_baseline(self):
+        return [r for r in self.rows() if not r.get("is_baseline")]
+
+    def last_failure(self):
+        rows = self.rows()
+        if not rows or rows[-1]["status"] not in FAILED:
+            return None
+        row = rows[-1]
+        return (f"experiment #{row['id']} ({row['description']}) ended {row['status']}: {row.get('cause') or ''}\n"
+                + (row.get("log_tail") or ""))
+
+    def propose(self):
+        """A proposal, or None when it was recorded as invalid; transient errors back off and retry."""
+        failures = 0
+        while True:
+            if self.budget_left():
+                return None
+            train_py = open(os.path.join(self.checkout, "train.py"), encoding="utf-8").read()
+            program_path = os.path.join(self.checkout, "program.md")
+            program_md = open(program_path, encoding="utf-8").read() if os.path.exists(program_path) else ""
+            started = time.time()
+            try:
+                proposal = self.signals.call(self.proposer.propose, train_py, program_md, self.rows(),
+                                             self.last_failure())
+                self.proposals_ok += 1
+                return proposal
+            except ProposalError as e:
+                self.proposals_ok += 1
+                self.record_invalid(e, started)
+                return None
+            except Stop:
+                raise
+            except Exception as e:
+                if isinstance(e, ProposerConfigError) and not self.proposals_ok:
+                    raise LoopError(str(e))
+                failures += 1
+                wait = min(MAX_BACKOFF, self.backoff * 2 ** (failures - 1))
+                if self.deadline is not None:
+                    wait = max(0.0, min(wait, self.deadline - time.time()))
+                self.note("proposer_error", f"proposer error ({failures} in a row): {type(e).__name__}: "
+                                            f"{str(e).strip()[:300]}; retrying in {wait:.0f} s")
+                self.signals.sleep(wait)
+
+    def record_invalid(self, error, started):
+        """A proposal that could not be used: an `invalid` experiment (nothing ran, nothing changed)."""
+        head = gitutil.head(self.checkout)
+        exp_id = self.ledger.start_experiment(
+            tag=self.tag, worker=self.worker or os.environ.get("AUTORESEARCH_WORKER") or socket.gethostname(),
+            branch=self.branch, worktree=self.checkout, parent_commit=head,
+            description=error.description or f"({self.proposer_name} proposal)", status="invalid",
+            cause=f"proposal: {error}", proposer=self.proposer_name, model=error.model or self.model,
+            prompt_tokens=error.prompt_tokens, completion_tokens=error.completion_tokens, cost_usd=error.cost_usd,
+            profile=self.rules.get("profile"), best_before=self.ledger.best(self.tag), threshold=self.threshold(),
+            started_at=started, ended_at=time.time(), is_baseline=0)
+        row = self.ledger.experiment(exp_id)
+        runner.append_results_tsv(self.checkout, row)
+        self.ledger.event(self.tag, "invalid", f"#{exp_id} invalid proposal: {error}", self.worker)
+        self.report(row)
+
+    def experiment(self, proposal):
+        """Write the proposal, run it (and with --confirm its re-run), record; returns the last row."""
+        with open(os.path.join(self.checkout, "train.py"), "w", encoding="utf-8") as f:
+            f.write(proposal.train_py)
+        cost = dict(model=proposal.model, prompt_tokens=proposal.prompt_tokens,
+                    completion_tokens=proposal.completion_tokens, cost_usd=proposal.cost_usd)
+        threshold = self.threshold()
+        if not self.confirm:
+            row = self.run(proposal.description, threshold=threshold, **cost)
+            self.report(row)
+            return row
+        first = self.run(proposal.description, threshold=threshold, decide=False, **cost)
+        if first["status"] != "keep":
+            first = runner.settle(self.checkout, first["id"], keep=False, ledger=self.ledger)
+            self.report(first)
+            return first
+        # a would-be keep: out of the best (discard, pending) while a re-run on a new seed confirms it
+        pending = dict(first, status="discard", cause="would-be keep, awaiting its confirmation run")
+        self.ledger.update_experiment(first["id"], status=pending["status"], cause=pending["cause"])
+        _tsv_replace(self.checkout, first, pending)
+        self.report(pending)
+        if self.budget_left():  # no room for the confirmation run: not confirmed, not kept
+            first = runner.settle(self.checkout, first["id"], keep=False, ledger=self.ledger,
+                                  cause="not confirmed: the budget ended before its confirmation run")
+            return first
+        seed = self.next_seed()
+        second = self.run(f"{proposal.description} [confirm, seed {seed}]", threshold=threshold, seed=seed,
+                          decide=False, model=proposal.model)
+        confirmed = second["status"] == "keep"
+        second = runner.settle(self.checkout, second["id"], keep=confirmed, ledger=self.ledger)
+        if confirmed:
+            self.ledger.update_experiment(first["id"], status="keep", cause=None)
+            _tsv_replace(self.checkout, pending, dict(first, status="keep", cause=None))
+        else:
+            cause = f"not confirmed: the re-run on seed {seed} gave {second['status']} {_fmt(second.get('val_bpb'))}"
+            self.ledger.update_experiment(first["id"], cause=cause)
+        self.report(second)
+        return second
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def main(self):
+        self.signals.install()
+        try:
+            return self._main()
+        finally:
+            self.signals.uninstall()
+
+    def _main(self):
+        self.check_preconditions()
+        with _LoopLock(self.checkout):
+            self.ledger = Ledger(repo=self.checkout)
+            if self.proposer is None:
+                self.proposer = get_proposer(self.proposer_name, repo=self.checkout, **self.proposer_options)
+            self.checkout_branch()
+            self.save_campaign()
+            self.restore()
+            done = len(self.rows())
+            self.say(f"campaign {self.tag}: {done} experiments so far, best {_fmt(self.ledger.best(self.tag))}; "
+                     f"proposer {self.proposer_name}; ledger {self.ledger.path}")
+            try:
+                if self.ensure_baseline():
+                    while not self.budget_left():
+                        self.signals.check()
+                        proposal = self.propose()
+                        if proposal is None:
+                            continue
+                        self.signals.check()
+                        self.experiment(proposal)
+            finally:
+                self.proposer.close()
+            self.finish(self.budget_left() or "budget spent")
+        return 0
+
+    def finish(self, why):
+        rows = self.rows()
+        kept = sum(r["status"] == "keep" for r in rows)
+        best = self.ledger.best(self.tag)
+        self.note("done", f"done: {why}. Campaign {self.tag}: {len(rows)} experiments, {kept} kept, best val_bpb "
+                          f"{_fmt(best)} at {gitutil.short(self.best_commit())} on branch {self.branch}. "
+                          f"Results: `autoresearch log --tag {self.tag}`, {os.path.join(self.checkout, 'results.tsv')}")
+
+    def clean_up_after_stop(self):
+        """After Ctrl-C/SIGTERM outside an experiment: no half-written train.py left behind."""
+        try:
+            dirty = gitutil.dirty_paths(self.checkout)
+            if dirty == ["train.py"]:
+                gitutil.git(self.checkout, "checkout", "--", "train.py")
+        except Exception:
+            pass
+
+
+def cmd_loop(args):
+    loop = Loop(".", args.tag, args.proposer, max_experiments=args.max_experiments, hours=args.hours,
+                max_cost=args.max_cost, model=args.model, base_url=args.base_url,
+                baseline_repeats=args.baseline_repeats, min_delta=args.min_delta, confirm=args.confirm,
+                timeout=args.timeout, seed=args.seed, worker=args.worker, price_input=args.price_input,
+                price_output=args.price_output, proposer_timeout=args.proposer_timeout, backoff=args.backoff)
+    try:
+        return loop.main()
+    except (LoopError, runner.RunError, ProposerConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except gitutil.GitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (Stop, KeyboardInterrupt) as e:
+        signame = e.signame if isinstance(e, Stop) else ("SIGTERM" if "SIGTERM" in str(e) else "SIGINT")
+        if hasattr(loop, "checkout"):
+            loop.clean_up_after_stop()
+        print(f"\nstopped by {signame}; the ledger and the checkout are consistent. "
+              f"Resume with the same command.", file=sys.stderr)
+        return exit_code(signame)
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(text)
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _non_negative(text):
+    value = float(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+_non_negative.__name__ = "non-negative number"
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "loop", help="run a campaign: propose, run, decide, record, until a budget is spent",
+        description="The never-stopping research loop on branch autoresearch/<tag>: a baseline, then "
+                    "proposals from the chosen proposer, each run, kept or discarded and recorded. "
+                    "Resumes a campaign that already exists; Ctrl-C or SIGTERM stops it cleanly.")
+    p.add_argument("--proposer", choices=list(REGISTRY), default="search",
+                   help="who proposes each change (default: search, no LLM)")
+    p.add_argument("--tag", required=True, help="campaign tag: branch autoresearch/<tag>")
+    p.add_argument("--max-experiments", type=_positive(int), metavar="N",
+                   help="stop when the campaign has N experiments (all of them: baseline, repeats, "
+                        "confirmations, invalid proposals)")
+    p.add_argument("--hours", type=_positive(float), metavar="H", help="start no experiment after H hours")
+    p.add_argument("--max-cost", type=_non_negative, metavar="USD",
+                   help="stop when the campaign's LLM cost reaches USD")
+    p.add_argument("--model", help="the model the proposer asks (openai, anthropic, claude, codex)")
+    p.add_argument("--base-url", metavar="URL",
+                   help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama), or an Anthropic proxy")
+    p.add_argument("--baseline-repeats", type=_positive(int), default=1, metavar="K",
+                   help="run the baseline K times on different seeds to measure the noise (default 1)")
+    p.add_argument("--min-delta", type=_non_negative, metavar="D",
+                   help="keep only if val_bpb beats the best by more than max(D, 2 x noise std) (default 0)")
+    p.add_argument("--confirm", action="store_true",
+                   help="re-run a would-be keep on a new seed; keep it only if both runs beat the best")
+    p.add_argument("--timeout", type=_positive(float), metavar="S",
+                   help="kill a training run after S seconds (default: 2 x the budget + 120)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the search proposer (default 0)")
+    p.add_argument("--worker", help="worker name in the ledger (default: $AUTORESEARCH_WORKER or the host name)")
+    p.add_argument("--price-input", type=_non_negative, metavar="USD",
+                   help="USD per million prompt tokens, for a model missing from the price table")
+    p.add_argument("--price-output", type=_non_negative, metavar="USD",
+                   help="USD per million completion tokens, for a model missing from the price table")
+    p.add_argument("--proposer-timeout", type=_positive(float), default=1800.0, metavar="S",
+                   help="kill a claude/codex proposer after S seconds (default 1800)")
+    p.add_argument("--backoff", type=_non_negative, default=5.0, metavar="S",
+                   help="first wait after a proposer error; doubles up to 5 minutes (default 5)")
+    p.set_defaults(func=cmd_loop)
