@@ -314,3 +314,9 @@ def test_report_page_works_in_a_headless_browser(campaign):
             assert all(u.startswith(("file:", "data:")) for u in requests), requests
         finally:
             browser.close()
+
+
+def test_y_axis_shows_the_tries_when_nothing_beat_the_baseline():
+    rows = [exp("keep", 1.5, "baseline", t=0), exp("discard", 1.52, "worse", t=1)]
+    bottom, top = report.y_range(rows)
+    assert bottom < 1.5 and top > 1.52
