@@ -5,9 +5,11 @@ import subprocess
 
 # files the harness itself writes into a checkout: never part of an experiment
 HARNESS_OUTPUTS = ["run.log", "results.tsv", ".autoresearch"]
-# pathspecs that leave those (and Python's byte-code caches) out of `git add` and `git status`
-EXCLUDES = [f":(exclude){p}" for p in HARNESS_OUTPUTS] + [
-    ":(exclude,glob)**/__pycache__/**", ":(exclude,glob)**/*.pyc"]
+# pathspecs that leave those (and Python's byte-code caches) out of `git add`, `git status`, `git diff`.
+# Written as globs on purpose: `git add` fails on a literal pathspec naming an ignored file, even an
+# excluding one ("The following paths are ignored..."), but not on a wildcard one.
+EXCLUDES = [":(exclude,glob)**/run.log", ":(exclude,glob)**/results.tsv", ":(exclude,glob)**/.autoresearch/**",
+            ":(exclude,glob)**/__pycache__/**", ":(exclude,glob)**/*.pyc"]
 
 
 class GitError(RuntimeError):
@@ -64,11 +66,10 @@ def first_parent_history(repo, rev="HEAD", limit=10000):
     return git(repo, "rev-list", "--first-parent", f"--max-count={limit}", rev).split()
 
 
-def stage_all(repo):
-    """Stage every change of the checkout (new, modified, deleted files) except the harness's outputs."""
-    paths = dirty_paths(repo)  # named one by one: an exclude pathspec that names an ignored file fails
-    if paths:
-        git(repo, "add", "--all", "--pathspec-from-file=-", "--pathspec-file-nul", input="\0".join(paths))
+def stage_all(repo, env=None):
+    """Stage every change of the checkout (new, modified, deleted files) except the harness's outputs
+    (env: e.g. {"GIT_INDEX_FILE": path} to stage into another index)."""
+    git(repo, "add", "--all", "--", ".", *EXCLUDES, env=env)
 
 
 def staged_paths(repo, base):
