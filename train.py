@@ -136,6 +136,8 @@ def attention(q, k, v, window):
     elif window >= T:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     else:
+        if (T, window) not in _masks:
+            make_attention_masks(T, [window], q.device)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=_masks[T, window], enable_gqa=gqa)
     return y.transpose(1, 2)
 
@@ -233,6 +235,7 @@ class GPT(nn.Module):
         inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
         angles = torch.outer(torch.arange(self.config.sequence_len, dtype=torch.float32, device=device), inv_freq)
         self.cos, self.sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # (1, T, 1, D/2)
+        make_attention_masks(self.config.sequence_len, self.windows, device)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -389,7 +392,6 @@ with torch.device("meta"):
     model = GPT(config)
 model.to_empty(device=device)
 model.init_weights()
-make_attention_masks(MAX_SEQ_LEN, model.windows, device)
 num_params = model.num_params()
 flops_per_token = model.flops_per_token()
 optimizer = build_optimizer(model)

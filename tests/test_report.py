@@ -320,3 +320,12 @@ def test_y_axis_shows_the_tries_when_nothing_beat_the_baseline():
     rows = [exp("keep", 1.5, "baseline", t=0), exp("discard", 1.52, "worse", t=1)]
     bottom, top = report.y_range(rows)
     assert bottom < 1.5 and top > 1.52
+
+
+def test_results_tsv_may_have_extra_columns_like_autoresearch_log_writes(tmp_path):
+    tsv = tmp_path / "log.tsv"
+    tsv.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\ttag\tid\n"
+                   "a1b2c3d\t1.000000\t1.0\tkeep\tbaseline\tnight\t1\n"
+                   "b2c3d4e\t0.990000\t1.0\tkeep\tlower lr\tnight\t2\n")
+    rows = report.read_results_tsv(tsv)
+    assert [r["description"] for r in rows] == ["baseline", "lower lr"]

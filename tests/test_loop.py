@@ -1,0 +1,417 @@
+"""
+`autoresearch loop`: the baseline and its noise, proposals run and recorded, --confirm, budgets,
+back-off on proposer errors, invalid proposals, resume after kill -9, a clean stop on SIGTERM/SIGINT.
+
+The end-to-end campaign uses the real train.py on the smoke profile with a budget of a few seconds.
+The other tests use a stand-in train.py that prints a summary block at once, its val_bpb a function
+of its knobs and the seed (and that can hang on its Nth run), so they check the harness in seconds.
+"""
+
+import io
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch import loop as loop_module
+from autoresearch.ledger import Ledger
+from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError
+from standins.llm_server import LLMServer
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDINS = Path(__file__).resolve().parent / "standins"
+
+STANDIN_TRAIN = textwrap.dedent("""\
+    import os, time
+    MATRIX_LR = 0.04          # Muon
+    DEPTH = 4                 # layers
+    LUCKY = 0.0               # how much better seed 42 looks than the others
+    seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
+    if os.environ.get("STANDIN_HANG_AT"):
+        with open(os.environ["STANDIN_COUNTER"], "a") as f:
+            f.write("run\\n")
+        if len(open(os.environ["STANDIN_COUNTER"]).read().split()) == int(os.environ["STANDIN_HANG_AT"]):
+            with open(os.environ["STANDIN_PID"], "w") as f:
+                f.write(str(os.getpid()))
+            print("step 00001 (1.0%) | loss: 9.000000", flush=True)
+            time.sleep(600)
+    val = 1.0 + (MATRIX_LR - 0.05) ** 2 * 100 + 0.01 * abs(DEPTH - 5) + 0.001 * (seed - 42)
+    val -= LUCKY if seed == 42 else 0.0
+    print("---")
+    print(f"val_bpb:          {val:.6f}")
+    for line in ["training_seconds: 1.0", "total_seconds:    1.5", "peak_vram_mb:     100.0",
+                 "mfu_percent:      1.00", "total_tokens_M:   0.1", "num_steps:        2",
+                 "num_params_M:     1.0", f"depth:            {DEPTH}", "profile:          smoke",
+                 "device:           cpu", "device_name:      stand-in cpu", f"seed:             {seed}"]:
+        print(line)
+    """)
+
+
+def git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(campaign_repo):
+    """The campaign repo (branch main) with the stand-in train.py committed."""
+    (campaign_repo / "train.py").write_text(STANDIN_TRAIN)
+    git(campaign_repo, "commit", "-qam", "stand-in train.py")
+    return campaign_repo
+
+
+def cli(repo, *args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "autoresearch.cli", "loop", *args], cwd=repo, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, **kw)
+
+
+def start(repo, *args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "loop", *args], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def rows(repo, tag="t"):
+    return Ledger(repo=repo).experiments(tag=tag)
+
+
+def results_tsv(repo):
+    return [line.split("\t") for line in (repo / "results.tsv").read_text().splitlines()[1:]]
+
+
+def assert_consistent(repo, tag="t"):
+    """Tree clean, branch on the last keep, ledger and results.tsv row for row, no row left running."""
+    experiments = rows(repo, tag)
+    assert git(repo, "status", "--porcelain") == ""
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == f"autoresearch/{tag}"
+    keeps = [r for r in experiments if r["status"] == "keep"]
+    assert git(repo, "rev-parse", "HEAD") == keeps[-1]["commit_sha"]
+    assert not [r for r in experiments if r["status"] == "running"]
+    tsv = results_tsv(repo)
+    assert len(tsv) == len(experiments)
+    for line, row in zip(tsv, experiments):
+        assert line[0] == (row["commit_sha"] or "")[:7]
+        assert line[3] == (row["status"] if row["status"] in ("keep", "discard") else "crash")
+    return experiments
+
+
+class Scripted(Proposer):
+    """A proposer that follows a script: (description, {knob: value}) pairs or exceptions to raise."""
+    name = "scripted"
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.calls = []
+
+    def propose(self, train_py, program_md, history, last_failure):
+        self.calls.append(dict(history=history, last_failure=last_failure))
+        step = self.script.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        description, knobs = step
+        for name, value in knobs.items():
+            lines = [f"{name} = {value!r}" if line.startswith(f"{name} = ") else line
+                     for line in train_py.splitlines()]
+            train_py = "\n".join(lines) + "\n"
+        return Proposal(description=description, train_py=train_py, model="scripted-1", prompt_tokens=10,
+                        completion_tokens=5, cost_usd=0.5)
+
+
+def run_loop(repo, proposer, **options):
+    out = io.StringIO()
+    options.setdefault("backoff", 0.01)
+    code = loop_module.Loop(str(repo), options.pop("tag", "t"), "search", proposer=proposer, out=out,
+                            **options).main()
+    return code, out.getvalue()
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+def test_search_campaign_end_to_end_with_the_real_train_py(campaign_repo, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "3")
+    proc = cli(campaign_repo, "--proposer", "search", "--tag", "e2e", "--max-experiments", "3", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    experiments = assert_consistent(campaign_repo, "e2e")
+    assert len(experiments) == 3
+    assert experiments[0]["description"] == "baseline" and experiments[0]["status"] == "keep"
+    assert all(r["status"] in ("keep", "discard") and r["val_bpb"] > 0 for r in experiments), experiments
+    assert all(r["proposer"] == "search" and r["profile"] == "smoke" for r in experiments)
+    for row in experiments[1:]:
+        assert " -> " in row["description"]
+        assert git(campaign_repo, "diff", "--name-only", row["parent_commit"], row["commit_sha"]) == "train.py"
+        if row["status"] == "discard":  # the discarded commit stays reachable
+            assert git(campaign_repo, "rev-parse", f"refs/autoresearch/e2e/{row['commit_sha'][:7]}") == row["commit_sha"]
+    lines = [line for line in proc.stdout.splitlines() if line[:4].strip().isdigit()]
+    assert [line.split()[:2] for line in lines] == [[str(i + 1), r["status"]] for i, r in enumerate(experiments)]
+    assert "done: --max-experiments 3 reached" in proc.stdout
+
+
+# --------------------------------------------------------------------------------- baseline, noise
+
+def test_baseline_repeats_measure_the_noise_and_set_the_keep_threshold(repo):
+    code, out = run_loop(repo, Scripted([]), baseline_repeats=3, min_delta=0.0001, max_experiments=3)
+    assert code == 0
+    experiments = assert_consistent(repo)
+    assert [(r["status"], r["is_baseline"], r["seed"]) for r in experiments] == [
+        ("keep", 1, 42), ("discard", 1, 43), ("discard", 1, 44)]
+    noise = statistics.stdev(r["val_bpb"] for r in experiments)
+    campaign = Ledger(repo=repo).campaign("t")
+    assert campaign["noise_std"] == pytest.approx(noise) and campaign["baseline_repeats"] == 3
+    assert f"keep threshold = max(min_delta 0.0001, 2 x {noise:.6f}) = {2 * noise:.6f}" in out
+    assert any(e["kind"] == "threshold" for e in Ledger(repo=repo).events(tag="t"))
+
+
+def test_a_gain_within_the_threshold_is_discarded(repo):
+    code, out = run_loop(repo, Scripted([("tiny gain", {"MATRIX_LR": 0.0401}), ("real gain", {"MATRIX_LR": 0.05})]),
+                         min_delta=0.005, max_experiments=3)
+    experiments = assert_consistent(repo)
+    assert [(r["description"], r["status"]) for r in experiments] == [
+        ("baseline", "keep"), ("tiny gain", "discard"), ("real gain", "keep")]
+    assert experiments[1]["threshold"] == 0.005
+
+
+def test_confirm_keeps_a_gain_only_when_a_rerun_on_a_new_seed_also_beats_the_best(repo):
+    script = [("lucky seed only", {"MATRIX_LR": 0.03, "LUCKY": 0.5}), ("real gain", {"MATRIX_LR": 0.05})]
+    code, out = run_loop(repo, Scripted(script), confirm=True, max_experiments=5)
+    experiments = assert_consistent(repo)
+    assert [(r["description"], r["status"], r["seed"]) for r in experiments] == [
+        ("baseline", "keep", 42),
+        ("lucky seed only", "discard", 42), ("lucky seed only [confirm, seed 43]", "discard", 43),
+        ("real gain", "keep", 42), ("real gain [confirm, seed 44]", "keep", 44)]
+    assert experiments[1]["cause"].startswith("not confirmed: the re-run on seed 43 gave discard")
+    assert experiments[1]["val_bpb"] < experiments[0]["val_bpb"] < experiments[2]["val_bpb"]
+    lucky = experiments[1]["commit_sha"]
+    assert git(repo, "rev-parse", f"refs/autoresearch/t/{lucky[:7]}") == lucky
+    assert "MATRIX_LR = 0.05" in (repo / "train.py").read_text()
+
+
+def test_max_experiments_counts_baseline_repeats_confirmations_and_invalid_proposals(repo):
+    script = [ProposalError("no usable reply"), ("gain", {"MATRIX_LR": 0.05}), ("more", {"DEPTH": 5})]
+    code, out = run_loop(repo, Scripted(script), baseline_repeats=2, confirm=True, max_experiments=5)
+    experiments = assert_consistent(repo)
+    assert len(experiments) == 5
+    assert [r["status"] for r in experiments] == ["keep", "discard", "invalid", "keep", "keep"]
+    assert "done: --max-experiments 5 reached" in out
+
+
+# ------------------------------------------------------------------------------- proposals, errors
+
+def test_each_experiment_is_printed_and_recorded_with_its_proposer_cost(repo):
+    code, out = run_loop(repo, Scripted([("DEPTH 4 -> 5", {"DEPTH": 5})]), max_experiments=2)
+    experiments = assert_consistent(repo)
+    last = experiments[-1]
+    assert (last["model"], last["prompt_tokens"], last["completion_tokens"], last["cost_usd"]) == ("scripted-1", 10, 5, 0.5)
+    assert f"   2  keep     val_bpb  {last['val_bpb']:.6f}  best  {last['val_bpb']:.6f}  DEPTH 4 -> 5" in out
+
+
+def test_proposer_gets_the_best_train_py_history_and_last_failure(repo):
+    script = [("breaks", {"DEPTH": "'x'"}), ("fine", {"DEPTH": 5}), ("again", {"MATRIX_LR": 0.05})]
+    proposer = Scripted(script)
+    run_loop(repo, proposer, max_experiments=4)
+    experiments = rows(repo)
+    assert experiments[1]["status"] == "crash"
+    assert proposer.calls[1]["last_failure"].startswith("experiment #2 (breaks) ended crash")
+    assert proposer.calls[2]["last_failure"] is None
+    assert [r["description"] for r in proposer.calls[2]["history"]] == ["baseline", "breaks", "fine"]
+
+
+def test_invalid_proposal_is_recorded_as_an_invalid_experiment_and_the_loop_goes_on(repo):
+    error = ProposalError("no usable reply in 3 attempts: no code", model="m", prompt_tokens=300,
+                          completion_tokens=30, cost_usd=0.25)
+    code, out = run_loop(repo, Scripted([error, ("gain", {"MATRIX_LR": 0.05})]), max_experiments=3)
+    experiments = assert_consistent(repo)
+    invalid = experiments[1]
+    assert invalid["status"] == "invalid" and invalid["cause"] == "proposal: no usable reply in 3 attempts: no code"
+    assert (invalid["prompt_tokens"], invalid["cost_usd"], invalid["commit_sha"]) == (300, 0.25, None)
+    assert experiments[2]["status"] == "keep"
+
+
+def test_proposer_errors_back_off_and_retry_without_losing_an_experiment(repo):
+    script = [RuntimeError("connection reset"), TimeoutError("read timed out"), ("gain", {"MATRIX_LR": 0.05})]
+    started = time.time()
+    code, out = run_loop(repo, Scripted(script), max_experiments=2, backoff=0.2)
+    assert time.time() - started >= 0.2 + 0.4  # 0.2 s, then 0.4 s
+    experiments = assert_consistent(repo)
+    assert [r["description"] for r in experiments] == ["baseline", "gain"]
+    errors = [e["message"] for e in Ledger(repo=repo).events(tag="t") if e["kind"] == "proposer_error"]
+    assert len(errors) == 2 and "RuntimeError: connection reset" in errors[0] and "retrying in 0 s" in errors[0]
+
+
+def test_proposer_config_error_before_any_proposal_stops_with_one_line(repo):
+    with pytest.raises(loop_module.LoopError, match="OPENAI_API_KEY"):
+        run_loop(repo, Scripted([ProposerConfigError("OPENAI_API_KEY is not set: export it")]), max_experiments=3)
+
+
+def test_unusable_proposer_settings_exit_2_with_one_line_before_touching_the_checkout(repo):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    proc = subprocess.run([sys.executable, "-m", "autoresearch.cli", "loop", "--proposer", "openai", "--tag", "t"],
+                          cwd=repo, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: OPENAI_API_KEY is not set: export it, or pass --base-url for a local server that needs no key"]
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+
+
+def test_bad_tag_is_a_one_line_error(repo):
+    proc = cli(repo, "--tag", "no spaces/..", "--max-experiments", "1")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --tag 'no spaces/..' cannot name a branch")
+
+
+# ------------------------------------------------------------------------------- API and CLI proposers
+
+EDIT = ("DESCRIPTION: MATRIX_LR 0.04 -> 0.05\n<<<<<<< SEARCH\nMATRIX_LR = 0.04          # Muon\n=======\n"
+        "MATRIX_LR = 0.05          # Muon\n>>>>>>> REPLACE\n")
+
+
+def test_openai_proposer_in_the_loop_records_usage_cost_and_an_invalid_reply(repo):
+    with LLMServer([EDIT, "no code", "no code", "still no code"]) as server:
+        proc = cli(repo, "--proposer", "openai", "--model", "gpt-4o", "--base-url", server.url + "/v1",
+                   "--tag", "t", "--max-experiments", "3", env={"OPENAI_API_KEY": "sk-test"})
+    assert proc.returncode == 0, proc.stderr
+    experiments = assert_consistent(repo)
+    assert [(r["description"], r["status"]) for r in experiments] == [
+        ("baseline", "keep"), ("MATRIX_LR 0.04 -> 0.05", "keep"), ("(openai proposal)", "invalid")]
+    cost = (1000 * 2.50 + 200 * 10.00) / 1e6
+    assert (experiments[1]["proposer"], experiments[1]["model"], experiments[1]["cost_usd"]) == ("openai", "gpt-4o", pytest.approx(cost))
+    assert experiments[2]["prompt_tokens"] == 3000 and experiments[2]["cost_usd"] == pytest.approx(3 * cost)
+
+
+def edit(old, new):
+    return (f"DESCRIPTION: MATRIX_LR {old} -> {new}\n<<<<<<< SEARCH\nMATRIX_LR = {old}\n=======\n"
+            f"MATRIX_LR = {new}\n>>>>>>> REPLACE\n")
+
+
+def test_max_cost_stops_the_loop_once_the_llm_spend_reaches_it(repo):
+    with LLMServer([edit(0.04, 0.05), edit(0.05, 0.055), edit(0.055, 0.06)]) as server:
+        proc = cli(repo, "--proposer", "anthropic", "--model", "claude-opus-4-1", "--base-url", server.url,
+                   "--tag", "t", "--max-cost", "0.06", env={"ANTHROPIC_API_KEY": "sk-ant-test"})
+        asked = len(server.requests)
+    assert proc.returncode == 0, proc.stderr
+    per_call = (1000 * 15 + 200 * 75) / 1e6  # 0.03 USD
+    assert asked == 2 and "--max-cost 0.06 USD reached" in proc.stdout
+    experiments = assert_consistent(repo)
+    assert [r["description"] for r in experiments] == ["baseline", "MATRIX_LR 0.04 -> 0.05", "MATRIX_LR 0.05 -> 0.055"]
+    assert sum(r["cost_usd"] or 0 for r in experiments) == pytest.approx(2 * per_call)
+
+
+def test_claude_proposer_in_the_loop_and_an_edit_outside_train_py_is_invalid(repo):
+    env = {"PATH": f"{STANDINS}{os.pathsep}{os.environ['PATH']}"}
+    proc = cli(repo, "--proposer", "claude", "--tag", "t", "--max-experiments", "2", env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = cli(repo, "--proposer", "codex", "--tag", "t", "--max-experiments", "3",
+               env={**env, "STANDIN_MODE": "edit_prepare"})
+    assert proc.returncode == 0, proc.stderr
+    experiments = assert_consistent(repo)
+    assert [(r["proposer"], r["status"]) for r in experiments] == [("claude", "keep"), ("claude", "keep"), ("codex", "invalid")]
+    assert experiments[1]["description"] == "MATRIX_LR 0.04 -> 0.05 (stand-in)" and experiments[1]["cost_usd"] == 0.0123
+    assert "other than train.py (prepare.py)" in experiments[2]["cause"]
+    assert git(repo, "diff", "main", "--", "prepare.py") == ""
+
+
+# ------------------------------------------------------------------------------- budgets and resume
+
+def test_a_resumed_campaign_counts_its_earlier_experiments(repo):
+    assert cli(repo, "--tag", "t", "--max-experiments", "2").returncode == 0
+    again = cli(repo, "--tag", "t", "--max-experiments", "2")
+    assert again.returncode == 0 and "resuming branch autoresearch/t" in again.stdout
+    assert len(rows(repo)) == 2 and "--max-experiments 2 reached" in again.stdout
+    assert cli(repo, "--tag", "t", "--max-experiments", "3").returncode == 0
+    experiments = assert_consistent(repo)
+    assert len(experiments) == 3 and [r["description"] for r in experiments].count("baseline") == 1
+
+
+def test_hours_budget_starts_no_experiment_after_the_deadline(repo):
+    started = time.time()
+    proc = cli(repo, "--tag", "t", "--hours", "0.0005")  # 1.8 s
+    assert proc.returncode == 0 and "--hours reached" in proc.stdout
+    assert time.time() - started < 30
+    assert_consistent(repo)
+
+
+def hang_env(tmp_path, at):
+    return {"STANDIN_HANG_AT": str(at), "STANDIN_COUNTER": str(tmp_path / "runs"), "STANDIN_PID": str(tmp_path / "pid")}
+
+
+def wait_for_running(repo, tmp_path, proc, seconds=60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if (tmp_path / "pid").exists() and (tmp_path / "pid").read_text() and any(
+                r["status"] == "running" for r in rows(repo)):
+            return int((tmp_path / "pid").read_text())
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError("the hanging experiment never started")
+
+
+def alive(pid):
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_loop_killed_mid_run_resumes_without_losing_or_duplicating_an_experiment(repo, tmp_path):
+    first = start(repo, "--tag", "t", "--max-experiments", "4", env=hang_env(tmp_path, 2))
+    train_pid = wait_for_running(repo, tmp_path, first)
+    running = [r for r in rows(repo) if r["status"] == "running"][0]
+    first.kill()  # kill -9: no handler runs
+    first.wait()
+    os.killpg(train_pid, signal.SIGKILL)  # a reboot takes the training with it
+    assert git(repo, "rev-parse", "HEAD") == running["commit_sha"]
+
+    second = cli(repo, "--tag", "t", "--max-experiments", "4")
+    assert second.returncode == 0, second.stderr
+    assert f"recovered #{running['id']}" in second.stdout
+    experiments = assert_consistent(repo)
+    assert len(experiments) == 4
+    interrupted = experiments[1]
+    assert (interrupted["id"], interrupted["status"]) == (running["id"], "crash")
+    assert interrupted["cause"].startswith("interrupted")
+    assert len({r["commit_sha"] for r in experiments[1:]}) == 3  # each experiment once
+    assert git(repo, "rev-parse", f"refs/autoresearch/t/{running['commit_sha'][:7]}") == running["commit_sha"]
+
+
+def test_sigterm_stops_the_loop_cleanly(repo, tmp_path):
+    proc = start(repo, "--tag", "t", "--max-experiments", "5", env=hang_env(tmp_path, 2))
+    train_pid = wait_for_running(repo, tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in err
+    assert not alive(train_pid)
+    experiments = assert_consistent(repo)
+    assert [(r["status"], (r["cause"] or "")[:11]) for r in experiments] == [("keep", ""), ("crash", "interrupted")]
+    assert "SIGTERM" in experiments[1]["cause"]
+
+
+def test_ctrl_c_while_the_proposer_backs_off_stops_with_130(repo):
+    with LLMServer([503] * 50) as server:
+        proc = start(repo, "--proposer", "openai", "--base-url", server.url + "/v1", "--tag", "t",
+                     "--backoff", "60", env={"OPENAI_API_KEY": "sk-test"})
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(e["kind"] == "proposer_error" for e in Ledger(repo=repo).events()):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "retrying in 60 s" in out and "stopped by SIGINT" in err
+    assert [r["status"] for r in assert_consistent(repo)] == ["keep"]
+
+
+def test_a_second_loop_in_the_same_checkout_is_refused(repo, tmp_path):
+    first = start(repo, "--tag", "t", "--max-experiments", "3", env=hang_env(tmp_path, 2))
+    try:
+        wait_for_running(repo, tmp_path, first)
+        second = cli(repo, "--tag", "t", "--max-experiments", "3")
+        assert second.returncode == 2
+        assert second.stderr.startswith(f"error: another `autoresearch loop` (pid {first.pid}) is running")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
