@@ -5,7 +5,6 @@ of one or more campaigns, read from the ledger (or from a reference-format resul
 
 import base64
 import html
-import io
 import os
 import statistics
 import sys
@@ -55,7 +54,8 @@ def read_results_tsv(path):
     if not path.is_file():
         raise ReportError(f"no such results file: {path} (pass the path of a results.tsv)")
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    if not lines or lines[0].strip().split("\t") != TSV_HEADER:
+    header = lines[0].strip().split("\t") if lines else []
+    if header[:5] != TSV_HEADER:  # extra columns after these (autoresearch log --format tsv) are fine
         raise ReportError(f"{path}: first line must be the header "
                           f"'{chr(9).join(TSV_HEADER)}' (tab-separated, as program.md writes it)")
     rows = []
@@ -66,7 +66,8 @@ def read_results_tsv(path):
         if len(cells) < 5:
             raise ReportError(f"{path} line {number}: expected 5 tab-separated columns "
                               f"(commit, val_bpb, memory_gb, status, description), got {len(cells)}")
-        commit, val, mem, status, description = cells[0], cells[1], cells[2], cells[3], "\t".join(cells[4:])
+        commit, val, mem, status = cells[:4]
+        description = "\t".join(cells[4:]) if len(header) == 5 else cells[4]
         try:
             val_bpb, memory_gb = float(val), float(mem)
         except ValueError:
