@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from autoresearch import status
 from test_report import exp, git_repo, write_ledger
 
