@@ -319,7 +319,7 @@ def test_claude_proposer_in_the_loop_and_an_edit_outside_train_py_is_invalid(rep
 def test_a_resumed_campaign_counts_its_earlier_experiments(repo):
     assert cli(repo, "--tag", "t", "--max-experiments", "2").returncode == 0
     again = cli(repo, "--tag", "t", "--max-experiments", "2")
-    assert again.returncode == 0 and "resuming branch autoresearch/t" in again.stdout
+    assert again.returncode == 0 and "campaign t: 2 experiments so far" in again.stdout
     assert len(rows(repo)) == 2 and "--max-experiments 2 reached" in again.stdout
     assert cli(repo, "--tag", "t", "--max-experiments", "3").returncode == 0
     experiments = assert_consistent(repo)
