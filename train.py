@@ -457,8 +457,9 @@ while True:
     debiased = smooth_loss / (1 - 0.9 ** (step + 1))
     tok_per_sec = TOTAL_BATCH_SIZE / dt
     mfu = 100 * flops_per_token * tok_per_sec / peak_flops
+    done = min(training_time / TIME_BUDGET, 1.0)
     remaining = max(0.0, TIME_BUDGET - training_time)
-    print(f"\rstep {step:05d} ({100 * progress:.1f}%) | loss: {debiased:.6f} | lrm: {lr_multiplier(progress):.2f} | "
+    print(f"\rstep {step:05d} ({100 * done:.1f}%) | loss: {debiased:.6f} | lrm: {lr_multiplier(progress):.2f} | "
           f"dt: {dt * 1000:.0f}ms | tok/s: {tok_per_sec:,.0f} | mfu: {mfu:.1f}% | epoch: {epoch} | "
           f"remaining: {remaining:.0f}s    ", end="", flush=True)
 

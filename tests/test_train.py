@@ -1,0 +1,70 @@
+"""train.py end to end on the smoke profile: the output contract the harness and agents rely on."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
+                "total_tokens_M", "num_steps", "num_params_M", "depth"]
+
+
+def run_train(cwd, **env):
+    full_env = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "train.py"], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_cache):
+    return run_train(ROOT)  # the smoke profile's own 15 s budget
+
+
+def summary(stdout):
+    block = stdout.split("\n---\n", 1)[1]
+    return [tuple(line.split(":", 1)) for line in block.strip().splitlines()]
+
+
+def test_smoke_run_ends_with_the_summary_block_in_order(smoke_run):
+    assert smoke_run.returncode == 0, smoke_run.stderr[-2000:]
+    pairs = summary(smoke_run.stdout)
+    assert [k for k, _ in pairs[:len(SUMMARY_KEYS)]] == SUMMARY_KEYS
+    values = {k: v.strip() for k, v in pairs}
+    assert re.fullmatch(r"\d+\.\d{6}", values["val_bpb"])
+    assert values["profile"] == "smoke" and values["device"] == "cpu"
+    assert float(values["peak_vram_mb"]) > 0 and 0 < float(values["mfu_percent"]) < 100
+
+
+def test_smoke_run_trains_for_the_budget_and_its_loss_falls(smoke_run):
+    values = {k: v.strip() for k, v in summary(smoke_run.stdout)}
+    assert float(values["training_seconds"]) >= 15
+    losses = [float(m) for m in re.findall(r"loss: ([\d.]+)", smoke_run.stdout)]
+    assert len(losses) == int(values["num_steps"]) >= 3
+    assert losses[-1] < losses[0] - 0.2
+    assert float(values["val_bpb"]) < 3.4  # uniform guessing over 1024 tokens is ~3.67 bits per byte
+
+
+def test_progress_lines_show_step_percent_loss_speed_and_remaining_time(smoke_run):
+    lines = [l for l in smoke_run.stdout.replace("\r", "\n").splitlines() if l.startswith("step ")]
+    assert re.match(r"step \d{5} \(\d+\.\d%\) \| loss: [\d.]+ \| lrm: [\d.]+ \| dt: \d+ms \| tok/s: [\d,]+ \| "
+                    r"mfu: [\d.]+% \| epoch: \d+ \| remaining: \d+s", lines[-1])
+
+
+def divergent_copy(tmp_path):
+    """train.py with a NaN learning rate: the loss becomes NaN after the first step."""
+    for name in ("constants.py", "prepare.py"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    source = (ROOT / "train.py").read_text()
+    (tmp_path / "train.py").write_text(source.replace("\n# Set-up\n", "\nEMBEDDING_LR = float('nan')\n# Set-up\n"))
+    return tmp_path
+
+
+def test_nan_loss_fails_fast_with_a_clear_message(smoke_cache, tmp_path):
+    r = run_train(divergent_copy(tmp_path))
+    assert r.returncode == 1
+    assert re.search(r"^FAIL: loss is nan at step \d+", r.stdout, re.M)
+    assert "val_bpb:" not in r.stdout
