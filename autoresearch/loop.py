@@ -41,6 +41,8 @@ DEFAULT_SEED = 42          # train.py's default AUTORESEARCH_SEED
 MAX_BACKOFF = 300.0        # seconds between proposer retries at most
 BASELINE_CRASH_LIMIT = 3   # a baseline that crashes this often in a row stops the loop
 FAILED = ("crash", "timeout", "invalid")
+AWAITING = "would-be keep, awaiting its confirmation run"
+UNCONFIRMED_STOP = "not confirmed: the loop stopped during its confirmation run"
 
 
 class Stop(Exception):
@@ -272,6 +274,9 @@ class Loop:
             for row in runner.recover(self.checkout, self.ledger):
                 self.say(f"recovered #{row['id']} ({row['description']}): left running by a stopped loop, "
                          f"recorded as crash")
+        for row in self.rows():  # a would-be keep whose confirmation run never finished
+            if row["status"] == "discard" and row.get("cause") == AWAITING:
+                self.ledger.update_experiment(row["id"], cause=UNCONFIRMED_STOP)
         target = self.best_commit()
         head = gitutil.head(self.checkout)
         dirty = gitutil.dirty_paths(self.checkout)
@@ -339,6 +344,7 @@ class Loop:
         campaign = self.ledger.campaign(self.tag)
         repeats = campaign.get("baseline_repeats") or 1
         if campaign.get("noise_std") is None and repeats > 1:
+            crashes = 0
             while len(self.baseline_runs()) < repeats:
                 if self.budget_left():
                     return False
@@ -349,6 +355,10 @@ class Loop:
                 row = runner.settle(self.checkout, row["id"], keep=False, ledger=self.ledger,
                                     cause=f"baseline repeat on seed {seed}: measures the noise")
                 self.report(row)
+                crashes = crashes + 1 if row["status"] != "discard" else 0
+                if crashes >= BASELINE_CRASH_LIMIT:
+                    raise LoopError(f"a baseline repeat failed {crashes} times in a row ({row['status']}: "
+                                    f"{row.get('cause')}); see run.log, or start without --baseline-repeats")
             values = [r["val_bpb"] for r in self.baseline_runs()][:repeats]
             noise = statistics.stdev(values)
             self.ledger.save_campaign(tag=self.tag, noise_std=noise)
@@ -437,7 +447,7 @@ class Loop:
             self.report(first)
             return first
         # a would-be keep: out of the best (discard, pending) while a re-run on a new seed confirms it
-        pending = dict(first, status="discard", cause="would-be keep, awaiting its confirmation run")
+        pending = dict(first, status="discard", cause=AWAITING)
         self.ledger.update_experiment(first["id"], status=pending["status"], cause=pending["cause"])
         _tsv_replace(self.checkout, first, pending)
         self.report(pending)
@@ -446,8 +456,12 @@ class Loop:
                                   cause="not confirmed: the budget ended before its confirmation run")
             return first
         seed = self.next_seed()
-        second = self.run(f"{proposal.description} [confirm, seed {seed}]", threshold=threshold, seed=seed,
-                          decide=False, model=proposal.model)
+        try:
+            second = self.run(f"{proposal.description} [confirm, seed {seed}]", threshold=threshold, seed=seed,
+                              decide=False, model=proposal.model)
+        except KeyboardInterrupt:
+            self.ledger.update_experiment(first["id"], cause=UNCONFIRMED_STOP)
+            raise
         confirmed = second["status"] == "keep"
         second = runner.settle(self.checkout, second["id"], keep=confirmed, ledger=self.ledger)
         if confirmed:

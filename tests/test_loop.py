@@ -415,3 +415,16 @@ def test_a_second_loop_in_the_same_checkout_is_refused(repo, tmp_path):
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=30)
+
+
+def test_a_stop_during_a_confirmation_run_leaves_the_candidate_unconfirmed_and_discarded(repo, tmp_path):
+    env = {"PATH": f"{STANDINS}{os.pathsep}{os.environ['PATH']}", **hang_env(tmp_path, 3)}
+    proc = start(repo, "--proposer", "claude", "--confirm", "--tag", "t", "--max-experiments", "5", env=env)
+    wait_for_running(repo, tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    experiments = assert_consistent(repo)
+    assert [r["status"] for r in experiments] == ["keep", "discard", "crash"]
+    assert experiments[1]["cause"] == loop_module.UNCONFIRMED_STOP
+    assert git(repo, "rev-parse", "HEAD") == experiments[0]["commit_sha"]
