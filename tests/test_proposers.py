@@ -91,6 +91,9 @@ def test_search_takes_the_device_from_the_campaigns_last_experiment():
     assert changed_lines(source, on_cpu.train_py)[0][0] == "    LR = 0.2"
     on_gpu = proposer.propose(source, "", [{"device": "cpu"}, {"device": "NVIDIA H100 80GB HBM3"}], None)
     assert changed_lines(source, on_gpu.train_py)[0][0] == "LR = 0.1"
+    summary = "val_bpb: 1.0\ndevice:           cpu\ndevice_name:      Intel(R) Xeon(R) Processor"
+    from_log = proposer.propose(source, "", [{"device": "Intel(R) Xeon(R) Processor", "log_tail": summary}], None)
+    assert changed_lines(source, from_log.train_py)[0][0] == "    LR = 0.2"
 
 
 def test_search_keeps_formatting_comments_and_powers_of_two():

@@ -198,28 +198,40 @@ def apply_changes(source, knobs, changes):
     return data.decode()
 
 
-def device_from_history(history):
-    """cuda/mps/cpu from the device of the campaign's last experiment that ran, or None."""
-    for row in reversed(history):
-        name = (row.get("device") or "").lower()
-        if not name:
-            continue
-        if "cuda" in name or "nvidia" in name or "gpu" in name:
-            return "cuda"
-        if "mps" in name or "apple" in name:
-            return "mps"
-        if "cpu" in name:
-            return "cpu"
+def device_type(row):
+    """cuda/mps/cpu of one experiment: the `device:` line of its log, else a guess from its device name."""
+    m = re.search(r"^device:\s*(cuda|mps|cpu)\b", row.get("log_tail") or "", re.MULTILINE)
+    if m:
+        return m.group(1)
+    name = (row.get("device") or "").lower()
+    for kind, words in (("cuda", ("cuda", "nvidia", "gpu")), ("mps", ("mps", "apple")), ("cpu", ("cpu",))):
+        if any(word in name for word in words):
+            return kind
     return None
 
 
+def device_from_history(history):
+    """cuda/mps/cpu of the campaign's last experiment that says, or None."""
+    for row in reversed(history):
+        kind = device_type(row)
+        if kind:
+            return kind
+    return None
+
+
+_detected = []
+
+
 def detect_device():
-    import torch  # only when the ledger cannot tell
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    if not _detected:
+        import torch  # only when the ledger cannot tell
+        if torch.cuda.is_available():
+            _detected.append("cuda")
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            _detected.append("mps")
+        else:
+            _detected.append("cpu")
+    return _detected[0]
 
 
 class SearchProposer(Proposer):
