@@ -8,7 +8,6 @@ of its knobs and the seed (and that can hang on its Nth run), so they check the 
 """
 
 import io
-import json
 import os
 import signal
 import statistics

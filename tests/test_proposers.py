@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.proposers import Proposal, ProposalError, ProposerConfigError, get_proposer
+from autoresearch.proposers import ProposalError, ProposerConfigError, get_proposer
 from autoresearch.proposers import search
 from autoresearch.proposers.llm import PRICES, ReplyError, parse_reply
 from standins.llm_server import COMPLETION_TOKENS, PROMPT_TOKENS, LLMServer
