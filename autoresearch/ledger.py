@@ -30,6 +30,9 @@ EXPERIMENT_COLUMNS = {
     "time_budget": "REAL", "log_path": "TEXT", "log_tail": "TEXT", "proposer": "TEXT", "model": "TEXT",
     "prompt_tokens": "INTEGER", "completion_tokens": "INTEGER", "cost_usd": "REAL",
     "best_before": "REAL", "threshold": "REAL", "is_baseline": "INTEGER",
+    # the training's process group and the machine it runs on, so that a runner started after one
+    # that died (kill -9) can stop a training left behind
+    "pgid": "INTEGER", "host": "TEXT",
 }
 CAMPAIGN_COLUMNS = {
     "tag": "TEXT PRIMARY KEY", "branch": "TEXT", "base_commit": "TEXT", "created_at": "REAL",

@@ -33,7 +33,8 @@ cause "interrupted", the tree is reset to the start point (the commit saved unde
 results.tsv gets its crash line, and Interrupted (a KeyboardInterrupt) is raised; `run` exits 130.
 A signal at any other moment is held back until the ledger and the tree agree again. A row still
 `running` from a runner that died (kill -9, reboot) is recorded as crash the next time this checkout
-runs an experiment (see recover()).
+runs an experiment (see recover()); the row holds the training's process group (pgid) and host, so
+a training the dead runner left behind on this machine is stopped first.
 """
 
 import fcntl
@@ -213,6 +214,99 @@ def kill_group(proc, grace=None):
     proc.wait()
 
 
+def _proc_stat(pid):
+    """(state, process group) of a process from /proc/<pid>/stat; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[2])
+
+
+def _proc_cwd(pid):
+    try:
+        return os.path.realpath(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def _is_train_py(argv):
+    return any(os.path.basename(arg) == "train.py" for arg in argv)
+
+
+def _group_members(pgid):
+    """Live processes (zombies left out) of process group pgid, from /proc."""
+    members = []
+    for name in os.listdir("/proc"):
+        stat = name.isdigit() and _proc_stat(name)
+        if stat and stat[1] == pgid and stat[0] != "Z":
+            members.append(int(name))
+    return members
+
+
+def left_behind_training(pgid, checkout):
+    """The processes of group pgid if it is still a training of checkout whose runner died, else [].
+
+    A pid can be reused by an unrelated process once the training is gone, so the group has to prove
+    it is ours. With /proc (Linux): the leader, if alive, must be the leader of group pgid, run
+    train.py and work in the checkout; with the leader gone, every process of the group must work in
+    the checkout. Without /proc: `ps` must show the leader of group pgid running train.py. When nothing
+    can tell, nothing is killed."""
+    checkout = os.path.realpath(checkout)
+    if os.path.isdir("/proc/self"):
+        members = _group_members(pgid)
+        if not members:
+            return []
+        if pgid in members:
+            try:
+                with open(f"/proc/{pgid}/cmdline", "rb") as f:
+                    argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0")]
+            except OSError:
+                return []
+            return members if _is_train_py(argv) and _proc_cwd(pgid) == checkout else []
+        return members if all(_proc_cwd(pid) == checkout for pid in members) else []
+    try:
+        proc = subprocess.run(["ps", "-o", "pgid=,command=", "-p", str(pgid)], capture_output=True, text=True)
+    except OSError:
+        return []
+    fields = proc.stdout.split()
+    if proc.returncode != 0 or not fields or fields[0] != str(pgid) or not _is_train_py(fields[1:]):
+        return []
+    return [pgid]
+
+
+def stop_left_behind_training(pgid, checkout, grace=None):
+    """SIGTERM, then SIGKILL after the grace period, the training left behind in group pgid (see
+    left_behind_training); returns the pids it found (empty: nothing of ours was running)."""
+    grace = KILL_GRACE if grace is None else grace
+    found = left_behind_training(pgid, checkout)
+    if not found:
+        return []
+    if os.path.isdir("/proc/self"):
+        alive = lambda: bool(_group_members(pgid))
+    else:
+        alive = lambda: _signal_group(pgid, 0)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_GRACE)):
+        if not _signal_group(pgid, sig):
+            break
+        deadline = time.time() + wait
+        while alive() and time.time() < deadline:
+            time.sleep(0.1)
+        if not alive():
+            break
+    return found
+
+
+def _signal_group(pgid, sig):
+    """os.killpg; False when the group is gone (or not ours to signal)."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
 class _Signals:
     """SIGINT/SIGTERM during an experiment: raised as Interrupted while armed, else held back."""
 
@@ -299,8 +393,14 @@ def recover(repo, ledger=None):
     for row in ledger.experiments(status="running"):
         if row["worktree"] != checkout:
             continue
-        ledger.finish_experiment(row["id"], status="crash",
-                                 cause="interrupted: the runner stopped before the experiment finished")
+        cause = "interrupted: the runner stopped before the experiment finished"
+        # its training may still be running (its own process group outlives the runner): stop it
+        # before it competes with the next run or writes into the checkout after the reset
+        if row.get("pgid") and row.get("host") == socket.gethostname():
+            stopped = stop_left_behind_training(row["pgid"], checkout)
+            if stopped:
+                cause += f" (its training, process group {row['pgid']}, was still running and was stopped)"
+        ledger.finish_experiment(row["id"], status="crash", cause=cause)
         # back to the start point, unless someone has edited the checkout since (then the commit
         # simply becomes part of the next experiment)
         if row["commit_sha"] and row["parent_commit"] and gitutil.head(checkout) == row["commit_sha"] \
@@ -435,7 +535,8 @@ class _Experiment:
             else gitutil.head(checkout)
         cols = dict(tag=tag, worker=self.worker, branch=self.branch, worktree=checkout, parent_commit=start,
                     commit_sha=commit, diff=gitutil.diff(checkout, start, commit), description=self.description,
-                    profile=rules.get("profile"), time_budget=rules.get("time_budget"), seed=seed, **ledger_cols)
+                    profile=rules.get("profile"), time_budget=rules.get("time_budget"), seed=seed,
+                    host=socket.gethostname(), **ledger_cols)
         if cause:
             return self.record_invalid(cols, cause, commit, start)
 
@@ -464,6 +565,8 @@ class _Experiment:
                 proc = subprocess.Popen([sys.executable, "train.py"], cwd=checkout, stdout=log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                         start_new_session=True)
+            # (signals are held until arm(): the row names the group before a Ctrl-C can stop us)
+            ledger.update_experiment(exp_id, pgid=proc.pid)
             self.signals.arm()
             while True:
                 try:

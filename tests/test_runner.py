@@ -389,6 +389,56 @@ def test_row_left_running_by_a_dead_runner_is_recorded_on_the_next_run(repo):
     assert git(repo, "rev-parse", f"refs/autoresearch/t/{dead[:7]}") == dead
 
 
+def test_training_left_behind_by_a_killed_runner_is_stopped_on_recovery(repo, tmp_path, monkeypatch):
+    baseline = run(repo, "baseline")
+    pid_file = tmp_path / "pids"
+    (repo / "train.py").write_text(hanging_train(pid_file))  # ignores SIGTERM: needs the SIGKILL
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", "hangs"], cwd=repo,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    ledger = Ledger(repo=repo)
+    deadline = time.time() + 30
+    while not (pid_file.exists() and pid_file.read_text() and ledger.experiments(status="running")
+               and ledger.experiments(status="running")[0]["pgid"]):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    running = ledger.experiments(status="running")[0]
+    leader, child = map(int, pid_file.read_text().split())
+    assert running["pgid"] == leader and running["host"]
+    proc.kill()  # kill -9: the runner's handlers never run
+    proc.wait()
+    try:
+        assert sorted(live_group_members(leader)) == sorted([leader, child])  # the training outlives it
+        monkeypatch.setattr(runner, "KILL_GRACE", 1.0)
+        [row] = runner.recover(repo)
+        assert live_group_members(leader) == []
+    finally:  # never leave the stand-in behind, whatever failed
+        if live_group_members(leader):
+            os.killpg(leader, signal.SIGKILL)
+    assert row["id"] == running["id"] and row["status"] == "crash" and row["cause"].startswith("interrupted")
+    assert f"process group {leader}" in row["cause"]
+    assert git(repo, "rev-parse", "HEAD") == baseline["commit_sha"] and git(repo, "status", "--porcelain") == ""
+
+
+def test_recovery_leaves_alone_a_process_that_reused_the_recorded_pgid(repo, tmp_path):
+    baseline = run(repo, "baseline")
+    elsewhere = tmp_path / "elsewhere"  # a train.py too, but not this checkout's
+    elsewhere.mkdir()
+    (elsewhere / "train.py").write_text("import time; time.sleep(60)\n")
+    other = subprocess.Popen([sys.executable, "train.py"], cwd=elsewhere, start_new_session=True)
+    try:
+        ledger = Ledger(repo=repo)
+        stale = ledger.start_experiment(tag="t", worktree=str(repo), commit_sha=baseline["commit_sha"],
+                                        parent_commit=baseline["commit_sha"], description="died mid-run",
+                                        pgid=other.pid, host=runner.socket.gethostname())
+        runner.recover(repo)
+        assert ledger.experiment(stale)["status"] == "crash"
+        assert other.poll() is None and live_group_members(other.pid) == [other.pid]
+    finally:
+        other.kill()
+        other.wait()
+
+
 # -- several checkouts -----------------------------------------------------------------------------------
 def test_two_runs_in_two_worktrees_share_one_ledger(repo, tmp_path):
     run(repo, "baseline")
