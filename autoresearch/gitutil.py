@@ -1,5 +1,6 @@
 """Small git helpers: each one runs one git command in a checkout and returns its text."""
 
+import fcntl
 import os
 import subprocess
 
@@ -127,3 +128,31 @@ def remove_untracked(repo, paths):
     """Delete the given untracked files (the checkout's other untracked files stay)."""
     if paths:
         git(repo, "clean", "--force", "--quiet", "--", *paths)
+
+
+class CheckoutLock:
+    """One holder at a time per checkout: a locked file in the worktree's own git folder, holding the
+    holder's pid. `busy(pid)` makes the exception raised when someone else holds it."""
+
+    def __init__(self, checkout, name, busy):
+        self.path = os.path.join(git_dir(checkout), name)
+        self.busy = busy
+
+    def __enter__(self):
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            pid = self.file.read().strip() or "?"
+            self.file.close()
+            raise self.busy(pid) from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()

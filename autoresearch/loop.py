@@ -21,7 +21,6 @@ it; the one running finishes). Ctrl-C or SIGTERM stops cleanly: the training is 
 the tree is reset, exit 130 or 143.
 """
 
-import fcntl
 import os
 import re
 import signal
@@ -106,31 +105,11 @@ class _Signals:
             self.armed = False
 
 
-class _LoopLock:
-    """One loop per checkout: a lock file in the worktree's git folder holding the loop's pid."""
-
-    def __init__(self, checkout):
-        self.path = os.path.join(gitutil.git_dir(checkout), "autoresearch-loop.lock")
-
-    def __enter__(self):
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            pid = self.file.read().strip() or "?"
-            self.file.close()
-            raise LoopError(f"another `autoresearch loop` (pid {pid}) is running in this checkout; stop it "
-                            f"first, or run this one in another worktree (`git worktree add`)") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(str(os.getpid()))
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
+def _LoopLock(checkout):
+    """One loop per checkout."""
+    return gitutil.CheckoutLock(checkout, "autoresearch-loop.lock", lambda pid: LoopError(
+        f"another `autoresearch loop` (pid {pid}) is running in this checkout; stop it first, or run this "
+        f"one in another worktree (`git worktree add`)"))
 
 
 def _fmt(value):

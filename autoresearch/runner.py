@@ -37,7 +37,6 @@ runs an experiment (see recover()); the row holds the training's process group (
 a training the dead runner left behind on this machine is stopped first.
 """
 
-import fcntl
 import hashlib
 import json
 import math
@@ -340,31 +339,11 @@ class _Signals:
         self.armed = False
 
 
-class _CheckoutLock:
-    """One experiment at a time per checkout (a lock file in the worktree's own git folder)."""
-
-    def __init__(self, checkout):
-        self.path = os.path.join(gitutil.git_dir(checkout), "autoresearch-run.lock")
-
-    def __enter__(self):
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            pid = self.file.read().strip() or "?"
-            self.file.close()
-            raise RunError(f"another `autoresearch run` (pid {pid}) is running in this checkout; wait for "
-                           f"it to finish, or use another worktree (`git worktree add`)") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(str(os.getpid()))
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
+def _CheckoutLock(checkout):
+    """One experiment at a time per checkout."""
+    return gitutil.CheckoutLock(checkout, "autoresearch-run.lock", lambda pid: RunError(
+        f"another `autoresearch run` (pid {pid}) is running in this checkout; wait for it to finish, "
+        f"or use another worktree (`git worktree add`)"))
 
 
 # -- git moves ---------------------------------------------------------------------------------
