@@ -136,12 +136,6 @@ def test_campaign_of_real_runs_keeps_discards_and_records_consistently(campaign_
     below with the stand-in."""
     repo = campaign_repo
     monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "3")
-    # a run takes at least two optimizer steps: make them cheaper (when train.py still has these lines)
-    cpu_batch = "    TOTAL_BATCH_SIZE = 2**13\n    DEVICE_BATCH_SIZE = 32\n"
-    train = (repo / "train.py").read_text()
-    if cpu_batch in train:
-        (repo / "train.py").write_text(train.replace(cpu_batch, "    TOTAL_BATCH_SIZE = 2**11\n    DEVICE_BATCH_SIZE = 16\n"))
-        git(repo, "commit", "-qam", "smaller CPU batch for the test")
     git(repo, "checkout", "-qb", "autoresearch/real")
     base = git(repo, "rev-parse", "HEAD")
     train = (repo / "train.py").read_text()
