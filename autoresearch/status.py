@@ -6,6 +6,7 @@ progress line of its run log, then the last results, the best so far and experim
 
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -144,6 +145,7 @@ def cmd_status(args):
         if not args.watch:
             print(status_text(ledger))
             return 0
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops it even if started with SIGINT ignored
         while True:
             screen = status_text(ledger)
             sys.stdout.write(CLEAR + screen + f"\n\n(refreshing every {args.interval:g}s; Ctrl-C to stop)\n")
