@@ -14,6 +14,28 @@ MODULES = [
 ]
 
 
+def positive(kind, name=None):
+    """An argparse type: a number of `kind` greater than 0 (argparse names it in its error)."""
+    def parse(text):
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(text)
+        return value
+    parse.__name__ = f"positive {name or kind.__name__}"
+    return parse
+
+
+def non_negative(text):
+    """An argparse type: a number >= 0."""
+    value = float(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+non_negative.__name__ = "non-negative number"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="autoresearch",

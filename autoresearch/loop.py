@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 
-from autoresearch import gitutil, runner
+from autoresearch import cli, gitutil, runner
 from autoresearch.ledger import Ledger
 from autoresearch.proposers import REGISTRY, ProposalError, ProposerConfigError, get_proposer
 
@@ -527,26 +527,6 @@ def cmd_loop(args):
         return exit_code(signame)
 
 
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if not value > 0:
-            raise ValueError(text)
-        return value
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
-
-
-def _non_negative(text):
-    value = float(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-_non_negative.__name__ = "non-negative number"
-
-
 def register(subparsers):
     p = subparsers.add_parser(
         "loop", help="run a campaign: propose, run, decide, record, until a budget is spent",
@@ -556,31 +536,31 @@ def register(subparsers):
     p.add_argument("--proposer", choices=list(REGISTRY), default="search",
                    help="who proposes each change (default: search, no LLM)")
     p.add_argument("--tag", required=True, help="campaign tag: branch autoresearch/<tag>")
-    p.add_argument("--max-experiments", type=_positive(int), metavar="N",
+    p.add_argument("--max-experiments", type=cli.positive(int), metavar="N",
                    help="stop when the campaign has N experiments (all of them: baseline, repeats, "
                         "confirmations, invalid proposals)")
-    p.add_argument("--hours", type=_positive(float), metavar="H", help="start no experiment after H hours")
-    p.add_argument("--max-cost", type=_non_negative, metavar="USD",
+    p.add_argument("--hours", type=cli.positive(float), metavar="H", help="start no experiment after H hours")
+    p.add_argument("--max-cost", type=cli.non_negative, metavar="USD",
                    help="stop when the campaign's LLM cost reaches USD")
     p.add_argument("--model", help="the model the proposer asks (openai, anthropic, claude, codex)")
     p.add_argument("--base-url", metavar="URL",
                    help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama), or an Anthropic proxy")
-    p.add_argument("--baseline-repeats", type=_positive(int), default=1, metavar="K",
+    p.add_argument("--baseline-repeats", type=cli.positive(int), default=1, metavar="K",
                    help="run the baseline K times on different seeds to measure the noise (default 1)")
-    p.add_argument("--min-delta", type=_non_negative, metavar="D",
+    p.add_argument("--min-delta", type=cli.non_negative, metavar="D",
                    help="keep only if val_bpb beats the best by more than max(D, 2 x noise std) (default 0)")
     p.add_argument("--confirm", action="store_true",
                    help="re-run a would-be keep on a new seed; keep it only if both runs beat the best")
-    p.add_argument("--timeout", type=_positive(float), metavar="S",
+    p.add_argument("--timeout", type=cli.positive(float), metavar="S",
                    help="kill a training run after S seconds (default: 2 x the budget + 120)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the search proposer (default 0)")
     p.add_argument("--worker", help="worker name in the ledger (default: $AUTORESEARCH_WORKER or the host name)")
-    p.add_argument("--price-input", type=_non_negative, metavar="USD",
+    p.add_argument("--price-input", type=cli.non_negative, metavar="USD",
                    help="USD per million prompt tokens, for a model missing from the price table")
-    p.add_argument("--price-output", type=_non_negative, metavar="USD",
+    p.add_argument("--price-output", type=cli.non_negative, metavar="USD",
                    help="USD per million completion tokens, for a model missing from the price table")
-    p.add_argument("--proposer-timeout", type=_positive(float), default=1800.0, metavar="S",
+    p.add_argument("--proposer-timeout", type=cli.positive(float), default=1800.0, metavar="S",
                    help="kill a claude/codex proposer after S seconds (default 1800)")
-    p.add_argument("--backoff", type=_non_negative, default=5.0, metavar="S",
+    p.add_argument("--backoff", type=cli.non_negative, default=5.0, metavar="S",
                    help="first wait after a proposer error; doubles up to 5 minutes (default 5)")
     p.set_defaults(func=cmd_loop)

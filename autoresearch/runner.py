@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 
-from autoresearch import gitutil
+from autoresearch import cli, gitutil
 from autoresearch.ledger import Ledger
 
 BRANCH_PREFIX = "autoresearch/"
@@ -695,16 +695,6 @@ def cmd_run(args):
     return 0
 
 
-def _positive(text):
-    value = float(text)
-    if not value > 0:
-        raise ValueError(text)
-    return value
-
-
-_positive.__name__ = "positive number of seconds"
-
-
 def register(subparsers):
     p = subparsers.add_parser(
         "run", help="run one experiment (commit train.py, train, decide, record)",
@@ -712,7 +702,7 @@ def register(subparsers):
                     "run it with all output to run.log, keep or discard it, and record it in the ledger "
                     "and results.tsv.")
     p.add_argument("-m", "--message", required=True, metavar="DESC", help="what this experiment changes")
-    p.add_argument("--timeout", type=_positive, metavar="S",
+    p.add_argument("--timeout", type=cli.positive(float, "number of seconds"), metavar="S",
                    help="kill the run after S seconds (default: 2 x the profile's TIME_BUDGET + 120)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (env AUTORESEARCH_SEED; default 42)")
     p.add_argument("--threshold", type=float, metavar="D",
