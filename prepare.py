@@ -346,8 +346,9 @@ class Tokenizer:
         return lengths
 
 
-def get_token_bytes(device="cpu"):
-    return torch.tensor(Tokenizer.from_directory().token_bytes(), dtype=torch.int64, device=device)
+def get_token_bytes(device="cpu", tokenizer=None):
+    tokenizer = tokenizer or Tokenizer.from_directory()
+    return torch.tensor(tokenizer.token_bytes(), dtype=torch.int64, device=device)
 
 # ---------------------------------------------------------------------------
 # Data loading: BOS-aligned best-fit packing
@@ -563,7 +564,7 @@ def evaluate_bpb(model, tokenizer, batch_size):
     The model only gives logits (B, T, vocab) for the inputs; the loss is computed here.
     """
     device = next(model.parameters()).device
-    token_bytes = get_token_bytes(device)
+    token_bytes = get_token_bytes(device, tokenizer)  # the tokenizer given, not a second read from disk
     rows = _val_rows(tokenizer)
     check_causal(model, rows[:1, :-1].to(device), tokenizer.get_vocab_size())
     total_nats, total_bytes = 0.0, 0  # Python floats/ints: float64 on every device (MPS has none)
