@@ -17,14 +17,27 @@ class GitError(RuntimeError):
     """A git command failed; the message is git's own last line."""
 
 
+# every git command of the harness runs with hooks off: an experiment or a proposer that installs a
+# hook (or points core.hooksPath somewhere) must not get code run inside the harness's commit/reset
+NO_HOOKS = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
+
+
 def git(repo, *args, check=True, env=None, input=None):
     """Run `git <args>` in repo and return its stdout without the trailing newline."""
-    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, input=input,
+    proc = subprocess.run(["git", *NO_HOOKS, *args], cwd=repo, capture_output=True, text=True, input=input,
                           env={**os.environ, **env} if env else None)
     if check and proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         raise GitError(f"git {' '.join(args)}: {lines[-1] if lines else f'exit code {proc.returncode}'}")
     return proc.stdout.rstrip("\n")
+
+
+def show_bytes(repo, obj):
+    """The raw bytes of a git object (e.g. a blob id or `commit:path`)."""
+    proc = subprocess.run(["git", "cat-file", "blob", obj], cwd=repo, capture_output=True)
+    if proc.returncode != 0:
+        raise GitError(f"git cat-file blob {obj}: {proc.stderr.decode(errors='replace').strip() or proc.returncode}")
+    return proc.stdout
 
 
 def is_repo(path):
@@ -81,7 +94,7 @@ def staged_paths(repo, base):
 
 def has_staged_changes(repo):
     """Whether the index differs from HEAD."""
-    return subprocess.run(["git", "diff", "--cached", "--quiet", "HEAD"], cwd=repo).returncode != 0
+    return subprocess.run(["git", *NO_HOOKS, "diff", "--cached", "--quiet", "HEAD"], cwd=repo).returncode != 0
 
 
 def dirty_paths(repo):
@@ -122,6 +135,24 @@ def reset_hard(repo, rev):
 
 def update_ref(repo, ref, sha):
     git(repo, "update-ref", ref, sha)
+
+
+def refs(repo, prefix):
+    """{ref name: sha} of the refs under prefix (e.g. refs/autoresearch/<tag>/)."""
+    out = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", prefix)
+    return dict(line.split(" ", 1) for line in out.splitlines() if line)
+
+
+def flagged_paths(repo):
+    """Tracked paths git is told not to look at (skip-worktree or assume-unchanged): edits to them
+    would not show in `git status` or `git diff`."""
+    out = git(repo, "ls-files", "-v", "-z")
+    return sorted(entry[2:] for entry in out.split("\0") if entry and (entry[0] == "S" or entry[0].islower()))
+
+
+def clear_flags(repo, paths):
+    if paths:
+        git(repo, "update-index", "--no-skip-worktree", "--no-assume-unchanged", "--", *paths)
 
 
 def remove_untracked(repo, paths):

@@ -33,6 +33,10 @@ EXPERIMENT_COLUMNS = {
     # the training's process group and the machine it runs on, so that a runner started after one
     # that died (kill -9) can stop a training left behind
     "pgid": "INTEGER", "host": "TEXT",
+    # trust: val_bpb is the harness's own evaluation; what train.py printed, the training time the
+    # harness measured, and how the experiment ran ("bwrap": sandboxed; "none": unsandboxed)
+    "claimed_val_bpb": "REAL", "measured_training_s": "REAL", "startup_s": "REAL", "eval_s": "REAL",
+    "sandbox": "TEXT", "workdir": "TEXT",
 }
 CAMPAIGN_COLUMNS = {
     "tag": "TEXT PRIMARY KEY", "branch": "TEXT", "base_commit": "TEXT", "created_at": "REAL",

@@ -49,14 +49,16 @@ import sys
 import threading
 import time
 
-from autoresearch import cli, gitutil
+from autoresearch import cli, gitutil, sandbox
+from autoresearch.executor import KILL_GRACE, execute
 from autoresearch.ledger import Ledger
 
 BRANCH_PREFIX = "autoresearch/"
 TIMEOUT_MARGIN = 120.0   # seconds over twice the budget before a run is killed
-KILL_GRACE = 5.0         # seconds between SIGTERM and SIGKILL
 LOG_TAIL_LINES = 50
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+PRINTED_TOLERANCE = 2e-6  # train.py prints the trusted value to 6 decimals
+CLAIM_TOLERANCE = 2.0     # seconds a claimed training time may exceed the measured one (clock granularity)
 SUMMARY_COLUMNS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                    "total_tokens_M", "num_steps", "num_params_M", "depth"]
 OOM_PATTERN = re.compile(r"out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory", re.I)
@@ -179,40 +181,74 @@ def read_rules(checkout):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def data_fingerprint(profile, profile_dir):
-    """sha256 of the profile's manifest.json and tokenizer.json (RunError when not prepared)."""
-    digest = hashlib.sha256()
-    for name in ("manifest.json", "tokenizer.json"):
-        path = os.path.join(profile_dir, name)
-        if not os.path.exists(path):
-            raise RunError(f"profile {profile!r} is not prepared ({path} is missing); "
-                           f"run `python prepare.py --profile {profile}`")
-        digest.update(name.encode() + b"\0")
+_HASHED = {}  # (path, size, mtime_ns, ctime_ns, inode) -> sha256: a file rewritten since has a new ctime
+
+
+def file_sha256(path):
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _HASHED:
+        digest = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-    return digest.hexdigest()
+        _HASHED[key] = digest.hexdigest()
+    return _HASHED[key]
+
+
+def data_fingerprint(profile, profile_dir):
+    """The identity of a prepared profile: sha256 of its manifest without `prepared_at` (re-preparing
+    the same data gives the same fingerprint), after checking every file the manifest lists against
+    its sha256. RunError when it is not prepared or a file does not match."""
+    path = os.path.join(profile_dir, "manifest.json")
+    fix = f"run `python prepare.py --profile {profile}`"
+    try:
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read())
+    except OSError:
+        raise RunError(f"profile {profile!r} is not prepared ({path} is missing); {fix}")
+    except ValueError:
+        raise RunError(f"{path} is not valid JSON; {fix}")
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise RunError(f"profile {profile!r} was prepared by an older prepare.py (no file hashes); {fix}")
+    for name, expected in sorted(files.items()):
+        full = os.path.join(profile_dir, name)
+        if not os.path.isfile(full):
+            raise RunError(f"{full} is missing from the prepared profile; {fix}")
+        if file_sha256(full) != expected:
+            raise RunError(f"{full} does not match its sha256 in the manifest (changed after prepare.py); {fix}")
+    manifest.pop("prepared_at", None)
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+# -- the executor ------------------------------------------------------------------------------
+EXECUTOR_ENV = "AUTORESEARCH_EXECUTOR"  # module:function with executor.execute's signature
+
+
+def load_executor():
+    """The function that runs an experiment's spec: executor.execute (sandboxed, trusted evaluation),
+    or the one AUTORESEARCH_EXECUTOR names (another backend, or the tests' stand-in)."""
+    name = os.environ.get(EXECUTOR_ENV)
+    if not name:
+        return execute
+    import importlib
+    module, _, function = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module), function or "execute")
+    except (ImportError, AttributeError) as e:
+        raise RunError(f"{EXECUTOR_ENV}={name!r} cannot be loaded ({e}); unset it to use the sandboxed executor")
+
+
+def executor_name():
+    """What the ledger's `sandbox` column says about how the experiment runs."""
+    if os.environ.get(EXECUTOR_ENV):
+        return os.environ[EXECUTOR_ENV]
+    problem = sandbox.bwrap_problem()
+    return "bwrap" if problem is None else "none"
 
 
 # -- processes and signals ---------------------------------------------------------------------
-def kill_group(proc, grace=None):
-    """SIGTERM the process group of proc, SIGKILL whatever is left after the grace period, reap."""
-    grace = KILL_GRACE if grace is None else grace
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 def _proc_stat(pid):
     """(state, process group) of a process from /proc/<pid>/stat; None when it is gone."""
     try:
@@ -376,7 +412,7 @@ def recover(repo, ledger=None):
         # its training may still be running (its own process group outlives the runner): stop it
         # before it competes with the next run or writes into the checkout after the reset
         if row.get("pgid") and row.get("host") == socket.gethostname():
-            stopped = stop_left_behind_training(row["pgid"], checkout)
+            stopped = stop_left_behind_training(row["pgid"], row.get("workdir") or checkout)
             if stopped:
                 cause += f" (its training, process group {row['pgid']}, was still running and was stopped)"
         ledger.finish_experiment(row["id"], status="crash", cause=cause)
@@ -486,9 +522,15 @@ class _Experiment:
         changed = gitutil.git(checkout, "diff", "--name-only", "--no-renames", base, "--", ".",
                               *gitutil.EXCLUDES).splitlines()
         outside = sorted(set(changed + gitutil.untracked_paths(checkout)) - {"train.py"})
+        flagged = gitutil.flagged_paths(checkout)
         rules, fingerprint, cause = {}, None, None
         if outside:
             cause = "changed files other than train.py: " + ", ".join(outside)
+        elif flagged:
+            gitutil.clear_flags(checkout, flagged)  # the reset that follows then restores their content
+            cause = "git index flags (skip-worktree / assume-unchanged) hide changes to: " + ", ".join(flagged)
+        elif sandbox.fixed_file_problems(checkout, base):
+            cause = "; ".join(sandbox.fixed_file_problems(checkout, base))
         else:
             rules = read_rules(checkout)
             fingerprint = data_fingerprint(rules["profile"], rules["profile_dir"])
@@ -527,59 +569,66 @@ class _Experiment:
         if timeout is None:
             timeout = 2 * float(rules["time_budget"]) + TIMEOUT_MARGIN
         log_path = os.path.join(checkout, "run.log")
+
+        # 3. train, from the experiment's spec, in the sandbox; the harness measures and evaluates
+        try:
+            train_py = gitutil.show_bytes(checkout, f"{commit}:train.py").decode("utf-8", "replace")
+        except gitutil.GitError:
+            return self.record_invalid(cols, "train.py was deleted", commit, start)
+        spec = sandbox.Spec(train_py=train_py, base_commit=base, profile=rules["profile"], seed=seed)
+        state = self.harness_state(commit)
         exp_id = ledger.start_experiment(**cols, log_path=log_path, timeout_s=timeout, best_before=best,
-                                         threshold=threshold, is_baseline=int(bool(is_baseline)))
+                                         threshold=threshold, is_baseline=int(bool(is_baseline)),
+                                         sandbox=executor_name())
         self.say(f"experiment #{exp_id} on {self.branch} at {gitutil.short(commit)}: {self.description}\n"
                  f"training (profile {rules['profile']}, budget {rules['time_budget']:g} s, timeout {timeout:g} s), "
                  f"log: {log_path}")
 
-        # 3. train
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if seed is not None:
-            env["AUTORESEARCH_SEED"] = str(seed)
-        started = time.time()
-        proc, timed_out = None, False
-        try:
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen([sys.executable, "train.py"], cwd=checkout, stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                        start_new_session=True)
-            # (signals are held until arm(): the row names the group before a Ctrl-C can stop us)
-            ledger.update_experiment(exp_id, pgid=proc.pid)
+        def started(pgid, folder):  # signals wait until the row names the training's process group
+            ledger.update_experiment(exp_id, pgid=pgid, workdir=folder)
             self.signals.arm()
-            while True:
-                try:
-                    proc.wait(timeout=1.0)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if time.time() - started > timeout:
-                    timed_out = True
-                    break
-                if self.progress and sys.stderr.isatty():
-                    _show_progress(log_path, started, timeout)
+
+        def tick(since):
+            if self.progress and sys.stderr.isatty():
+                _show_progress(log_path, since, timeout)
+
+        try:
+            outcome = load_executor()(spec, checkout, rules["profile_dir"], float(rules["time_budget"]), log_path,
+                                      timeout, started=started, tick=tick)
             self.signals.hold()
         except Interrupted as interrupt:
-            self.signals.hold()
-            if proc is not None:
-                kill_group(proc)
+            self.signals.hold()  # the executor has stopped the training's process group
             if self.progress and sys.stderr.isatty():
                 sys.stderr.write("\n")
-            row = self.finish(exp_id, commit, start, decide=True, status="crash", timed_out=False,
-                              cause=f"interrupted ({self.signals.pending or 'signal'})", returncode=None)
+            row = self.finish(exp_id, commit, start, decide=True, outcome=None, state=state,
+                              cause=f"interrupted ({self.signals.pending or 'signal'})")
             raise Interrupted(str(interrupt), row=row) from None
-        kill_group(proc, grace=0 if not timed_out else None)  # the group may outlive its leader
         if self.progress and sys.stderr.isatty():
             sys.stderr.write("\n")
 
         # 4. decide and record
-        row = self.finish(exp_id, commit, start, decide=decide, status=None, timed_out=timed_out,
-                          cause=f"timeout: killed after {timeout:g} s" if timed_out else None,
-                          returncode=proc.returncode, fingerprint=fingerprint, threshold=threshold,
-                          best=best, is_baseline=is_baseline)
+        row = self.finish(exp_id, commit, start, decide=decide, outcome=outcome, state=state, cause=None,
+                          fingerprint=fingerprint, threshold=threshold, best=best, is_baseline=is_baseline)
         if self.signals.pending:
             raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
         return row
+
+    def harness_state(self, commit):
+        """What the harness wrote and expects to find unchanged after the run: HEAD, the saved refs."""
+        return dict(head=commit, refs=gitutil.refs(self.checkout, f"refs/autoresearch/{self.tag}/"))
+
+    def tampering(self, state):
+        """How the run changed the harness's git state (None when it did not)."""
+        if gitutil.head(self.checkout) != state["head"]:
+            return "the run moved HEAD"
+        refs = gitutil.refs(self.checkout, f"refs/autoresearch/{self.tag}/")
+        if any(refs.get(name) != sha for name, sha in state["refs"].items()):
+            return "the run changed or deleted refs under refs/autoresearch/"
+        flagged = gitutil.flagged_paths(self.checkout)
+        if flagged:
+            gitutil.clear_flags(self.checkout, flagged)
+            return "the run set git index flags that hide changes: " + ", ".join(flagged)
+        return None
 
     def fingerprint_now(self):
         try:
@@ -596,45 +645,84 @@ class _Experiment:
         except OSError:
             return ""
 
-    def finish(self, exp_id, commit, start, decide, status, timed_out, cause, returncode,
-               fingerprint=None, threshold=0.0, best=None, is_baseline=False):
-        """Work out the status, move the branch, finish the ledger row and append results.tsv."""
+    def finish(self, exp_id, commit, start, decide, outcome, state, cause, fingerprint=None, threshold=0.0,
+               best=None, is_baseline=False):
+        """Work out the status, move the branch, finish the ledger row and append results.tsv.
+        outcome None: the run was interrupted (status crash, with the cause given)."""
         checkout, tag = self.checkout, self.tag
         text = self.read_log()
         summary = parse_summary(text)
-        metrics = {k: summary.get(k) for k in SUMMARY_COLUMNS if isinstance(summary.get(k), (int, float))}
-        val = metrics.get("val_bpb")
-        if status is None:
-            touched = gitutil.dirty_paths(checkout)
-            if touched:
-                status, cause = "invalid", "the run changed files in the checkout: " + ", ".join(sorted(touched))
-                gitutil.remove_untracked(checkout, gitutil.untracked_paths(checkout))
-            elif fingerprint and self.fingerprint_now() != fingerprint:
-                status, cause = "invalid", "the run changed the data cache"
-            elif timed_out:
-                status = "timeout"
-            elif returncode != 0 or val is None or not math.isfinite(val):
-                status = "crash"
-                cause = crash_cause(text, returncode) if returncode != 0 or val is None else f"val_bpb is {val}"
-            elif is_baseline or best is None or val < best - threshold:
-                status = "keep"
-            else:
-                status = "discard"
+        claimed = {k: summary.get(k) for k in SUMMARY_COLUMNS if isinstance(summary.get(k), (int, float))}
+        metrics = {k: v for k, v in claimed.items() if k != "val_bpb"}
+        if outcome is None:
+            status = "crash"
+        else:
+            status, cause = self.judge(outcome, state, fingerprint, claimed, text)
+            metrics.update(val_bpb=outcome.val_bpb, claimed_val_bpb=claimed.get("val_bpb"),
+                           measured_training_s=outcome.training_s, startup_s=outcome.startup_s,
+                           eval_s=outcome.eval_s)
+            if status in ("keep", "discard"):
+                val = outcome.val_bpb
+                status = "keep" if is_baseline or best is None or val < best - threshold else "discard"
         if status == "invalid" or (decide and status != "keep"):
             revert(checkout, tag, commit, start)
+        if status not in ("keep", "discard"):
+            metrics["val_bpb"] = None  # only a judged run has a metric to compare
         device = summary.get("device_name") or summary.get("device")
         seed = summary.get("seed") if isinstance(summary.get("seed"), int) else None
         extra = {"seed": seed} if seed is not None else {}
-        self.ledger.finish_experiment(
-            exp_id, status=status, cause=cause, log_tail=log_tail(text), device=device,
-            **({"profile": summary["profile"]} if isinstance(summary.get("profile"), str) else {}),
-            **metrics, **extra)
+        self.ledger.finish_experiment(exp_id, status=status, cause=cause, log_tail=log_tail(text), device=device,
+                                      **metrics, **extra)
         row = self.ledger.experiment(exp_id)
         append_results_tsv(checkout, row)
+        val = row["val_bpb"]
         self.ledger.event(tag, status, f"#{exp_id} {gitutil.short(commit)} {status}"
                           + (f" val_bpb {val:.6f}" if val is not None else "") + f": {self.description}",
                           self.worker)
         return row
+
+    def judge(self, outcome, state, fingerprint, claimed, text):
+        """(status, cause) of a finished run; "keep" stands for "judged on its trusted val_bpb"."""
+        touched = gitutil.dirty_paths(self.checkout)
+        if touched:
+            gitutil.remove_untracked(self.checkout, gitutil.untracked_paths(self.checkout))
+            return "invalid", "the run changed files in the checkout: " + ", ".join(sorted(touched))
+        if fingerprint and self.fingerprint_now() != fingerprint:
+            return "invalid", "the run changed the data cache"
+        tampered = self.tampering(state)
+        if tampered:
+            return "invalid", tampered
+        if outcome.stopped == "timeout":
+            return "timeout", f"timeout: killed after {outcome.wall_s:.0f} s"
+        if outcome.stopped == "budget":
+            return "timeout", (f"over budget: still training {outcome.wall_s - (outcome.startup_s or 0):.0f} s after "
+                               f"its first batch (budget {self.rules['time_budget']:g} s + {outcome.grace_s:.0f} s grace)")
+        printed = claimed.get("val_bpb")
+        if outcome.returncode != 0:
+            return "crash", crash_cause(text, outcome.returncode)
+        if not outcome.handed_over:
+            if printed is None:
+                return "crash", crash_cause(text, outcome.returncode)
+            return "invalid", (f"printed val_bpb {printed} but handed no model to the trusted evaluator "
+                               f"(prepare.evaluate_bpb was not used)")
+        if outcome.eval_error:
+            return "invalid", f"the trusted evaluation refused the model: {outcome.eval_error}"
+        if not isinstance(outcome.val_bpb, (int, float)) or not math.isfinite(outcome.val_bpb):
+            return "crash", f"val_bpb is {outcome.val_bpb}"
+        if printed is None:
+            return "crash", crash_cause(text, outcome.returncode)
+        if abs(printed - outcome.val_bpb) > PRINTED_TOLERANCE:
+            return "invalid", (f"printed val_bpb {printed:.6f} disagrees with the trusted evaluation "
+                               f"{outcome.val_bpb:.6f}")
+        said = claimed.get("training_seconds")
+        measured = outcome.training_s
+        if isinstance(said, (int, float)) and measured is not None:
+            if said > measured + CLAIM_TOLERANCE:
+                return "invalid", f"claims {said:g} s of training; the harness measured {measured:.1f} s"
+            if measured - said > outcome.grace_s:
+                return "invalid", (f"trained {measured:.1f} s as the harness measured, but claims {said:g} s "
+                                   f"(more than {outcome.grace_s:.0f} s apart)")
+        return "keep", None
 
     def record_invalid(self, cols, cause, commit, start):
         now = time.time()

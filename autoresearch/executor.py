@@ -1,0 +1,202 @@
+"""
+Execute one experiment from its spec and judge nothing: train, hand over, evaluate, measure.
+
+    outcome = execute(spec, repo, profile_dir, time_budget, log_path, timeout)
+
+Inputs are the spec (train.py text, base commit, profile, seed; see sandbox.py); outputs are the
+log file and an Outcome record. Nothing here reads or writes git state, the ledger or results.tsv:
+the caller (runner.py, or a remote worker) does. The harness, not train.py, owns the numbers:
+- the clock: start-up runs from launch to the first training batch (prepare.py tells the harness;
+  at most STARTUP_ALLOWANCE counts as start-up, whatever it says); training runs from there to the
+  hand-off of the model, and a run still training TIME_BUDGET + grace after that start is stopped;
+- the metric: train.py's `evaluate_bpb` exports the model into the hand-off folder and asks the
+  harness, which copies it out of the experiment's reach and runs the trusted evaluator on it
+  (evaluator.py); the value goes back to train.py to print, and into the Outcome.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+from autoresearch import evaluator, sandbox
+
+STARTUP_ALLOWANCE = 30.0      # seconds of start-up before the training clock starts regardless
+GPU_COMPILE_ALLOWANCE = 60.0  # more of both on a CUDA machine: torch.compile runs in the first steps
+KILL_GRACE = 5.0              # seconds between SIGTERM and SIGKILL
+
+
+def grace_seconds(time_budget, gpu=None):
+    """How long past its budget a training may run before it is stopped (first steps, compilation,
+    the last step in flight, the export)."""
+    gpu = sandbox.has_gpu() if gpu is None else gpu
+    return 5.0 + 0.1 * time_budget + (GPU_COMPILE_ALLOWANCE if gpu else 0.0)
+
+
+@dataclass
+class Outcome:
+    returncode: int = None
+    stopped: str = None           # None, "timeout" (the whole run) or "budget" (training past budget + grace)
+    val_bpb: float = None         # the trusted evaluator's value
+    eval_error: str = None        # why there is none although a model was handed over
+    handed_over: bool = False
+    startup_s: float = None       # launch to the first training batch (capped at the allowance)
+    training_s: float = None      # first training batch to the hand-off, as the harness measured it
+    eval_s: float = None
+    wall_s: float = None
+    sandboxed: bool = False
+    grace_s: float = 0.0
+    events: list = field(default_factory=list)
+
+
+class _Channel(threading.Thread):
+    """The harness's end of the socket train.py's prepare.py talks to: records the training start,
+    takes the hand-off, runs the trusted evaluation and answers with its val_bpb."""
+
+    def __init__(self, sock, launched, evaluate):
+        super().__init__(daemon=True)
+        self.sock, self.launched, self.evaluate = sock, launched, evaluate
+        self.training_at = self.handoff_at = self.evaluated_at = None
+        self.result = None
+        self.events = []
+
+    def run(self):
+        stream = self.sock.makefile("rw", encoding="utf-8", errors="replace")
+        try:
+            for line in stream:
+                if len(self.events) > 100:  # a flood is not a conversation
+                    break
+                try:
+                    message = json.loads(line)
+                    event = message.get("event") if isinstance(message, dict) else None
+                except ValueError:
+                    event = None
+                self.events.append(event)
+                if event == "training" and self.training_at is None:
+                    self.training_at = time.time()
+                elif event == "model" and self.handoff_at is None:
+                    self.handoff_at = time.time()
+                    self.result = self.evaluate(message)
+                    self.evaluated_at = time.time()
+                    stream.write(json.dumps(self.result) + "\n")
+                    stream.flush()
+                elif event == "model":
+                    stream.write(json.dumps({"error": "a model was handed over already"}) + "\n")
+                    stream.flush()
+        except (OSError, ValueError):
+            pass  # the experiment closed its end
+
+
+def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=None, tick=None, sandboxed=None,
+            eval_timeout=None):
+    """Run the experiment of spec; returns an Outcome. `started(pgid, folder)` is called once the
+    training's process group exists, `tick(launched)` about once a second while it runs.
+    KeyboardInterrupt (or any exception) kills the group first. sandboxed=None: when bubblewrap works."""
+    if sandboxed is None:
+        sandboxed = sandbox.bwrap_problem() is None
+        if not sandboxed:
+            print(f"warning: running unsandboxed: {sandbox.bwrap_problem()}", file=sys.stderr)
+    outcome = Outcome(sandboxed=sandboxed)
+    outcome.grace_s = grace = grace_seconds(time_budget)
+    startup_allowance = STARTUP_ALLOWANCE + (GPU_COMPILE_ALLOWANCE if sandbox.has_gpu() else 0.0)
+    work = tempfile.mkdtemp(prefix="autoresearch-experiment-")
+    folder, handoff, private = (os.path.join(work, name) for name in ("experiment", "handoff", "private"))
+    for path in (handoff, private):
+        os.makedirs(path)
+    proc, ours, theirs = None, None, None
+    try:
+        sandbox.materialize(spec, repo, folder)
+        os.chmod(folder, 0o555)
+
+        def evaluate(message):
+            return _evaluate(message, handoff, private, folder, spec.profile, profile_dir, outcome.sandboxed,
+                             eval_timeout or max(600.0, timeout))
+
+        ours, theirs = socket.socketpair()
+        argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed)
+        launched = time.time()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(argv, cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True, pass_fds=(theirs.fileno(),))
+        theirs.close()
+        channel = _Channel(ours, launched, evaluate)
+        channel.start()
+        if started:
+            started(proc.pid, folder)
+        while proc.poll() is None:
+            time.sleep(0.2)
+            now = time.time()
+            if tick and int(now * 5) % 5 == 0:
+                tick(launched)
+            training_from = min(channel.training_at or now, launched + startup_allowance)
+            if channel.handoff_at is None and now > training_from + time_budget + grace:
+                outcome.stopped = "budget"
+                break
+            if now - launched > timeout:
+                outcome.stopped = "timeout"
+                break
+        kill_group(proc, grace=KILL_GRACE if outcome.stopped else 0)
+        ours.shutdown(socket.SHUT_RDWR)
+        channel.join(timeout=(eval_timeout or 600.0) + 10)
+        outcome.returncode = proc.returncode
+        outcome.wall_s = time.time() - launched
+        training_from = min(channel.training_at or float("inf"), launched + startup_allowance)
+        outcome.startup_s = training_from - launched if training_from != float("inf") else None
+        outcome.events = channel.events
+        if channel.handoff_at is not None:
+            outcome.handed_over = True
+            outcome.training_s = channel.handoff_at - training_from
+            result = channel.result or {}
+            outcome.val_bpb = result.get("val_bpb")
+            outcome.eval_error = result.get("error")
+            outcome.eval_s = (channel.evaluated_at or time.time()) - channel.handoff_at
+        return outcome
+    finally:
+        if proc is not None and proc.poll() is None:
+            kill_group(proc, grace=0)
+        for s in (ours, theirs):
+            if s is not None:
+                s.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _evaluate(message, handoff, private, folder, profile, profile_dir, sandboxed, timeout):
+    """Take the handed-over model out of the experiment's reach, then evaluate it."""
+    name = message.get("file")
+    batch_size = message.get("batch_size")
+    if name != "model.pt2" or not isinstance(batch_size, int) or batch_size < 1:
+        return {"error": "the hand-off must name model.pt2 and a positive batch size"}
+    source = os.path.join(handoff, name)
+    if not os.path.isfile(source) or os.path.islink(source):
+        return {"error": "no model.pt2 in the hand-off folder"}
+    model = os.path.join(private, "model.pt2")
+    shutil.copyfile(source, model)  # the experiment may still write to its copy; ours is fixed now
+    reply = evaluator.evaluate(folder, model, batch_size, profile, os.path.dirname(profile_dir), sandboxed, timeout)
+    if "val_bpb" in reply and not isinstance(reply["val_bpb"], (int, float)):
+        return {"error": "the evaluator returned no number"}
+    return reply
+
+
+def kill_group(proc, grace=KILL_GRACE):
+    """SIGTERM the process group of proc, SIGKILL whatever is left after the grace period, reap.
+    (The group may outlive its leader: it is signalled even when the leader has exited.)"""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

