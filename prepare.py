@@ -20,17 +20,22 @@ import base64
 import bisect
 import csv
 import glob
+import hashlib
 import importlib.util
+import itertools
 import json
 import math
 import os
+import queue
 import random
 import re
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import tiktoken
@@ -372,17 +377,17 @@ def data_source():
     return _manifest("source")
 
 
-def _token_documents(tokenizer, split, loop):
-    """Yield (tokens, epoch): every document encoded with BOS first; `loop` repeats the split forever."""
-    entries, bos, epoch = _manifest(split), tokenizer.get_bos_token_id(), 1
+def _token_documents(tokenizer, entries, base=None, loop=False):
+    """Yield (tokens, epoch): every document encoded with BOS first; `loop` repeats the entries forever."""
+    bos, epoch = tokenizer.get_bos_token_id(), 1
     while True:
         n = 0
-        for texts in iter_texts(entries):
+        for texts in iter_texts(entries, base):
             for ids in tokenizer.encode(texts, prepend=bos):
                 n += 1
                 yield ids, epoch
         if n == 0:
-            raise ValueError(f"the {split} split of profile {PROFILE!r} has no documents; run prepare.py again")
+            raise ValueError("a split with no documents; run prepare.py again")
         if not loop:
             return
         epoch += 1
@@ -394,6 +399,7 @@ def pack_rows(documents, row_len, bos, buffer_size=1000):
     From a buffer of documents, place the largest one that fits the space left in the row;
     when none fits, crop the shortest to fill the row exactly and give its remainder back to
     the buffer as a new document (BOS first), so no text is thrown away.
+    Used at prepare time for the validation rows; pack_token_rows is the same on token arrays.
     """
     lengths, buffer = [], []  # kept sorted by length, so best fit is a bisection
     def add(doc):
@@ -426,6 +432,133 @@ def pack_rows(documents, row_len, bos, buffer_size=1000):
         yield row, epoch
 
 
+def pack_token_rows(tokens, offsets, B, row_len, bos, buffer_size=1000):
+    """
+    Yield (rows, epoch) forever: (B, row_len) int64 arrays packed exactly as pack_rows packs the documents
+    tokens[offsets[i]:offsets[i + 1]], i = 0, 1, ..., epoch after epoch; epoch is that of the last document
+    taken into the buffer. Rows are built from slices of `tokens` (no Python lists of ints): a buffered
+    document is (start, stop, bos_first), bos_first = 1 for the remainder of a cropped one.
+    """
+    n_docs = len(offsets) - 1
+    if n_docs < 1:
+        raise ValueError("the train split has no documents; run prepare.py again")
+    bos_piece = np.array([bos], dtype=tokens.dtype)
+
+    def documents():
+        epoch = 1
+        while True:
+            for lo in range(0, n_docs, 1 << 16):  # offsets a chunk at a time: Python ints, little memory
+                bounds = offsets[lo:lo + (1 << 16) + 1].tolist()
+                for start, stop in zip(bounds, bounds[1:]):
+                    yield start, stop, epoch
+            epoch += 1
+
+    source, lengths, buffer, epoch = documents(), [], [], 1  # buffer sorted by length, as in pack_rows
+    while True:
+        pieces = []
+        for _ in range(B):
+            room = row_len
+            while room:
+                while len(buffer) < buffer_size:
+                    start, stop, epoch = next(source)
+                    i = bisect.bisect_right(lengths, stop - start)
+                    lengths.insert(i, stop - start)
+                    buffer.insert(i, (start, stop, 0))
+                i = bisect.bisect_right(lengths, room) - 1
+                if i >= 0:  # the largest document that fits
+                    room -= lengths.pop(i)
+                    start, stop, bos_first = buffer.pop(i)
+                    if bos_first:
+                        pieces.append(bos_piece)
+                    pieces.append(tokens[start:stop])
+                else:  # nothing fits: crop the shortest, its remainder goes back with a BOS in front
+                    lengths.pop(0)
+                    start, stop, bos_first = buffer.pop(0)
+                    cut = start + room - bos_first
+                    if bos_first:
+                        pieces.append(bos_piece)
+                    pieces.append(tokens[start:cut])
+                    i = bisect.bisect_right(lengths, stop - cut + 1)
+                    lengths.insert(i, stop - cut + 1)
+                    buffer.insert(i, (cut, stop, 1))
+                    room = 0
+        yield np.concatenate(pieces, dtype=np.int64).reshape(B, row_len), epoch
+
+
+def _in_background(batches, depth=2):
+    """Run a generator in a daemon thread, at most `depth` items ahead. Its exception is raised here,
+    in the consumer; closing (or dropping) this generator stops the thread."""
+    q, stop = queue.Queue(maxsize=depth), threading.Event()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)  # a timeout, so a consumer that went away does not block us forever
+                return
+            except queue.Full:
+                pass
+
+    def work():
+        try:
+            for item in batches:
+                put((item, None))
+                if stop.is_set():
+                    return
+        except BaseException as e:
+            put((None, e))
+
+    threading.Thread(target=work, name="autoresearch-loader", daemon=True).start()
+    try:
+        while True:
+            item, error = q.get()
+            if error is not None:
+                raise error
+            yield item
+    finally:
+        stop.set()
+
+
+def _old_format_exit():
+    raise SystemExit(f"error: profile {PROFILE} was prepared by an older prepare.py; "
+                     f"run: python prepare.py --profile {PROFILE}")
+
+
+def _train_arrays():
+    """The training tokens and document offsets, memory-mapped: read on demand, shared through the page cache."""
+    _require_prepared()
+    paths = [os.path.join(PROFILE_DIR, name) for name in ("train_tokens.npy", "train_offsets.npy")]
+    if not all(os.path.exists(p) for p in paths):
+        _old_format_exit()
+    # plain ndarray views of the np.memmap: slicing a memmap object is several times slower
+    return [np.asarray(np.load(p, mmap_mode="r", allow_pickle=False)) for p in paths]
+
+
+def _load_val_rows():
+    """The packed validation rows prepare.py stored: (EVAL_TOKENS // MAX_SEQ_LEN, MAX_SEQ_LEN + 1)."""
+    _require_prepared()
+    path = os.path.join(PROFILE_DIR, "val_rows.npy")
+    if not os.path.exists(path):
+        if not os.path.exists(os.path.join(PROFILE_DIR, "train_tokens.npy")):
+            _old_format_exit()
+        raise FileNotFoundError("the validation split is not available here")
+    rows = np.load(path, allow_pickle=False)
+    if rows.shape != (EVAL_TOKENS // MAX_SEQ_LEN, MAX_SEQ_LEN + 1):
+        raise SystemExit(f"error: {path} holds {rows.shape} rows, not the rules of profile {PROFILE}; "
+                         f"run: python prepare.py --profile {PROFILE}")
+    if _manifest("val_epochs") > 1:
+        print(f"warning: the val split is smaller than EVAL_TOKENS={EVAL_TOKENS}; it was repeated", file=sys.stderr)
+    return rows
+
+
+def _val_batches(rows, B):
+    """The stored validation rows, B at a time, cyclically; the epoch counts passes over them."""
+    i = 0
+    while True:
+        index = np.arange(i, i + B)
+        yield rows.take(index % len(rows), axis=0).astype(np.int64), (i + B - 1) // len(rows) + 1
+        i += B
+
+
 def _default_device():
     if torch.cuda.is_available():
         return "cuda"
@@ -435,22 +568,31 @@ def _default_device():
 
 
 def make_dataloader(tokenizer, B, T, split, device=None, buffer_size=1000):
-    """Yield (inputs, targets, epoch) forever: (B, T) int64 tensors, targets = inputs shifted by one."""
+    """Yield (inputs, targets, epoch) forever: (B, T) int64 tensors, targets = inputs shifted by one.
+    "train" packs the prepared token arrays in a background thread; "val" cycles the stored validation rows."""
     assert split in ("train", "val")
     device = device or _default_device()
-    bos = tokenizer.get_bos_token_id()
-    rows = pack_rows(_token_documents(tokenizer, split, loop=True), T + 1, bos, buffer_size)
+    if split == "train":
+        tokens, offsets = _train_arrays()
+        batches = _in_background(pack_token_rows(tokens, offsets, B, T + 1, tokenizer.get_bos_token_id(), buffer_size))
+    else:
+        rows = _load_val_rows()
+        if T != MAX_SEQ_LEN:
+            raise ValueError(f"the validation rows are {MAX_SEQ_LEN} tokens long (the profile's MAX_SEQ_LEN), not {T}")
+        batches = _val_batches(rows, B)
+    return _to_device(batches, device)
+
+
+def _to_device(batches, device):
+    # all the training thread does per batch: wrap, pin (CUDA), copy without waiting
     pin = torch.device(device).type == "cuda"
-    while True:
-        batch, epoch = [], 1
-        for _ in range(B):
-            row, epoch = next(rows)
-            batch.append(row)
-        t = torch.tensor(batch, dtype=torch.int64)
+    for rows, epoch in batches:
+        t = torch.from_numpy(rows)
         if pin:
-            t = t.pin_memory()
+            t = t.pin_memory()  # the caching host allocator reuses pinned blocks once their copy is done
         t = t.to(device, non_blocking=True)
         yield t[:, :-1], t[:, 1:], epoch
+
 
 # ---------------------------------------------------------------------------
 # Hardware: what the device is called and how fast it can go (for MFU)
@@ -527,18 +669,11 @@ _VAL_ROWS = None
 
 
 def _val_rows(tokenizer):
-    """The first EVAL_TOKENS // MAX_SEQ_LEN packed validation rows: the same for every run."""
+    """The first EVAL_TOKENS // MAX_SEQ_LEN packed validation rows: the same for every run.
+    Packed once by prepare.py (write_val_rows) and loaded from val_rows.npy."""
     global _VAL_ROWS
-    n = EVAL_TOKENS // MAX_SEQ_LEN
     if _VAL_ROWS is None:
-        rows = pack_rows(_token_documents(tokenizer, "val", loop=True), MAX_SEQ_LEN + 1, tokenizer.get_bos_token_id())
-        table, epochs = [], 1
-        for _ in range(n):
-            row, epochs = next(rows)
-            table.append(row)
-        if epochs > 1:
-            print(f"warning: the val split is smaller than EVAL_TOKENS={EVAL_TOKENS}; it was repeated", file=sys.stderr)
-        _VAL_ROWS = torch.tensor(table, dtype=torch.int64)
+        _VAL_ROWS = torch.from_numpy(_load_val_rows().astype(np.int64))
     return _VAL_ROWS
 
 
@@ -655,9 +790,107 @@ def hand_over(model, batch_size):
 # ---------------------------------------------------------------------------
 # One-time preparation
 
+PROFILE_FILES = ["tokenizer.json", "train_tokens.npy", "train_offsets.npy", "val_rows.npy"]
+
+
+def _token_dtype(vocab_size):
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def _npy_header(f, dtype, length):
+    """Write numpy's own .npy header for a 1-D array at the file's start; returns where the data begins.
+    Its size does not depend on the length, so a file can be streamed before its length is known."""
+    f.seek(0)
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                             "fortran_order": False, "shape": (length,)})
+    return f.tell()
+
+
+def write_train_tokens(tokenizer, entries, base, work):
+    """train_tokens.npy: every training document, BOS first, concatenated in iter_texts order;
+    train_offsets.npy: the n_docs + 1 document boundaries. Streamed: never all in memory."""
+    dtype, bos = _token_dtype(tokenizer.get_vocab_size()), tokenizer.get_bos_token_id()
+    total = sum(pq.ParquetFile(os.path.join(base, e["path"])).metadata.num_rows for e in entries)
+    n_tokens, n_docs = 0, 0
+    with open(os.path.join(work, "train_tokens.npy"), "wb") as tf, \
+            open(os.path.join(work, "train_offsets.npy"), "wb") as of, \
+            tqdm(total=total, desc="tokenizing train", unit="doc") as bar:
+        starts = _npy_header(tf, dtype, 0), _npy_header(of, "<i8", 0)
+        of.write(np.zeros(1, "<i8").tobytes())
+        for texts in iter_texts(entries, base):
+            docs = tokenizer.encode(texts, prepend=bos)
+            lengths = np.fromiter(map(len, docs), np.int64, len(docs))
+            size = int(lengths.sum())
+            tf.write(np.fromiter(itertools.chain.from_iterable(docs), dtype, size).tobytes())
+            of.write((n_tokens + np.cumsum(lengths)).astype("<i8").tobytes())
+            n_tokens, n_docs = n_tokens + size, n_docs + len(docs)
+            bar.update(len(texts))
+        assert (_npy_header(tf, dtype, n_tokens), _npy_header(of, "<i8", n_docs + 1)) == starts
+    print(f"train tokens: {n_docs:,} documents, {n_tokens:,} tokens ({dtype.name})")
+
+
+def write_val_rows(tokenizer, entries, base, work, n_rows, row_len):
+    """val_rows.npy: the first n_rows validation rows packed by pack_rows, fixed once so that
+    every run evaluates on exactly the same tokens without re-tokenizing. Returns the passes it took."""
+    rows = pack_rows(_token_documents(tokenizer, entries, base, loop=True), row_len, tokenizer.get_bos_token_id())
+    table = np.empty((n_rows, row_len), _token_dtype(tokenizer.get_vocab_size()))
+    epoch = 1
+    for i in tqdm(range(n_rows), desc="packing val rows", unit="row"):
+        row, epoch = next(rows)
+        table[i] = row
+    np.save(os.path.join(work, "val_rows.npy"), table, allow_pickle=False)
+    if epoch > 1:
+        print(f"warning: the val split is smaller than {n_rows * (row_len - 1)} tokens; it was repeated "
+              f"({epoch} passes)", file=sys.stderr)
+    return epoch
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_files(folder):
+    """sha256 of each file the manifest vouches for (the data files of local sources included)."""
+    names = list(PROFILE_FILES)
+    for root, _, files in os.walk(os.path.join(folder, "data")):
+        names += sorted(os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/") for f in files)
+    return {name: _sha256(os.path.join(folder, name)) for name in names}
+
+
+def data_fingerprint(profile_dir=None):
+    """sha256 of the manifest (file hashes included) without its date: the same data gives the same fingerprint."""
+    with open(os.path.join(profile_dir or PROFILE_DIR, "manifest.json")) as f:
+        manifest = json.load(f)
+    manifest.pop("prepared_at", None)
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def verify_files(profile_dir=None):
+    """The problems with a profile folder's files (missing, or not what prepare.py wrote); empty if none."""
+    folder = profile_dir or PROFILE_DIR
+    try:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            files = json.load(f).get("files")
+    except (OSError, ValueError) as e:
+        return [f"manifest.json: cannot be read ({e})"]
+    if not files:
+        return ["manifest.json lists no files: prepared by an older prepare.py"]
+    problems = []
+    for name, digest in sorted(files.items()):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            problems.append(f"{name}: missing")
+        elif _sha256(path) != digest:
+            problems.append(f"{name}: sha256 mismatch (changed since prepare.py wrote it)")
+    return problems
+
 
 def prepare(profile, source, num_shards=10, workers=8, cache_dir=CACHE_DIR):
-    """Build the profile's folder (data manifest + tokenizer) atomically; returns its path."""
+    """Build the profile's folder (tokenizer, token arrays, validation rows, manifest) atomically; returns its path."""
     rules = PROFILES[profile]
     final = os.path.join(cache_dir, profile)
     os.makedirs(cache_dir, exist_ok=True)
@@ -680,8 +913,14 @@ def prepare(profile, source, num_shards=10, workers=8, cache_dir=CACHE_DIR):
             raise PrepareError(f"unknown source {source!r}; valid sources: climbmix, tinystories, sotu, files:<path or glob>")
         ranks = train_tokenizer(train, work, rules["vocab_size"])
         save_tokenizer(ranks, os.path.join(work, "tokenizer.json"))
+        tokenizer = Tokenizer.from_directory(work)  # exactly what train.py will load
+        write_train_tokens(tokenizer, train, work, work)
+        # the rules of the profile being prepared, not of the active one
+        val_epochs = write_val_rows(tokenizer, val, work, work, rules["eval_tokens"] // rules["max_seq_len"],
+                                    rules["max_seq_len"] + 1)
         manifest = {"profile": profile, "source": source, "vocab_size": len(ranks) + len(SPECIAL_TOKENS),
-                    "train": train, "val": val, "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                    "train": train, "val": val, "val_epochs": val_epochs, "files": _hash_files(work),
+                    "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with open(os.path.join(work, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1)
         old = f"{final}.old-{os.getpid()}"
