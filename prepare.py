@@ -573,6 +573,7 @@ def make_dataloader(tokenizer, B, T, split, device=None, buffer_size=1000):
     assert split in ("train", "val")
     device = device or _default_device()
     if split == "train":
+        tell_harness({"event": "training"})  # under the harness, its training clock starts here
         tokens, offsets = _train_arrays()
         batches = _in_background(pack_token_rows(tokens, offsets, B, T + 1, tokenizer.get_bos_token_id(), buffer_size))
     else:

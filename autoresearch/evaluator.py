@@ -15,6 +15,7 @@ prints one JSON line: {"val_bpb": ..., "seconds": ...} or {"error": "..."} (exit
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,68 +47,111 @@ def check_program(program):
             raise Rejected(f"the model calls {qualified}, which the evaluator does not run")
 
 
+def evaluate_program(path, batch_size, prepare, tokenizer):
+    import torch
+    program = torch.export.load(path)
+    check_program(program)
+    return prepare.evaluate_bpb(program.module(), tokenizer, max(1, min(int(batch_size), 4096)))
+
+
+def answer(request, prepare, tokenizer):
+    """One evaluation as a JSON-able dict: {"val_bpb", "seconds"} or {"error"}."""
+    t0 = time.time()
+    try:
+        val_bpb = evaluate_program(request["model"], request["batch_size"], prepare, tokenizer)
+    except Rejected as e:
+        return {"error": str(e)}
+    except Exception as e:  # anything the program does wrong is the experiment's failure, in one line
+        return {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"}
+    return {"val_bpb": val_bpb, "seconds": time.time() - t0}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate a handed-over model with the base commit's prepare.py.")
     parser.add_argument("--experiment", required=True, help="folder with the base commit's prepare.py")
-    parser.add_argument("--model", required=True, help="the torch.export program (model.pt2)")
+    parser.add_argument("--model", help="the torch.export program (model.pt2); without it, requests "
+                                        '{"model": PATH, "batch_size": N} are read from stdin, one per line')
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    t0 = time.time()
+    # everything that does not need the model first: under the harness this overlaps the training
     sys.path.insert(0, args.experiment)
-    try:
-        import torch
-        import prepare
-        program = torch.export.load(args.model)
-        check_program(program)
-        model = program.module()
-        tokenizer = prepare.Tokenizer.from_directory()
-        val_bpb = prepare.evaluate_bpb(model, tokenizer, max(1, min(args.batch_size, 4096)))
-    except Rejected as e:
-        print(json.dumps({"error": str(e)}))
-        return 1
-    except Exception as e:  # anything the program does wrong is the experiment's failure, in one line
-        message = " ".join(str(e).split())[:500]
-        print(json.dumps({"error": f"{type(e).__name__}: {message}"}))
-        return 1
-    print(json.dumps({"val_bpb": val_bpb, "seconds": time.time() - t0}))
-    return 0
+    import torch  # noqa: F401
+    import torch._export.serde.serialize  # noqa: F401  (what torch.export.load needs, imported ahead)
+    import prepare
+    tokenizer = prepare.Tokenizer.from_directory()
+    prepare._val_rows(tokenizer)
+    requests = [{"model": args.model, "batch_size": args.batch_size}] if args.model else \
+        (json.loads(line) for line in sys.stdin if line.strip())
+    failed = False
+    for request in requests:
+        reply = answer(request, prepare, tokenizer)
+        failed = failed or "error" in reply
+        print(json.dumps(reply), flush=True)
+    return 1 if failed else 0
 
 
 # -- the harness's side ------------------------------------------------------------------------
-def command(experiment_dir, model_path, batch_size, profile, cache_dir, sandboxed):
-    """argv of the evaluator for a model in model_path, sandboxed with bubblewrap when asked."""
-    from autoresearch import sandbox
-    inner = [sys.executable, "-I", os.path.abspath(__file__), "--experiment", experiment_dir,
-             "--model", model_path, "--batch-size", str(int(batch_size))]
-    env = {"AUTORESEARCH_PROFILE": profile, "AUTORESEARCH_CACHE": cache_dir, "PYTHONDONTWRITEBYTECODE": "1"}
-    if not sandboxed:
-        return inner, {**os.environ, **env}
-    args = sandbox.base_args()
-    args += ["--ro-bind", os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(__file__)),
-             "--ro-bind", experiment_dir, experiment_dir, "--ro-bind", model_path, model_path,
-             "--ro-bind", os.path.join(cache_dir, profile), os.path.join(cache_dir, profile)]
-    for key, value in sorted({**sandbox.kept_environment(), **env}.items()):
-        args += ["--setenv", key, value]
-    return args + ["--"] + inner, None
+class Evaluator:
+    """The evaluator process of one experiment, started with it so that its start-up (Python, torch,
+    the tokenizer, the validation rows) overlaps the training; `evaluate()` once the model is in."""
 
+    def __init__(self, experiment_dir, model_dir, profile, cache_dir, sandboxed):
+        from autoresearch import sandbox
+        here = os.path.dirname(os.path.abspath(__file__))
+        inner = [sys.executable, "-I", os.path.join(here, "evaluator.py"), "--experiment", experiment_dir]
+        env = {"AUTORESEARCH_PROFILE": profile, "AUTORESEARCH_CACHE": cache_dir}
+        if sandboxed:
+            argv = sandbox.base_args()
+            for path in (here, experiment_dir, model_dir, os.path.join(cache_dir, profile)):
+                argv += ["--ro-bind", path, path]
+            for key, value in sorted({**sandbox.kept_environment(), **env}.items()):
+                argv += ["--setenv", key, value]
+            argv, env = argv + ["--"] + inner, None
+        else:
+            argv, env = inner, {**sandbox.kept_environment(), **env}
+        self.errors = os.path.join(model_dir, "evaluator.log")  # a file: a full pipe would block it
+        with open(self.errors, "w") as errors:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                                         text=True, env=env, start_new_session=True)
 
-def evaluate(experiment_dir, model_path, batch_size, profile, cache_dir, sandboxed, timeout):
-    """Run the evaluator; returns its JSON reply (a dict with val_bpb, or with error)."""
-    argv, env = command(experiment_dir, model_path, batch_size, profile, cache_dir, sandboxed)
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return {"error": f"the evaluation took longer than {timeout:g} s"}
-    lines = proc.stdout.strip().splitlines()
-    try:
-        reply = json.loads(lines[-1])
-        if not isinstance(reply, dict):
-            raise ValueError
-    except (IndexError, ValueError):
-        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        return {"error": f"the evaluator failed: {tail[:300]}"}
-    return reply
+    def evaluate(self, model_path, batch_size, timeout):
+        """The evaluator's reply for one model: {"val_bpb": ...} or {"error": ...}."""
+        import threading
+        reply = {}
+
+        def talk():
+            try:
+                self.proc.stdin.write(json.dumps({"model": model_path, "batch_size": batch_size}) + "\n")
+                self.proc.stdin.flush()
+                line = self.proc.stdout.readline()
+                reply.update(json.loads(line) if line.strip() else {})
+            except (OSError, ValueError):
+                pass
+        worker = threading.Thread(target=talk, daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            self.close()
+            return {"error": f"the evaluation took longer than {timeout:g} s"}
+        if not isinstance(reply, dict) or not reply:
+            self.close()
+            with open(self.errors, errors="replace") as f:
+                tail = ([line for line in f.read().splitlines() if line.strip()] or ["no reply"])[-1]
+            return {"error": f"the evaluator failed: {tail[:300]}"}
+        return reply
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def grace_seconds(time_budget, gpu=None):
     """How long past its budget a training may run before it is stopped (first steps, compilation,
     the last step in flight, the export)."""
     gpu = sandbox.has_gpu() if gpu is None else gpu
-    return 5.0 + 0.1 * time_budget + (GPU_COMPILE_ALLOWANCE if gpu else 0.0)
+    return 20.0 + 0.1 * time_budget + (GPU_COMPILE_ALLOWANCE if gpu else 0.0)
 
 
 @dataclass
@@ -53,6 +53,7 @@ class Outcome:
     wall_s: float = None
     sandboxed: bool = False
     grace_s: float = 0.0
+    timeout_s: float = None
     events: list = field(default_factory=list)
 
 
@@ -103,21 +104,22 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         sandboxed = sandbox.bwrap_problem() is None
         if not sandboxed:
             print(f"warning: running unsandboxed: {sandbox.bwrap_problem()}", file=sys.stderr)
-    outcome = Outcome(sandboxed=sandboxed)
+    outcome = Outcome(sandboxed=sandboxed, timeout_s=timeout)
     outcome.grace_s = grace = grace_seconds(time_budget)
     startup_allowance = STARTUP_ALLOWANCE + (GPU_COMPILE_ALLOWANCE if sandbox.has_gpu() else 0.0)
     work = tempfile.mkdtemp(prefix="autoresearch-experiment-")
     folder, handoff, private = (os.path.join(work, name) for name in ("experiment", "handoff", "private"))
     for path in (handoff, private):
         os.makedirs(path)
-    proc, ours, theirs = None, None, None
+    proc, ours, theirs, trusted = None, None, None, None
     try:
         sandbox.materialize(spec, repo, folder)
         os.chmod(folder, 0o555)
 
+        trusted = evaluator.Evaluator(folder, private, spec.profile, os.path.dirname(profile_dir), sandboxed)
+
         def evaluate(message):
-            return _evaluate(message, handoff, private, folder, spec.profile, profile_dir, outcome.sandboxed,
-                             eval_timeout or max(600.0, timeout))
+            return _evaluate(message, handoff, private, trusted, eval_timeout or max(600.0, timeout))
 
         ours, theirs = socket.socketpair()
         argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed)
@@ -164,13 +166,14 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         for s in (ours, theirs):
             if s is not None:
                 s.close()
+        if trusted is not None:
+            trusted.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _evaluate(message, handoff, private, folder, profile, profile_dir, sandboxed, timeout):
+def _evaluate(message, handoff, private, trusted, timeout):
     """Take the handed-over model out of the experiment's reach, then evaluate it."""
-    name = message.get("file")
-    batch_size = message.get("batch_size")
+    name, batch_size = message.get("file"), message.get("batch_size")
     if name != "model.pt2" or not isinstance(batch_size, int) or batch_size < 1:
         return {"error": "the hand-off must name model.pt2 and a positive batch size"}
     source = os.path.join(handoff, name)
@@ -178,7 +181,7 @@ def _evaluate(message, handoff, private, folder, profile, profile_dir, sandboxed
         return {"error": "no model.pt2 in the hand-off folder"}
     model = os.path.join(private, "model.pt2")
     shutil.copyfile(source, model)  # the experiment may still write to its copy; ours is fixed now
-    reply = evaluator.evaluate(folder, model, batch_size, profile, os.path.dirname(profile_dir), sandboxed, timeout)
+    reply = trusted.evaluate(model, batch_size, timeout)
     if "val_bpb" in reply and not isinstance(reply["val_bpb"], (int, float)):
         return {"error": "the evaluator returned no number"}
     return reply

@@ -223,7 +223,7 @@ def data_fingerprint(profile, profile_dir):
 
 
 # -- the executor ------------------------------------------------------------------------------
-EXECUTOR_ENV = "AUTORESEARCH_EXECUTOR"  # module:function with executor.execute's signature
+EXECUTOR_ENV = "AUTORESEARCH_EXECUTOR"  # module:function or file.py:function, executor.execute's signature
 
 
 def load_executor():
@@ -233,10 +233,17 @@ def load_executor():
     if not name:
         return execute
     import importlib
-    module, _, function = name.partition(":")
+    import importlib.util
+    module, _, function = name.rpartition(":") if ":" in name else (name, "", "execute")
     try:
-        return getattr(importlib.import_module(module), function or "execute")
-    except (ImportError, AttributeError) as e:
+        if module.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(os.path.basename(module)[:-3], module)
+            loaded = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded)
+        else:
+            loaded = importlib.import_module(module)
+        return getattr(loaded, function)
+    except (ImportError, AttributeError, OSError) as e:
         raise RunError(f"{EXECUTOR_ENV}={name!r} cannot be loaded ({e}); unset it to use the sandboxed executor")
 
 
@@ -693,7 +700,7 @@ class _Experiment:
         if tampered:
             return "invalid", tampered
         if outcome.stopped == "timeout":
-            return "timeout", f"timeout: killed after {outcome.wall_s:.0f} s"
+            return "timeout", f"timeout: killed after {outcome.timeout_s:g} s"
         if outcome.stopped == "budget":
             return "timeout", (f"over budget: still training {outcome.wall_s - (outcome.startup_s or 0):.0f} s after "
                                f"its first batch (budget {self.rules['time_budget']:g} s + {outcome.grace_s:.0f} s grace)")

@@ -45,6 +45,16 @@ def short_budget(monkeypatch):
     return 4
 
 
+STANDINS = ROOT / "tests" / "standins"
+
+
+@pytest.fixture
+def printed_metric(monkeypatch):
+    """Experiments judged on the val_bpb their stand-in train.py prints (tests of the harness's logic,
+    not of trust): the stand-in executor, for this process and the CLIs it starts."""
+    monkeypatch.setenv("AUTORESEARCH_EXECUTOR", f"{STANDINS / 'printed_executor.py'}:execute")
+
+
 @pytest.fixture
 def campaign_repo(tmp_path, smoke_cache):
     """A fresh git repository holding the project's root files, on branch main, one commit."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import runner
+from autoresearch import executor, runner
 from autoresearch.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def fake_train(val_bpb=1.0, body=""):
 
 
 @pytest.fixture
-def repo(campaign_repo):
+def repo(campaign_repo, printed_metric):
     """The campaign repo on branch autoresearch/t with the stand-in train.py as its base commit."""
     (campaign_repo / "train.py").write_text(fake_train(1.0))
     git(campaign_repo, "commit", "-qam", "stand-in train.py")
@@ -272,7 +272,7 @@ def test_fail_line_is_a_crash_with_that_line_as_cause(repo):
 
 
 def test_hanging_train_is_killed_at_the_timeout_with_no_process_left(repo, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "KILL_GRACE", 1.0)
+    monkeypatch.setattr(executor, "KILL_GRACE", 1.0)
     baseline = run(repo, "baseline")
     pid_file = tmp_path / "pids"
     started = time.time()
@@ -326,8 +326,8 @@ def test_harness_outputs_do_not_count_as_changes_even_when_not_ignored(repo):
 def test_run_that_edits_a_tracked_file_is_invalid(repo):
     baseline = run(repo, "baseline")
     prepare = (repo / "prepare.py").read_text()
-    body = "with open('prepare.py', 'a') as f:\n    f.write('# patched at run time\\n')\n"
-    row = run(repo, "patches prepare at run time", fake_train(0.5, body))
+    body = f"with open({str(repo / 'prepare.py')!r}, 'a') as f:\n    f.write('# patched at run time\\n')\n"
+    row = run(repo, "patches prepare at run time", fake_train(0.5, body))  # unsandboxed: the stand-in executor
     assert row["status"] == "invalid" and row["cause"] == "the run changed files in the checkout: prepare.py"
     assert (repo / "prepare.py").read_text() == prepare and git(repo, "rev-parse", "HEAD") == baseline["commit_sha"]
 
@@ -338,10 +338,32 @@ def test_data_cache_change_is_invalid(repo, monkeypatch, tmp_path, smoke_cache):
     shutil.copytree(Path(smoke_cache) / "smoke", cache / "smoke")
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
     run(repo, "baseline")
-    with open(cache / "smoke" / "manifest.json", "a") as f:
-        f.write("\n")
+    manifest = json.loads((cache / "smoke" / "manifest.json").read_text())
+    (cache / "smoke" / "manifest.json").write_text(json.dumps({**manifest, "source": "files:elsewhere"}))
     row = run(repo, "after the cache changed", fake_train(0.5))
     assert row["status"] == "invalid" and "data cache" in row["cause"]
+
+
+def test_a_data_file_that_no_longer_matches_its_hash_is_a_one_line_error(repo, monkeypatch, tmp_path, smoke_cache):
+    import shutil
+    cache = tmp_path / "cache"
+    shutil.copytree(Path(smoke_cache) / "smoke", cache / "smoke")
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
+    with open(cache / "smoke" / "train_tokens.npy", "r+b") as f:
+        f.seek(-2, 2)
+        f.write(b"\xff\xff")
+    with pytest.raises(runner.RunError, match="train_tokens.npy does not match its sha256"):
+        run(repo, "baseline")
+
+
+def test_re_preparing_the_same_data_keeps_the_campaign_valid(repo, monkeypatch, tmp_path, smoke_cache):
+    import shutil
+    cache = tmp_path / "cache"
+    shutil.copytree(Path(smoke_cache) / "smoke", cache / "smoke")
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
+    run(repo, "baseline")
+    subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--profile", "smoke"], check=True, capture_output=True)
+    assert run(repo, "after prepare.py ran again", fake_train(0.5))["status"] == "keep"
 
 
 # -- interruption and recovery -------------------------------------------------------------------------
@@ -403,7 +425,7 @@ def test_training_left_behind_by_a_killed_runner_is_stopped_on_recovery(repo, tm
     proc.wait()
     try:
         assert sorted(live_group_members(leader)) == sorted([leader, child])  # the training outlives it
-        monkeypatch.setattr(runner, "KILL_GRACE", 1.0)
+        monkeypatch.setattr(executor, "KILL_GRACE", 1.0)
         [row] = runner.recover(repo)
         assert live_group_members(leader) == []
     finally:  # never leave the stand-in behind, whatever failed
