@@ -58,7 +58,12 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args) or 0
+    from autoresearch.ledger import LedgerError
+    try:
+        return args.func(args) or 0
+    except LedgerError as e:  # any verb, one line: the ledger is never silently replaced
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

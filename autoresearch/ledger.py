@@ -57,6 +57,10 @@ def ledger_path(repo="."):
     return os.path.join(gitutil.main_root(repo), ".autoresearch", "ledger.sqlite")
 
 
+class LedgerError(RuntimeError):
+    """The ledger file exists but cannot be trusted (empty, truncated, not SQLite, tables missing)."""
+
+
 def _check_columns(table, cols):
     unknown = sorted(set(cols) - set(TABLES[table]))
     if unknown:
@@ -69,7 +73,31 @@ class Ledger:
     def __init__(self, path=None, repo="."):
         self.path = os.path.abspath(path or ledger_path(repo))
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self._create()
+        existed = os.path.exists(self.path)
+        if existed:
+            self._check()
+        try:
+            self._create()
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"the ledger {self.path} cannot be opened ({e}); {self.FIX}") from None
+
+    FIX = "restore it from a backup, or move it away to start a new, empty ledger"
+
+    def _check(self):
+        """An existing ledger must be a sound SQLite file with our tables: an emptied or damaged file
+        is an error, never silently a fresh campaign (that would forget every best and every run)."""
+        if os.path.getsize(self.path) == 0:
+            raise LedgerError(f"the ledger {self.path} is empty (truncated?); {self.FIX}")
+        try:
+            with self._read() as conn:
+                verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            raise LedgerError(f"the ledger {self.path} is not a readable SQLite database ({e}); {self.FIX}") from None
+        if verdict != "ok":
+            raise LedgerError(f"the ledger {self.path} is damaged ({verdict}); {self.FIX}")
+        if "experiments" not in tables:
+            raise LedgerError(f"the ledger {self.path} has no experiments table; {self.FIX}")
 
     # -- plumbing -------------------------------------------------------------------------------
     def _connect(self):

@@ -2,13 +2,18 @@
 
 import json
 import multiprocessing
+import os
 import sqlite3
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from autoresearch import cli
-from autoresearch.ledger import Ledger, ledger_path
+from autoresearch.ledger import Ledger, LedgerError, ledger_path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def git(repo, *args):
@@ -194,3 +199,37 @@ def test_log_before_any_experiment_says_how_to_start(repo, monkeypatch, capsys):
 def test_log_outside_a_git_repository_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     code, _, err = run_log(tmp_path, monkeypatch, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "not in a git repository" in err
+
+
+# -- a ledger that cannot be trusted is an error, never a fresh start ---------------------------------
+@pytest.mark.parametrize("content", [b"", b"SQLite format 3\x00" + b"\x00" * 50, b"not a database at all" * 100])
+def test_an_emptied_truncated_or_foreign_ledger_file_is_a_one_line_error(tmp_path, content):
+    path = tmp_path / "ledger.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(LedgerError, match=str(path)):
+        Ledger(path=str(path))
+    assert path.read_bytes() == content  # left as it was, for the user to restore
+
+
+def test_a_ledger_without_the_experiments_table_is_an_error(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE other (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerError, match="no experiments table"):
+        Ledger(path=str(path))
+
+
+def test_every_verb_reports_a_corrupt_ledger_in_one_line(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "autoresearch/t"], cwd=repo, check=True)
+    (repo / ".autoresearch").mkdir()
+    (repo / ".autoresearch" / "ledger.sqlite").write_bytes(b"")
+    for verb in (["log"], ["status"], ["report", "--tag", "t"]):
+        proc = subprocess.run([sys.executable, "-m", "autoresearch.cli", *verb], cwd=repo, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert proc.returncode != 0, verb
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: the ledger ") and "is empty" in proc.stderr, \
+            (verb, proc.stderr)
