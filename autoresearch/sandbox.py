@@ -42,6 +42,7 @@ ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "CUDA_VISIBLE_DE
             "NVIDIA_DRIVER_CAPABILITIES", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
             "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "AUTORESEARCH_TIME_BUDGET",
             "PYTORCH_CUDA_ALLOC_CONF", "TRITON_PTXAS_PATH", "CUDA_HOME")
+PASS_ENV = "AUTORESEARCH_PASS_ENV"  # comma-separated names of more variables to pass (e.g. WANDB_MODE)
 SANDBOX_ENV = "AUTORESEARCH_SANDBOX"  # "off": run unsandboxed (a warning; the ledger records it)
 
 
@@ -146,7 +147,8 @@ def has_gpu():
 
 def kept_environment():
     """The variables of ours a sandboxed process keeps (no API keys, no PYTHONPATH), and a private home."""
-    env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k.startswith("LC_")}
+    extra = {name.strip() for name in os.environ.get(PASS_ENV, "").split(",") if name.strip()}
+    env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k in extra or k.startswith("LC_")}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.update(HOME="/tmp/home", TMPDIR="/tmp", PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
     return env

@@ -58,7 +58,7 @@ def git(repo, *args):
 
 
 @pytest.fixture
-def repo(campaign_repo):
+def repo(campaign_repo, printed_metric):
     """The campaign repo (branch main) with the stand-in train.py committed."""
     (campaign_repo / "train.py").write_text(STANDIN_TRAIN)
     git(campaign_repo, "commit", "-qam", "stand-in train.py")
@@ -334,7 +334,8 @@ def test_hours_budget_starts_no_experiment_after_the_deadline(repo):
 
 
 def hang_env(tmp_path, at):
-    return {"STANDIN_HANG_AT": str(at), "STANDIN_COUNTER": str(tmp_path / "runs"), "STANDIN_PID": str(tmp_path / "pid")}
+    return {"STANDIN_HANG_AT": str(at), "STANDIN_COUNTER": str(tmp_path / "runs"), "STANDIN_PID": str(tmp_path / "pid"),
+            "AUTORESEARCH_PASS_ENV": "STANDIN_HANG_AT,STANDIN_COUNTER,STANDIN_PID"}
 
 
 def wait_for_running(repo, tmp_path, proc, seconds=60):

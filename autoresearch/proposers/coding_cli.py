@@ -1,10 +1,11 @@
 """
-The `claude` and `codex` proposers: a coding CLI in its non-interactive mode, run in the checkout
-with a timeout and allowed to edit files only (`claude -p` with Read/Edit/Write tools and
-acceptEdits; `codex exec` in the workspace-write sandbox). The CLI edits train.py; the harness then
-checks that only train.py changed (anything else is reverted and the proposal is invalid), reads the
-new train.py, restores the checkout, and takes the description from a `DESCRIPTION:` line of the
-CLI's final message (else its last line). The harness, not the CLI, runs the experiment.
+The `claude` and `codex` proposers: a coding CLI in its non-interactive mode, run with a timeout and
+allowed to edit files only (`claude -p` with Read/Edit/Write tools and acceptEdits; `codex exec` in
+the workspace-write sandbox), in a scratch folder holding a copy of train.py and, to read, program.md
+and the fixed files: never in the checkout, so it cannot touch git, the ledger or the fixed files.
+The harness then checks that only train.py changed (anything else makes the proposal invalid), reads
+the new train.py, and takes the description from a `DESCRIPTION:` line of the CLI's final message
+(else its last line). The harness, not the CLI, runs the experiment.
 """
 
 import ast
@@ -13,44 +14,37 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 
 from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError
 from autoresearch.proposers.llm import Pricing, build_prompt, description_of
 
 
-def _git(repo, *args, check=True):
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=check).stdout
+CONTEXT_FILES = ("train.py", "program.md", "prepare.py", "constants.py")  # what the CLI may read
 
 
-def changed_paths(repo):
-    """Paths that differ from HEAD in the index or the work tree, untracked files included."""
-    out = _git(repo, "status", "--porcelain", "-z", "--untracked-files=all")
-    entries, paths = out.split("\0"), []
-    i = 0
-    while i < len(entries):
-        entry = entries[i]
-        if entry:
-            paths.append(entry[3:])
-            if entry[0] in "RC":  # a rename or copy: the next entry is the source path
-                i += 1
-                paths.append(entries[i])
-        i += 1
-    return sorted(set(paths))
+def _snapshot(folder):
+    """{relative path: bytes} of every file under folder."""
+    files = {}
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as f:
+                    files[os.path.relpath(path, folder)] = f.read()
+    return files
 
 
-def revert(repo, paths):
-    """Put each path back as it is in HEAD (removing files HEAD does not have)."""
-    for path in paths:
-        in_head = subprocess.run(["git", "cat-file", "-e", f"HEAD:{path}"], cwd=repo, capture_output=True).returncode == 0
-        if in_head:
-            _git(repo, "checkout", "HEAD", "--", path)
-        else:
-            _git(repo, "rm", "-q", "--cached", "--ignore-unmatch", "--", path)
-            full = os.path.join(repo, path)
-            if os.path.isdir(full) and not os.path.islink(full):
-                shutil.rmtree(full, ignore_errors=True)
-            elif os.path.lexists(full):
-                os.remove(full)
+def _scratch(repo, train_py):
+    """A throwaway folder with the proposal's context: the train.py to edit and, to read, the
+    checkout's program.md and the fixed files. The CLI never works in the checkout itself."""
+    folder = tempfile.mkdtemp(prefix="autoresearch-propose-")
+    for name in CONTEXT_FILES[1:]:
+        if os.path.isfile(os.path.join(repo, name)):
+            shutil.copyfile(os.path.join(repo, name), os.path.join(folder, name))
+    with open(os.path.join(folder, "train.py"), "w", encoding="utf-8") as f:
+        f.write(train_py)
+    return folder
 
 
 class CodingCLIProposer(Proposer):
@@ -83,9 +77,9 @@ class CodingCLIProposer(Proposer):
                 pass
             process.wait()
 
-    def _run(self, prompt):
+    def _run(self, prompt, cwd):
         """(returncode, stdout, stderr); None for the return code when the CLI ran past the timeout."""
-        self._process = subprocess.Popen(self.command(prompt), cwd=self.repo, stdin=subprocess.DEVNULL,
+        self._process = subprocess.Popen(self.command(prompt), cwd=cwd, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                          start_new_session=True)  # its own group: killed as a whole
         try:
@@ -101,16 +95,15 @@ class CodingCLIProposer(Proposer):
 
     def propose(self, train_py, program_md, history, last_failure):
         system, prompt = build_prompt(train_py, program_md, history, last_failure, cli=True)
-        head = _git(self.repo, "rev-parse", "HEAD").strip()
+        scratch = _scratch(self.repo, train_py)
+        before = _snapshot(scratch)
         try:
-            returncode, out, err = self._run(system + "\n\n" + prompt)
+            returncode, out, err = self._run(system + "\n\n" + prompt, cwd=scratch)
+            after = _snapshot(scratch)
         finally:
-            if _git(self.repo, "rev-parse", "HEAD").strip() != head:  # it committed: undo, keep the changes
-                _git(self.repo, "reset", "-q", "--soft", head)
-            changed = changed_paths(self.repo)
-            new = open(os.path.join(self.repo, "train.py"), encoding="utf-8").read() \
-                if os.path.exists(os.path.join(self.repo, "train.py")) else ""
-            revert(self.repo, changed)  # the loop writes the proposal back; the checkout stays clean
+            shutil.rmtree(scratch, ignore_errors=True)
+        changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+        new = after.get("train.py", b"").decode("utf-8", "replace")
         text, prompt_tokens, completion_tokens, cost = self.parse_output(out or "")
         if cost is None:
             cost = self.pricing.cost(prompt_tokens, completion_tokens) if self.pricing else 0.0
@@ -120,7 +113,7 @@ class CodingCLIProposer(Proposer):
         others = [p for p in changed if p != "train.py"]
         if others:
             raise ProposalError(f"the {self.executable} CLI changed files other than train.py "
-                                f"({', '.join(others)}); reverted", description=description, **used)
+                                f"({', '.join(others)}); ignored", description=description, **used)
         if returncode is None:
             raise ProposalError(f"the {self.executable} CLI did not finish in {self.timeout:g} s",
                                 description=description, **used)
