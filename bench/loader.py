@@ -9,6 +9,7 @@ Prints, as medians over --batches batches after a warm-up:
   - the loader back to back (next(loader) with nothing in between): the training thread waits for packing;
   - the loader with a simulated GPU step of --step-ms between batches (time.sleep, which releases the GIL
     as a CUDA step mostly does): the wait the training thread sees when packing overlaps the step;
+  - the same with a step that holds the GIL throughout (pure Python work): the worst case for a thread;
   - the old loader (tokenize and pack in the training thread; the oracle kept in tests/test_loader.py);
   - the time to load the validation rows (and, with --old-val, to pack them the old way: ~20 s);
   - the prepare-time cost and size of the token files, rebuilt in a temporary folder.
@@ -77,6 +78,24 @@ def main():
     step = lambda: time.sleep(args.step_ms / 1000)
     med, worst = timed(lambda: next(loader), args.batches, 5, between=step, sync=sync)
     print(f"new loader, {args.step_ms:g} ms step between (training thread): median {med:7.1f} ms/batch (max {worst:.1f})")
+    loader.close()
+
+    # worst case for a thread: a step that holds the GIL throughout (pure Python work, calibrated to --step-ms)
+    # competes with the packing thread; what it costs shows as a longer step + next() than the step alone
+    n = 1 << 16
+    while True:
+        t0 = time.perf_counter()
+        sum(range(n))
+        if time.perf_counter() - t0 > 0.02:
+            break
+        n *= 2
+    n = int(n * args.step_ms / 1000 / (time.perf_counter() - t0))
+    python_step = lambda: sum(range(n))
+    alone, _ = timed(python_step, 10, 1)
+    loader = prepare.make_dataloader(tok, B, T, "train", device=device)
+    with_loader, worst = timed(lambda: (python_step(), next(loader)), args.batches, 5, sync=sync)
+    print(f"new loader, {alone:.0f} ms GIL-holding step between (training thread): median "
+          f"{with_loader - alone:7.1f} ms/batch over the step alone (max {worst - alone:.1f})")
     loader.close()
 
     old = old_dataloader(tok, B, T, "train")

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import prepare
-from test_prepare import write_local_corpus
 
 
 # --- the oracle: the loader as it was before the token arrays (prepare.py of 2026-11-26) -------
@@ -164,6 +163,7 @@ def test_val_split_cycles_the_stored_rows_and_counts_epochs(smoke_cache):
 # --- fingerprints and file checks --------------------------------------------------------------
 
 def test_fingerprint_is_stable_across_prepares_of_the_same_data_and_changes_with_it(tmp_path):
+    from test_prepare import write_local_corpus  # here, so bench/loader.py can import the oracle alone
     corpus = tmp_path / "corpus"
     write_local_corpus(corpus)
     first = prepare.prepare("smoke", f"files:{corpus}", cache_dir=str(tmp_path / "a"))
