@@ -10,7 +10,11 @@ What it writes, under $AUTORESEARCH_CACHE (default ~/.cache/autoresearch):
     downloads/<source>/...      downloaded parquet shards, each complete or absent
     <profile>/tokenizer.json    the BPE tokenizer as plain data (no pickle)
     <profile>/data/*.parquet    the documents of local sources (column `text`)
-    <profile>/manifest.json     which documents are train and which are val; written last
+    <profile>/train_tokens.npy  every training document tokenized, BOS first, concatenated (uint16)
+    <profile>/train_offsets.npy where each document starts and ends in train_tokens (int64, n_docs + 1)
+    <profile>/val_rows.npy      the packed validation rows the metric reads (uint16, rows x MAX_SEQ_LEN + 1)
+    <profile>/manifest.json     which documents are train and which are val, the sha256 of each file; written last
+Training reads the token arrays memory-mapped, so no run tokenizes anything.
 A profile folder is built beside its final place and renamed into it, so an interrupted
 prepare never leaves a folder that looks complete.
 """
@@ -490,22 +494,14 @@ def _in_background(batches, depth=2):
     in the consumer; closing (or dropping) this generator stops the thread."""
     q, stop = queue.Queue(maxsize=depth), threading.Event()
 
-    def put(item):
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)  # a timeout, so a consumer that went away does not block us forever
-                return
-            except queue.Full:
-                pass
-
     def work():
         try:
             for item in batches:
-                put((item, None))
+                q.put((item, None))
                 if stop.is_set():
                     return
         except BaseException as e:
-            put((None, e))
+            q.put((None, e))
 
     threading.Thread(target=work, name="autoresearch-loader", daemon=True).start()
     try:
@@ -516,6 +512,10 @@ def _in_background(batches, depth=2):
             yield item
     finally:
         stop.set()
+        try:  # free a slot: the worker's one more put() returns, it sees `stop` and ends
+            q.get_nowait()
+        except queue.Empty:
+            pass
 
 
 def _old_format_exit():

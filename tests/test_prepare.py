@@ -47,7 +47,8 @@ def test_special_tokens_have_zero_bytes_and_bos_is_reserved_0(smoke_cache):
 
 def test_tokenizer_is_stored_as_plain_json(smoke_cache):
     folder = os.path.join(smoke_cache, "smoke")
-    assert sorted(os.listdir(folder)) == ["data", "manifest.json", "tokenizer.json"]
+    assert sorted(os.listdir(folder)) == ["data", "manifest.json", "tokenizer.json", "train_offsets.npy",
+                                          "train_tokens.npy", "val_rows.npy"]
     data = json.load(open(os.path.join(folder, "tokenizer.json")))
     assert len(data["ranks"]) == 1020 and data["special_tokens"][0] == "<|reserved_0|>"
 
@@ -94,13 +95,12 @@ def test_dataloader_targets_are_inputs_shifted_by_one(smoke_cache):
         assert epoch == 1
 
 
-def test_train_split_loops_over_epochs(smoke_cache, monkeypatch):
+def test_train_split_loops_over_epochs(smoke_cache):
     tok = prepare.Tokenizer.from_directory()
-    small = lambda entries, base=None, batch_rows=1024: iter([[f"short document {i}. " * 5 for i in range(30)]])
-    monkeypatch.setattr(prepare, "iter_texts", small)
-    loader = prepare.make_dataloader(tok, 2, 64, "train", device="cpu", buffer_size=4)
-    epochs = [next(loader)[2] for _ in range(20)]
-    assert epochs[0] == 1 and max(epochs) > 1 and epochs == sorted(epochs)
+    n_tokens = len(prepare._train_arrays()[0])
+    loader = prepare.make_dataloader(tok, 64, 128, "train", device="cpu", buffer_size=4)
+    epochs = [next(loader)[2] for _ in range(2 * n_tokens // (64 * 129) + 2)]
+    assert epochs[0] == 1 and max(epochs) >= 2 and epochs == sorted(epochs)
 
 
 def test_validation_stream_is_deterministic(smoke_cache):
