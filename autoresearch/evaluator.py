@@ -51,7 +51,13 @@ def evaluate_program(path, batch_size, prepare, tokenizer):
     import torch
     program = torch.export.load(path)
     check_program(program)
-    return prepare.evaluate_bpb(program.module(), tokenizer, max(1, min(int(batch_size), 4096)))
+    model, batch_size = program.module(), max(1, min(int(batch_size), 4096))
+    if next(model.parameters()).device.type == "cuda":  # eager flex attention would be far slower
+        try:
+            return prepare.evaluate_bpb(torch.compile(model, dynamic=False), tokenizer, batch_size)
+        except Exception as e:  # a program inductor cannot compile still runs, eagerly
+            print(f"evaluator: torch.compile failed ({type(e).__name__}: {e}); evaluating eagerly", file=sys.stderr)
+    return prepare.evaluate_bpb(model, tokenizer, batch_size)
 
 
 def answer(request, prepare, tokenizer):

