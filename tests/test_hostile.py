@@ -14,10 +14,8 @@ Attacks run with a huge keep threshold, so an attack that slips through shows up
 test fails) without moving the campaign's best for the tests after it.
 """
 
-import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -402,7 +400,6 @@ def test_ledger_results_refs_and_hooks_of_the_checkout_are_out_of_reach(campaign
     hooks = ["pre-commit", "commit-msg", "post-commit", "post-checkout", "post-merge", "reference-transaction",
              "pre-auto-gc", "post-rewrite", "post-index-change"]
     body = f"""
-import sqlite3
 done = []
 def attempt(what, action):
     try:
