@@ -773,14 +773,22 @@ def export_model(model, batch_size, path):
     device = next(model.parameters()).device
     example = torch.randint(0, 2, (max(2, batch_size), MAX_SEQ_LEN), device=device)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    # traced without the caller's autocast: an ambient autocast is not captured faithfully, so the
+    # program is exported (and evaluated) in the model's own dtypes
+    with torch.autocast(device_type=device.type, enabled=False):
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     torch.export.save(program, path)
 
 
 def hand_over(model, batch_size):
     """Export the model into the hand-off folder, ask the harness to evaluate it, return its val_bpb."""
     path = os.path.join(os.environ["AUTORESEARCH_HANDOFF_DIR"], "model.pt2")
-    export_model(model, batch_size, path)
+    tell_harness({"event": "exporting"})  # the harness's training clock stops here
+    try:
+        export_model(model, batch_size, path)
+    except Exception as e:
+        raise RuntimeError(f"the model cannot be exported for the harness's evaluation ({type(e).__name__}: "
+                           f"{str(e)[:300]}); its forward must use operations torch.export can save") from e
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # the evaluator needs the memory now
     reply = tell_harness({"event": "model", "file": "model.pt2", "batch_size": batch_size, "reply": True})

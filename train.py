@@ -495,6 +495,12 @@ print()
 # Evaluation and summary
 
 total_tokens = step * TOTAL_BATCH_SIZE
+# Under the harness the metric is computed from an exported copy of the model (torch.export), and
+# flex_attention's block masks cannot be saved in an export yet: evaluate with SDPA, same windows.
+if ATTENTION_BACKEND == "flex":
+    ATTENTION_BACKEND = "sdpa"
+    _masks.clear()
+    make_attention_masks(MAX_SEQ_LEN, raw_model.windows, device)
 model.eval()
 t_eval = time.time()
 with autocast_ctx:

@@ -29,7 +29,9 @@ class Rejected(Exception):
 
 
 def check_program(program):
-    """Refuse programs with state the forward pass mutates or operations outside plain tensor math."""
+    """Refuse programs with state the forward pass mutates or operations outside plain tensor math.
+    Returns the functional form of the program (in-place operations made explicit), the one to run."""
+    program = program.run_decompositions({})  # functional: a mutated buffer shows in the signature
     signature = program.graph_signature
     if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
         raise Rejected("the model changes its own state when called (mutated buffers); evaluation needs "
@@ -38,6 +40,7 @@ def check_program(program):
         if node.op != "call_function":
             continue
         target = node.target
+        schema = getattr(target, "_schema", None)
         name = getattr(target, "name", None)
         qualified = name() if callable(name) else f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}"
         namespace = getattr(target, "namespace", None) or str(qualified).split("::")[0].split(".")[0]
@@ -45,14 +48,17 @@ def check_program(program):
             namespace = "higher_order"
         if namespace not in ALLOWED_NAMESPACES or any(bad in str(qualified) for bad in FORBIDDEN_OPS):
             raise Rejected(f"the model calls {qualified}, which the evaluator does not run")
+        if schema is not None and schema.is_mutable:
+            raise Rejected(f"the model calls {qualified}, which changes its inputs or state in place")
+    return program
 
 
 def evaluate_program(path, batch_size, prepare, tokenizer):
     import torch
-    program = torch.export.load(path)
-    check_program(program)
+    program = check_program(torch.export.load(path))
     model, batch_size = program.module(), max(1, min(int(batch_size), 4096))
-    if next(model.parameters()).device.type == "cuda":  # eager flex attention would be far slower
+    if next(model.parameters()).device.type == "cuda":  # TF32 matmuls and compiled kernels, as train.py has
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         try:
             return prepare.evaluate_bpb(torch.compile(model, dynamic=False), tokenizer, batch_size)
         except Exception as e:  # a program inductor cannot compile still runs, eagerly

@@ -7,11 +7,14 @@ Inputs are the spec (train.py text, base commit, profile, seed; see sandbox.py);
 log file and an Outcome record. Nothing here reads or writes git state, the ledger or results.tsv:
 the caller (runner.py, or a remote worker) does. The harness, not train.py, owns the numbers:
 - the clock: start-up runs from launch to the first training batch (prepare.py tells the harness;
-  at most STARTUP_ALLOWANCE counts as start-up, whatever it says); training runs from there to the
-  hand-off of the model, and a run still training TIME_BUDGET + grace after that start is stopped;
+  at most STARTUP_ALLOWANCE of it counts as start-up, whatever it says); training runs from there to
+  the start of the model's export (prepare.py tells the harness; at most EXPORT_ALLOWANCE more until
+  the hand-off). A run still training TIME_BUDGET + grace after its start is stopped, and one whose
+  claimed training_seconds is off what the harness measured by more than the slack is invalid;
 - the metric: train.py's `evaluate_bpb` exports the model into the hand-off folder and asks the
   harness, which copies it out of the experiment's reach and runs the trusted evaluator on it
-  (evaluator.py); the value goes back to train.py to print, and into the Outcome.
+  (evaluator.py); the value goes back to train.py to print, and into the Outcome. The time the
+  harness spends evaluating does not count against the experiment's timeout.
 """
 
 import json
@@ -28,16 +31,21 @@ from dataclasses import dataclass, field
 
 from autoresearch import evaluator, sandbox
 
-STARTUP_ALLOWANCE = 30.0      # seconds of start-up before the training clock starts regardless
-GPU_COMPILE_ALLOWANCE = 60.0  # more of both on a CUDA machine: torch.compile runs in the first steps
+STARTUP_ALLOWANCE = 10.0      # seconds of start-up before the training clock starts regardless (+20 on GPU)
+EXPORT_ALLOWANCE = 30.0       # seconds from the start of the export to the hand-off
+GPU_COMPILE_ALLOWANCE = 90.0  # on a CUDA machine torch.compile runs in the first (untimed) steps: 55-67 s
+                              # cold on an H200 (measured), and the sandbox starts with no compile cache
 KILL_GRACE = 5.0              # seconds between SIGTERM and SIGKILL
 
 
-def grace_seconds(time_budget, gpu=None):
-    """How long past its budget a training may run before it is stopped (first steps, compilation,
-    the last step in flight, the export)."""
+def allowances(time_budget, gpu=None):
+    """(startup, slack, grace) in seconds: how much start-up counts as start-up; how far the claimed
+    training time may fall short of the measured one (the untimed first step, compilation, the
+    last step in flight); how long past its budget a training may run before it is stopped."""
     gpu = sandbox.has_gpu() if gpu is None else gpu
-    return 20.0 + 0.1 * time_budget + (GPU_COMPILE_ALLOWANCE if gpu else 0.0)
+    compile_time = GPU_COMPILE_ALLOWANCE if gpu else 0.0
+    slack = 3.0 + 0.05 * time_budget + compile_time
+    return STARTUP_ALLOWANCE + (20.0 if gpu else 0.0), slack, slack + 15.0 + 0.05 * time_budget
 
 
 @dataclass
@@ -50,9 +58,11 @@ class Outcome:
     startup_s: float = None       # launch to the first training batch (capped at the allowance)
     training_s: float = None      # first training batch to the hand-off, as the harness measured it
     eval_s: float = None
+    export_s: float = None        # start of the export to the hand-off
     wall_s: float = None
     sandboxed: bool = False
-    grace_s: float = 0.0
+    grace_s: float = 0.0          # see allowances()
+    slack_s: float = 0.0
     timeout_s: float = None
     events: list = field(default_factory=list)
 
@@ -64,7 +74,7 @@ class _Channel(threading.Thread):
     def __init__(self, sock, launched, evaluate):
         super().__init__(daemon=True)
         self.sock, self.launched, self.evaluate = sock, launched, evaluate
-        self.training_at = self.handoff_at = self.evaluated_at = None
+        self.training_at = self.exporting_at = self.handoff_at = self.evaluated_at = None
         self.result = None
         self.events = []
 
@@ -82,8 +92,11 @@ class _Channel(threading.Thread):
                 self.events.append(event)
                 if event == "training" and self.training_at is None:
                     self.training_at = time.time()
+                elif event == "exporting" and self.exporting_at is None and self.handoff_at is None:
+                    self.exporting_at = time.time()
                 elif event == "model" and self.handoff_at is None:
                     self.handoff_at = time.time()
+                    self.exporting_at = self.exporting_at or self.handoff_at
                     self.result = self.evaluate(message)
                     self.evaluated_at = time.time()
                     stream.write(json.dumps(self.result) + "\n")
@@ -105,8 +118,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         if not sandboxed:
             print(f"warning: running unsandboxed: {sandbox.bwrap_problem()}", file=sys.stderr)
     outcome = Outcome(sandboxed=sandboxed, timeout_s=timeout)
-    outcome.grace_s = grace = grace_seconds(time_budget)
-    startup_allowance = STARTUP_ALLOWANCE + (GPU_COMPILE_ALLOWANCE if sandbox.has_gpu() else 0.0)
+    startup_allowance, outcome.slack_s, outcome.grace_s = allowances(time_budget)
     work = tempfile.mkdtemp(prefix="autoresearch-experiment-")
     folder, handoff, private = (os.path.join(work, name) for name in ("experiment", "handoff", "private"))
     for path in (handoff, private):
@@ -137,12 +149,9 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
             now = time.time()
             if tick and int(now * 5) % 5 == 0:
                 tick(launched)
-            training_from = min(channel.training_at or now, launched + startup_allowance)
-            if channel.handoff_at is None and now > training_from + time_budget + grace:
-                outcome.stopped = "budget"
-                break
-            if now - launched > timeout:
-                outcome.stopped = "timeout"
+            outcome.stopped = _overdue(channel, now, launched, startup_allowance, time_budget, outcome.grace_s,
+                                       timeout)
+            if outcome.stopped:
                 break
         kill_group(proc, grace=KILL_GRACE if outcome.stopped else 0)
         ours.shutdown(socket.SHUT_RDWR)
@@ -154,7 +163,8 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         outcome.events = channel.events
         if channel.handoff_at is not None:
             outcome.handed_over = True
-            outcome.training_s = channel.handoff_at - training_from
+            outcome.training_s = channel.exporting_at - training_from
+            outcome.export_s = channel.handoff_at - channel.exporting_at
             result = channel.result or {}
             outcome.val_bpb = result.get("val_bpb")
             outcome.eval_error = result.get("error")
@@ -169,6 +179,18 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         if trusted is not None:
             trusted.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _overdue(channel, now, launched, startup_allowance, time_budget, grace, timeout):
+    """Why the run must be stopped now ("budget", "export", "timeout"), or None."""
+    training_from = min(channel.training_at or now, launched + startup_allowance)
+    if channel.handoff_at is None:
+        if channel.exporting_at is None and now > training_from + time_budget + grace:
+            return "budget"
+        if channel.exporting_at is not None and now > channel.exporting_at + EXPORT_ALLOWANCE:
+            return "export"
+    evaluating = (channel.evaluated_at or now) - channel.handoff_at if channel.handoff_at else 0.0
+    return "timeout" if now - launched - evaluating > timeout else None
 
 
 def _evaluate(message, handoff, private, trusted, timeout):

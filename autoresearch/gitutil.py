@@ -151,8 +151,9 @@ def flagged_paths(repo):
 
 
 def clear_flags(repo, paths):
-    if paths:
-        git(repo, "update-index", "--no-skip-worktree", "--no-assume-unchanged", "--", *paths)
+    if paths:  # one flag per call: update-index applies only the last of these options given
+        git(repo, "update-index", "--no-skip-worktree", "--", *paths)
+        git(repo, "update-index", "--no-assume-unchanged", "--", *paths)
 
 
 def remove_untracked(repo, paths):

@@ -50,7 +50,7 @@ import threading
 import time
 
 from autoresearch import cli, gitutil, sandbox
-from autoresearch.executor import KILL_GRACE, execute
+from autoresearch.executor import EXPORT_ALLOWANCE, KILL_GRACE, execute
 from autoresearch.ledger import Ledger
 
 BRANCH_PREFIX = "autoresearch/"
@@ -533,11 +533,14 @@ class _Experiment:
         rules, fingerprint, cause = {}, None, None
         if outside:
             cause = "changed files other than train.py: " + ", ".join(outside)
-        elif flagged:
-            gitutil.clear_flags(checkout, flagged)  # the reset that follows then restores their content
-            cause = "git index flags (skip-worktree / assume-unchanged) hide changes to: " + ", ".join(flagged)
-        elif sandbox.fixed_file_problems(checkout, base):
-            cause = "; ".join(sandbox.fixed_file_problems(checkout, base))
+        elif flagged or sandbox.fixed_file_problems(checkout, base):
+            problems = sandbox.fixed_file_problems(checkout, base)
+            cause = "; ".join(problems) or ""
+            if flagged:
+                cause = "git index flags (skip-worktree / assume-unchanged) hide changes to: " + ", ".join(flagged) \
+                    + (f" ({cause})" if cause else "")
+                gitutil.clear_flags(checkout, flagged)
+            sandbox.restore_fixed_files(checkout, base)  # the campaign goes on with the rules it started with
         else:
             rules = read_rules(checkout)
             fingerprint = data_fingerprint(rules["profile"], rules["profile_dir"])
@@ -701,6 +704,8 @@ class _Experiment:
             return "invalid", tampered
         if outcome.stopped == "timeout":
             return "timeout", f"timeout: killed after {outcome.timeout_s:g} s"
+        if outcome.stopped == "export":
+            return "timeout", f"the model's export took longer than {EXPORT_ALLOWANCE:g} s"
         if outcome.stopped == "budget":
             return "timeout", (f"over budget: still training {outcome.wall_s - (outcome.startup_s or 0):.0f} s after "
                                f"its first batch (budget {self.rules['time_budget']:g} s + {outcome.grace_s:.0f} s grace)")
@@ -726,9 +731,9 @@ class _Experiment:
         if isinstance(said, (int, float)) and measured is not None:
             if said > measured + CLAIM_TOLERANCE:
                 return "invalid", f"claims {said:g} s of training; the harness measured {measured:.1f} s"
-            if measured - said > outcome.grace_s:
+            if measured - said > outcome.slack_s:
                 return "invalid", (f"trained {measured:.1f} s as the harness measured, but claims {said:g} s "
-                                   f"(more than {outcome.grace_s:.0f} s apart)")
+                                   f"(more than {outcome.slack_s:.1f} s apart)")
         return "keep", None
 
     def record_invalid(self, cols, cause, commit, start):

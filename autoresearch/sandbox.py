@@ -98,6 +98,23 @@ def fixed_file_problems(checkout, base):
     return problems
 
 
+def restore_fixed_files(checkout, base):
+    """Write the base commit's bytes back over fixed files that differ (git's own reset can miss an
+    edit made under skip-worktree: the index then believes the edited file is unchanged)."""
+    for name in FIXED_FILES:
+        data = gitutil.show_bytes(checkout, f"{base}:{name}")
+        path = os.path.join(checkout, name)
+        try:
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    continue
+        except OSError:
+            pass
+        with open(path, "wb") as f:
+            f.write(data)
+    gitutil.git(checkout, "update-index", "-q", "--really-refresh", check=False)
+
+
 @functools.lru_cache(maxsize=1)
 def bwrap_problem():
     """None when bubblewrap can run a sandbox here, else why not (one line)."""

@@ -72,7 +72,7 @@ AUTORESEARCH_TIME_BUDGET="$budget" timeout 420 $PY train.py > "$OUT/run.log" 2>&
 rc=$?
 set -e
 tr '\r' '\n' < "$OUT/run.log" | grep -E '^step' | awk 'NR % 25 == 0' | tail -n 8
-sed -n '/^---$/,$p' "$OUT/run.log" | tee "$OUT/summary.txt"
+tr '\r' '\n' < "$OUT/run.log" | sed -n '/^---$/,$p' | tee "$OUT/summary.txt"
 grep -E "^(profile|model|batch|budget):|attention" "$OUT/run.log" | head -n 6
 echo "train.py exit code: $rc"
 exit $rc
