@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from autoresearch import evaluator, sandbox
 
@@ -64,16 +64,15 @@ class Outcome:
     grace_s: float = 0.0          # see allowances()
     slack_s: float = 0.0
     timeout_s: float = None
-    events: list = field(default_factory=list)
 
 
 class _Channel(threading.Thread):
     """The harness's end of the socket train.py's prepare.py talks to: records the training start,
     takes the hand-off, runs the trusted evaluation and answers with its val_bpb."""
 
-    def __init__(self, sock, launched, evaluate):
+    def __init__(self, sock, evaluate):
         super().__init__(daemon=True)
-        self.sock, self.launched, self.evaluate = sock, launched, evaluate
+        self.sock, self.evaluate = sock, evaluate
         self.training_at = self.exporting_at = self.handoff_at = self.evaluated_at = None
         self.result = None
         self.events = []
@@ -118,6 +117,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         if not sandboxed:
             print(f"warning: running unsandboxed: {sandbox.bwrap_problem()}", file=sys.stderr)
     outcome = Outcome(sandboxed=sandboxed, timeout_s=timeout)
+    eval_timeout = eval_timeout or max(600.0, timeout)
     startup_allowance, outcome.slack_s, outcome.grace_s = allowances(time_budget)
     work = tempfile.mkdtemp(prefix="autoresearch-experiment-")
     folder, handoff, private = (os.path.join(work, name) for name in ("experiment", "handoff", "private"))
@@ -131,7 +131,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         trusted = evaluator.Evaluator(folder, private, spec.profile, os.path.dirname(profile_dir), sandboxed)
 
         def evaluate(message):
-            return _evaluate(message, handoff, private, trusted, eval_timeout or max(600.0, timeout))
+            return _evaluate(message, handoff, private, trusted, eval_timeout)
 
         ours, theirs = socket.socketpair()
         argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed)
@@ -140,7 +140,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
             proc = subprocess.Popen(argv, cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=True, pass_fds=(theirs.fileno(),))
         theirs.close()
-        channel = _Channel(ours, launched, evaluate)
+        channel = _Channel(ours, evaluate)
         channel.start()
         if started:
             started(proc.pid, folder)
@@ -155,12 +155,11 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
                 break
         kill_group(proc, grace=KILL_GRACE if outcome.stopped else 0)
         ours.shutdown(socket.SHUT_RDWR)
-        channel.join(timeout=(eval_timeout or 600.0) + 10)
+        channel.join(timeout=eval_timeout + 10)
         outcome.returncode = proc.returncode
         outcome.wall_s = time.time() - launched
         training_from = min(channel.training_at or float("inf"), launched + startup_allowance)
         outcome.startup_s = training_from - launched if training_from != float("inf") else None
-        outcome.events = channel.events
         if channel.handoff_at is not None:
             outcome.handed_over = True
             outcome.training_s = channel.exporting_at - training_from

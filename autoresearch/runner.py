@@ -522,32 +522,11 @@ class _Experiment:
 
     def run(self, timeout, seed, threshold, is_baseline, decide, ledger_cols):
         checkout, ledger, tag = self.checkout, self.ledger, self.tag
-        # 1. checks that change nothing (Ctrl-C simply stops here)
+        # 1. checks (Ctrl-C simply stops here; nothing changes but fixed files an index flag hid)
         self.signals.arm()
         campaign = ledger.campaign(tag) or {}
         base = campaign.get("base_commit") or gitutil.head(checkout)
-        changed = gitutil.git(checkout, "diff", "--name-only", "--no-renames", base, "--", ".",
-                              *gitutil.EXCLUDES).splitlines()
-        outside = sorted(set(changed + gitutil.untracked_paths(checkout)) - {"train.py"})
-        flagged = gitutil.flagged_paths(checkout)
-        rules, fingerprint, cause = {}, None, None
-        if outside:
-            cause = "changed files other than train.py: " + ", ".join(outside)
-        elif flagged or sandbox.fixed_file_problems(checkout, base):
-            problems = sandbox.fixed_file_problems(checkout, base)
-            cause = "; ".join(problems) or ""
-            if flagged:
-                cause = "git index flags (skip-worktree / assume-unchanged) hide changes to: " + ", ".join(flagged) \
-                    + (f" ({cause})" if cause else "")
-                gitutil.clear_flags(checkout, flagged)
-            sandbox.restore_fixed_files(checkout, base)  # the campaign goes on with the rules it started with
-        else:
-            rules = read_rules(checkout)
-            fingerprint = data_fingerprint(rules["profile"], rules["profile_dir"])
-            if campaign.get("profile") and rules["profile"] != campaign["profile"]:
-                cause = f"profile {rules['profile']} differs from the campaign's {campaign['profile']}"
-            elif campaign.get("fingerprint") and fingerprint != campaign["fingerprint"]:
-                cause = f"the data cache of profile {rules['profile']} changed since the campaign started"
+        rules, fingerprint, cause = self.check_integrity(campaign, base)
         self.signals.hold()
 
         # 2. campaign, commit, ledger row: held signals wait until these agree
@@ -622,6 +601,33 @@ class _Experiment:
         if self.signals.pending:
             raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
         return row
+
+    def check_integrity(self, campaign, base):
+        """(rules, data fingerprint, cause): cause None when only train.py differs from the campaign's base
+        and the rules and data are the campaign's. Fixed files hidden behind git index flags are put back."""
+        checkout = self.checkout
+        changed = gitutil.git(checkout, "diff", "--name-only", "--no-renames", base, "--", ".",
+                              *gitutil.EXCLUDES).splitlines()
+        outside = sorted(set(changed + gitutil.untracked_paths(checkout)) - {"train.py"})
+        if outside:
+            return {}, None, "changed files other than train.py: " + ", ".join(outside)
+        flagged = gitutil.flagged_paths(checkout)
+        problems = sandbox.fixed_file_problems(checkout, base)
+        if flagged or problems:
+            cause = "; ".join(problems)
+            if flagged:
+                cause = ("git index flags (skip-worktree / assume-unchanged) hide changes to: " + ", ".join(flagged)
+                         + (f" ({cause})" if cause else ""))
+                gitutil.clear_flags(checkout, flagged)
+            sandbox.restore_fixed_files(checkout, base)  # the campaign goes on with the rules it started with
+            return {}, None, cause
+        rules = read_rules(checkout)
+        fingerprint = data_fingerprint(rules["profile"], rules["profile_dir"])
+        if campaign.get("profile") and rules["profile"] != campaign["profile"]:
+            return rules, fingerprint, f"profile {rules['profile']} differs from the campaign's {campaign['profile']}"
+        if campaign.get("fingerprint") and fingerprint != campaign["fingerprint"]:
+            return rules, fingerprint, f"the data cache of profile {rules['profile']} changed since the campaign started"
+        return rules, fingerprint, None
 
     def harness_state(self, commit):
         """What the harness wrote and expects to find unchanged after the run: HEAD, the saved refs."""

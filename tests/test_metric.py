@@ -45,9 +45,11 @@ def test_exactly_eval_tokens_are_evaluated_whatever_the_batch_size(smoke_cache, 
     tok = prepare.Tokenizer.from_directory()
     model = UniformModel(tok.get_vocab_size())
     bpb = prepare.evaluate_bpb(model, tok, batch_size)
-    probe, evaluated = model.calls[:2], model.calls[2:]  # two one-row calls check causality first
-    assert [args[0].shape[0] for args, _ in probe] == [1, 1]
-    assert sum(args[0].numel() for args, _ in evaluated) == prepare.EVAL_TOKENS
+    n_rows = prepare.EVAL_TOKENS // prepare.MAX_SEQ_LEN
+    batches = [min(batch_size, n_rows - i) for i in range(0, n_rows, batch_size)]
+    # every eval batch once, plus CAUSALITY_PROBES re-runs of eval batches with their endings swapped
+    assert len(model.calls) == len(batches) + min(prepare.CAUSALITY_PROBES, len(batches))
+    assert all(args[0].shape[0] in batches for args, _ in model.calls)  # probes look like eval batches
     assert bpb == pytest.approx(expected_uniform_bpb(tok), rel=1e-6)
 
 
@@ -94,3 +96,27 @@ def test_a_model_that_peeks_at_future_tokens_is_refused(smoke_cache):
             return logits
     with pytest.raises(RuntimeError, match="not causal"):
         prepare.evaluate_bpb(Peeking(tok.get_vocab_size()), tok, 8)
+
+
+def test_a_model_causal_only_when_probed_with_one_row_is_refused(smoke_cache):
+    """The probes have the shape of the real eval batches, so a model cannot behave only for them."""
+    tok = prepare.Tokenizer.from_directory()
+
+    class PeeksInBigBatches(UniformModel):
+        def forward(self, x):
+            logits = torch.zeros(*x.shape, self.vocab)
+            if len(x) > 1:
+                logits[:, :-1].scatter_(2, x[:, 1:].unsqueeze(-1), 30.0)
+            return logits
+    with pytest.raises(RuntimeError, match="not causal"):
+        prepare.evaluate_bpb(PeeksInBigBatches(tok.get_vocab_size()), tok, 8)
+
+
+def test_the_probed_batches_and_cut_points_differ_from_run_to_run(smoke_cache):
+    tok = prepare.Tokenizer.from_directory()
+    seen = []
+    for _ in range(2):
+        model = UniformModel(tok.get_vocab_size())
+        prepare.evaluate_bpb(model, tok, 8)
+        seen.append([args[0] for args, _ in model.calls])
+    assert any(not torch.equal(a, b) for a, b in zip(*seen))  # same eval batches, other probes

@@ -160,6 +160,9 @@ def test_campaign_of_real_runs_keeps_discards_and_records_consistently(campaign_
     assert all(r["val_bpb"] > 0 and r["num_steps"] > 0 and r["profile"] == "smoke" and r["device"]
                and r["time_budget"] == 3 and "val_bpb:" in r["log_tail"] for r in rows)
     assert rows[2]["seed"] == 7 and rows[0]["seed"] == 42 and rows[1]["is_baseline"] == 0
+    # judged on the harness's own evaluation, in the sandbox, with the training time it measured
+    assert all(r["sandbox"] == "bwrap" and abs(r["val_bpb"] - r["claimed_val_bpb"]) < 2e-6
+               and 0 < r["measured_training_s"] and r["eval_s"] > 0 for r in rows)
     assert "+WARMDOWN_RATIO = 0.4" in rows[1]["diff"] and "+MATRIX_LR = 0.0" in rows[2]["diff"]
     # the branch stayed on the keep; the discard is reachable under refs/autoresearch/
     assert git(repo, "rev-parse", "HEAD") == kept
@@ -170,6 +173,19 @@ def test_campaign_of_real_runs_keeps_discards_and_records_consistently(campaign_
     assert tsv[0] == ["commit", "val_bpb", "memory_gb", "status", "description"]
     assert tsv[1:] == [[r["commit_sha"][:7], f"{r['val_bpb']:.6f}", f"{r['peak_vram_mb'] / 1024:.1f}", r["status"],
                         r["description"]] for r in rows]
+
+
+def test_without_a_usable_sandbox_the_run_warns_once_and_the_row_says_unsandboxed(campaign_repo, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "3")
+    monkeypatch.setenv("AUTORESEARCH_SANDBOX", "off")
+    git(campaign_repo, "checkout", "-qb", "autoresearch/open")
+    proc = cli(campaign_repo, "run", "-m", "baseline")
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("warning: ")] == \
+        ["warning: running unsandboxed: AUTORESEARCH_SANDBOX=off"]
+    row = Ledger(repo=campaign_repo).experiments(tag="open")[-1]
+    assert row["status"] == "keep" and row["sandbox"] == "none"
+    assert abs(row["val_bpb"] - row["claimed_val_bpb"]) < 2e-6  # still the harness's own evaluation
 
 
 def test_real_train_raising_is_a_crash_with_the_exception(campaign_repo):
