@@ -31,7 +31,8 @@ class Rejected(Exception):
 def check_program(program):
     """Refuse programs with state the forward pass mutates or operations outside plain tensor math.
     Returns the functional form of the program (in-place operations made explicit), the one to run."""
-    program = program.run_decompositions({})  # functional: a mutated buffer shows in the signature
+    if any(_may_mutate(node) for node in program.graph.nodes):
+        program = program.run_decompositions({})  # functional: a mutated buffer shows in the signature
     signature = program.graph_signature
     if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
         raise Rejected("the model changes its own state when called (mutated buffers); evaluation needs "
@@ -51,6 +52,15 @@ def check_program(program):
         if schema is not None and schema.is_mutable:
             raise Rejected(f"the model calls {qualified}, which changes its inputs or state in place")
     return program
+
+
+def _may_mutate(node):
+    """An operation that could change a buffer in place: in-place or out= operations, and any
+    higher-order operation (their subgraphs are not looked into here)."""
+    if node.op != "call_function":
+        return False
+    schema = getattr(node.target, "_schema", None)
+    return (schema.is_mutable if schema is not None else True)
 
 
 def evaluate_program(path, batch_size, prepare, tokenizer):

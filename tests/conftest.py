@@ -55,12 +55,10 @@ def printed_metric(monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_EXECUTOR", f"{STANDINS / 'printed_executor.py'}:execute")
 
 
-@pytest.fixture
-def campaign_repo(tmp_path, smoke_cache):
-    """A fresh git repository holding the project's root files, on branch main, one commit."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in PROJECT_FILES:
+def make_repo(repo, files=PROJECT_FILES):
+    """A fresh git repository at repo holding copies of the project's files, on branch main, one commit."""
+    repo.mkdir(parents=True)
+    for name in files:
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, repo / name)
     (repo / ".gitignore").write_text("run.log\nresults.tsv\n.autoresearch/\n__pycache__/\n")
@@ -71,3 +69,9 @@ def campaign_repo(tmp_path, smoke_cache):
     git("add", "-A")
     git("commit", "-qm", "initial")
     return repo
+
+
+@pytest.fixture
+def campaign_repo(tmp_path, smoke_cache):
+    """A fresh git repository holding the project's root files, on branch main, one commit."""
+    return make_repo(tmp_path / "repo")

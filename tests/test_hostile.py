@@ -15,7 +15,6 @@ test fails) without moving the campaign's best for the tests after it.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -79,18 +78,8 @@ class Campaign:
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory, smoke_cache):
     """A campaign on branch autoresearch/hostile whose baseline (the real train.py) is kept."""
-    from conftest import PROJECT_FILES
-    repo = tmp_path_factory.mktemp("hostile") / "repo"
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        if (ROOT / name).exists():
-            shutil.copy(ROOT / name, repo / name)
-    (repo / ".gitignore").write_text("run.log\nresults.tsv\n.autoresearch/\n__pycache__/\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "test@example.com")
-    git(repo, "config", "user.name", "test")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "initial")
+    from conftest import make_repo
+    repo = make_repo(tmp_path_factory.mktemp("hostile") / "repo")
     git(repo, "checkout", "-qb", "autoresearch/hostile")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUTORESEARCH_TIME_BUDGET", str(BUDGET))

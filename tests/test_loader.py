@@ -5,7 +5,6 @@ import bisect
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest

@@ -1,6 +1,5 @@
 """prepare.py: sources, the tokenizer, the packing data loader, atomic caches, bad input."""
 
-import functools
 import http.server
 import json
 import os

@@ -3,7 +3,6 @@ speaking their protocols, and the claude/codex CLI proposers against stand-in ex
 
 import ast
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -33,17 +32,8 @@ def git(repo, *args):
 @pytest.fixture
 def repo(tmp_path):
     """A git checkout with the real train.py and prepare.py, one commit, clean."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("train.py", "prepare.py", "constants.py"):
-        shutil.copy(ROOT / name, repo / name)
-    (repo / ".gitignore").write_text("run.log\nresults.tsv\n.autoresearch/\n__pycache__/\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "t@example.com")
-    git(repo, "config", "user.name", "t")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "initial")
-    return repo
+    from conftest import make_repo
+    return make_repo(tmp_path / "repo", files=("train.py", "prepare.py", "constants.py"))
 
 
 # ---------------------------------------------------------------------------------------- search
