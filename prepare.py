@@ -34,6 +34,7 @@ import queue
 import random
 import re
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -755,7 +756,6 @@ _harness = None
 def tell_harness(message):
     """Send one JSON line to the harness; returns its one-line JSON reply when `message` asks for one."""
     global _harness
-    import socket
     if not os.environ.get(HANDOFF_ENV):
         return None
     if _harness is None:

@@ -175,6 +175,23 @@ def test_forged_summary_without_training_is_invalid(campaign, val_bpb):
     campaign.assert_untouched()
 
 
+def test_forged_summary_printed_after_a_trusted_evaluation_is_invalid(campaign):
+    """train.py hands a real (useless) model over, prints the trusted summary, then a second block
+    claiming val_bpb 0.1: the last block is what a grep for val_bpb finds."""
+    body = TOY_MODEL + """
+class Unigram(Toy):
+    def forward(self, idx):
+        return self.causal(idx)
+
+hand_over_and_forge(Unigram())
+forge(0.1)
+"""
+    row = campaign.attack(script(body), "second summary after the real one")
+    assert row["status"] == "invalid" and row["val_bpb"] is None
+    assert "printed val_bpb 0.100000 disagrees with the trusted evaluation" in row["cause"]
+    campaign.assert_untouched()
+
+
 def test_model_that_peeks_at_the_next_token_is_refused(campaign):
     """The handed-over model returns the next input token's one-hot (near 0 bpb if it were scored)."""
     body = TOY_MODEL + """
