@@ -187,12 +187,14 @@ def base_args():
     args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
     for path in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt", "/sys"):
         args += ["--ro-bind-try", path, path]
+    # a private /tmp first: what is bound after it (a virtual environment under /tmp) shows through
+    args += ["--tmpfs", "/tmp", "--dir", "/tmp/home"]
     for root in _python_roots():
         args += ["--ro-bind", root, root]
     for hidden in _hidden_text():
         args += ["--tmpfs", hidden, "--remount-ro", hidden]
     args += ["--dev-bind", "/dev", "/dev"] if has_gpu() else ["--dev", "/dev"]
-    return args + ["--proc", "/proc", "--tmpfs", "/tmp", "--dir", "/tmp/home"]
+    return args + ["--proc", "/proc"]
 
 
 def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True):

