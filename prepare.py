@@ -392,7 +392,7 @@ def _token_documents(tokenizer, entries, base=None, loop=False):
                 n += 1
                 yield ids, epoch
         if n == 0:
-            raise ValueError("a split with no documents; run prepare.py again")
+            raise PrepareError("the validation split has no non-empty documents; check the source")
         if not loop:
             return
         epoch += 1
@@ -835,6 +835,8 @@ def write_train_tokens(tokenizer, entries, base, work):
             n_tokens, n_docs = n_tokens + size, n_docs + len(docs)
             bar.update(len(texts))
         assert (_npy_header(tf, dtype, n_tokens), _npy_header(of, "<i8", n_docs + 1)) == starts
+    if n_docs == 0:
+        raise PrepareError("the training split has no non-empty documents; check the source")
     print(f"train tokens: {n_docs:,} documents, {n_tokens:,} tokens ({dtype.name})")
 
 
