@@ -872,34 +872,6 @@ def _hash_files(folder):
     return {name: _sha256(os.path.join(folder, name)) for name in names}
 
 
-def data_fingerprint(profile_dir=None):
-    """sha256 of the manifest (file hashes included) without its date: the same data gives the same fingerprint."""
-    with open(os.path.join(profile_dir or PROFILE_DIR, "manifest.json")) as f:
-        manifest = json.load(f)
-    manifest.pop("prepared_at", None)
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def verify_files(profile_dir=None):
-    """The problems with a profile folder's files (missing, or not what prepare.py wrote); empty if none."""
-    folder = profile_dir or PROFILE_DIR
-    try:
-        with open(os.path.join(folder, "manifest.json")) as f:
-            files = json.load(f).get("files")
-    except (OSError, ValueError) as e:
-        return [f"manifest.json: cannot be read ({e})"]
-    if not files:
-        return ["manifest.json lists no files: prepared by an older prepare.py"]
-    problems = []
-    for name, digest in sorted(files.items()):
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            problems.append(f"{name}: missing")
-        elif _sha256(path) != digest:
-            problems.append(f"{name}: sha256 mismatch (changed since prepare.py wrote it)")
-    return problems
-
-
 def prepare(profile, source, num_shards=10, workers=8, cache_dir=CACHE_DIR):
     """Build the profile's folder (tokenizer, token arrays, validation rows, manifest) atomically; returns its path."""
     rules = PROFILES[profile]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import prepare
+from autoresearch.runner import RunError, data_fingerprint
 
 
 # --- the oracle: the loader as it was before the token arrays (prepare.py of 2026-11-26) -------
@@ -171,23 +172,25 @@ def test_fingerprint_is_stable_across_prepares_of_the_same_data_and_changes_with
     assert set(manifest["files"]) == {"tokenizer.json", "train_tokens.npy", "train_offsets.npy", "val_rows.npy",
                                       "data/train.parquet", "data/val.parquet"}
     assert "prepared_at" in manifest
-    assert prepare.data_fingerprint(first) == prepare.data_fingerprint(again)
+    # the harness's fingerprint of a profile (runner.data_fingerprint) reads what prepare.py wrote
+    assert data_fingerprint("smoke", first) == data_fingerprint("smoke", again)
     (corpus / "a.txt").write_text("A different first document. " * 40)
     changed = prepare.prepare("smoke", f"files:{corpus}", cache_dir=str(tmp_path / "a"))
-    assert prepare.data_fingerprint(changed) != prepare.data_fingerprint(again)
+    assert data_fingerprint("smoke", changed) != data_fingerprint("smoke", again)
 
 
-def test_verify_files_finds_a_changed_or_missing_file(tmp_path, smoke_cache):
+def test_a_changed_or_missing_data_file_is_found_against_the_manifest(tmp_path, smoke_cache):
     folder = tmp_path / "smoke"
     shutil.copytree(os.path.join(smoke_cache, "smoke"), folder)
-    assert prepare.verify_files(str(folder)) == []
+    assert data_fingerprint("smoke", str(folder))
     with open(folder / "val_rows.npy", "r+b") as f:
         f.seek(200)
         f.write(b"\x01\x00")
+    with pytest.raises(RunError, match="val_rows.npy does not match its sha256"):
+        data_fingerprint("smoke", str(folder))
     os.remove(folder / "train_offsets.npy")
-    problems = prepare.verify_files(str(folder))
-    assert len(problems) == 2
-    assert "train_offsets.npy: missing" in problems[0] and "val_rows.npy: sha256 mismatch" in problems[1]
+    with pytest.raises(RunError, match="train_offsets.npy is missing"):
+        data_fingerprint("smoke", str(folder))
 
 
 # --- clear errors --------------------------------------------------------------------------
