@@ -44,7 +44,7 @@ def allowances(time_budget, gpu=None):
     last step in flight); how long past its budget a training may run before it is stopped."""
     gpu = sandbox.has_gpu() if gpu is None else gpu
     compile_time = GPU_COMPILE_ALLOWANCE if gpu else 0.0
-    slack = 3.0 + 0.05 * time_budget + compile_time
+    slack = 5.0 + 0.05 * time_budget + compile_time
     return STARTUP_ALLOWANCE + (20.0 if gpu else 0.0), slack, slack + 15.0 + 0.05 * time_budget
 
 
