@@ -1,0 +1,57 @@
+"""The trusted evaluator's check of a handed-over program, before anything of it runs."""
+
+import pytest
+import torch
+
+from autoresearch.evaluator import Rejected, check_program
+
+
+def exported(module, tmp_path):
+    """The module as the evaluator receives it: exported, saved, loaded back."""
+    program = torch.export.export(module, (torch.randint(0, 10, (2, 5)),))
+    torch.export.save(program, tmp_path / "model.pt2")
+    return torch.export.load(tmp_path / "model.pt2")
+
+
+class Embed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.e = torch.nn.Embedding(10, 10)
+
+
+def test_a_model_that_counts_its_calls_is_rejected(tmp_path):
+    class Counting(Embed):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls.add_(1)  # could tell the causality probes from the real batches
+            return self.e(x) * self.calls
+    with pytest.raises(Rejected, match="changes its own state"):
+        check_program(exported(Counting(), tmp_path))
+
+
+def test_an_operation_from_outside_aten_is_rejected(tmp_path):
+    """A custom operator registered by train.py would run code the evaluator never vetted."""
+    lib = torch.library.Library("autoresearch_attack", "DEF")
+    lib.define("peek(Tensor x) -> Tensor")
+    lib.impl("peek", lambda x: x.clone(), "CompositeExplicitAutograd")
+    torch.library.register_fake("autoresearch_attack::peek", lambda x: torch.empty_like(x), lib=lib)
+
+    class Custom(Embed):
+        def forward(self, x):
+            return torch.ops.autoresearch_attack.peek(self.e(x))
+    program = torch.export.export(Custom(), (torch.randint(0, 10, (2, 5)),))
+    with pytest.raises(Rejected, match="autoresearch_attack"):
+        check_program(program)
+
+
+def test_in_place_work_on_intermediates_is_accepted(tmp_path):
+    class InPlace(Embed):
+        def forward(self, x):
+            y = self.e(x)
+            y.mul_(2)  # local, not state: fine once the program is made functional
+            return torch.relu_(y)
+    program = check_program(exported(InPlace(), tmp_path))
+    assert program.module()(torch.randint(0, 10, (2, 5))).shape == (2, 5, 10)
