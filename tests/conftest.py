@@ -20,6 +20,9 @@ os.environ["AUTORESEARCH_PROFILE"] = "smoke"
 os.environ.pop("AUTORESEARCH_TIME_BUDGET", None)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# the CLIs the tests start (`python -m autoresearch.cli` in a test repository) import this checkout's
+# code, not whatever copy is installed (an editable install of another worktree, a wheel)
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 # the files a campaign checkout needs (a test repo gets copies of these)
 PROJECT_FILES = ["constants.py", "prepare.py", "train.py", "program.md", "pyproject.toml"]
