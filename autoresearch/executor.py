@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from autoresearch import evaluator, sandbox
+from autoresearch import contention, evaluator, sandbox
 
 STARTUP_ALLOWANCE = 10.0      # seconds of start-up before the training clock starts regardless (+20 on GPU)
 EXPORT_ALLOWANCE = 30.0       # seconds from the start of the export to the hand-off
@@ -64,6 +64,8 @@ class Outcome:
     grace_s: float = 0.0          # see allowances()
     slack_s: float = 0.0
     timeout_s: float = None
+    cpu_share_others: float = None  # share of the CPUs other processes took during training (contention.py)
+    gpu_others: int = None        # other processes on the experiment's GPU during training
 
 
 class _Channel(threading.Thread):
@@ -144,15 +146,18 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         channel.start()
         if started:
             started(proc.pid, folder)
+        watch = None
         while proc.poll() is None:
             time.sleep(0.2)
             now = time.time()
             if tick and int(now * 5) % 5 == 0:
                 tick(launched)
+            watch = _watch_training(watch, channel, outcome, now, launched + startup_allowance)
             outcome.stopped = _overdue(channel, now, launched, startup_allowance, time_budget, outcome.grace_s,
                                        timeout)
             if outcome.stopped:
                 break
+        _watch_training(watch, channel, outcome, time.time(), launched + startup_allowance, ended=True)
         kill_group(proc, grace=KILL_GRACE if outcome.stopped else 0)
         ours.shutdown(socket.SHUT_RDWR)
         channel.join(timeout=eval_timeout + 10)
@@ -178,6 +183,21 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         if trusted is not None:
             trusted.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _watch_training(watch, channel, outcome, now, startup_ends, ended=False):
+    """Measure what other processes took from the start of the training (prepare.py's message, or the
+    end of the start-up allowance) to its end (the export, or the run's end). Returns the watch while
+    the training runs, else None."""
+    if watch is None:
+        training = channel.training_at is not None or now >= startup_ends
+        if training and channel.exporting_at is None and not ended and outcome.cpu_share_others is None:
+            return contention.Watch()
+        return None
+    if channel.exporting_at is not None or ended:
+        outcome.cpu_share_others, outcome.gpu_others = watch.stop()
+        return None
+    return watch
 
 
 def _overdue(channel, now, launched, startup_allowance, time_budget, grace, timeout):

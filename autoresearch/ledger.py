@@ -37,6 +37,12 @@ EXPERIMENT_COLUMNS = {
     # harness measured, and how the experiment ran ("bwrap": sandboxed; "none": unsandboxed)
     "claimed_val_bpb": "REAL", "measured_training_s": "REAL", "startup_s": "REAL", "eval_s": "REAL",
     "sandbox": "TEXT", "workdir": "TEXT",
+    # how much the run really trained: train.py's tokens/s; the share of the CPUs other processes
+    # took during its training and their number on its GPU (the harness's measurement); starved = 1
+    # when that was enough to slow it down (contention.py). retry_of: the experiment this one re-runs
+    # (it was interrupted, or a starved would-be keep)
+    "tokens_per_second": "REAL", "cpu_share_others": "REAL", "gpu_others": "INTEGER", "starved": "INTEGER",
+    "retry_of": "INTEGER",
 }
 CAMPAIGN_COLUMNS = {
     "tag": "TEXT PRIMARY KEY", "branch": "TEXT", "base_commit": "TEXT", "created_at": "REAL",

@@ -6,22 +6,29 @@ The harness owns the research loop. In the current checkout:
      is recorded as crash (cause "interrupted") by the runner's recovery, and the branch and tree are
      restored to the campaign's best (anything else lying there is saved under
      refs/autoresearch/<tag>/leftover-<time> first): nothing is lost, nothing runs twice.
-  2. The baseline, if the campaign has none: train.py unchanged, recorded as keep. With
-     --baseline-repeats K it runs K times on seeds 42, 43, ...; the standard deviation of the K
+  2. The baseline, if the campaign has none: train.py unchanged, recorded as keep. It runs
+     --baseline-repeats K times (default 3) on seeds 42, 43, ...; the standard deviation of the K
      val_bpbs is the campaign's noise, and the keep threshold is max(--min-delta, 2 x noise).
+     K = 1 skips the measurement (status and the report then say "noise not measured").
   3. Then until a budget is spent: the proposer gets the best train.py, program.md, the history and
      the last failure's log tail and returns a new train.py; the runner commits it, trains, decides
      and records. With --confirm a would-be keep is re-run on a new seed and kept only if both runs
-     beat the best. A proposal that cannot be used is recorded as an `invalid` experiment; a
-     proposer that fails (network, rate limit) is retried with exponential back-off.
+     beat the best. A would-be keep from a starved run (other processes took a large share of the
+     machine while it trained, see contention.py) is re-run before it counts. A proposal that
+     cannot be used is recorded as an `invalid` experiment; a proposer that fails (network, rate
+     limit) is retried with exponential back-off, its URL in the message.
+Before anything runs, the loop checks that the checkout's profile and prepared data are the
+campaign's and that the proposer can be reached: either failing is one line and exit 2.
 Budgets count the whole campaign (a resumed loop finishes the same budget): --max-experiments
-counts every experiment of the tag, baseline, repeats and confirmations included; --max-cost sums the
-LLM cost of all of them; --hours is this invocation's wall-clock time (no new experiment starts after
-it; the one running finishes). Ctrl-C or SIGTERM stops cleanly: the training is killed and recorded,
-the tree is reset, exit 130 or 143.
+counts every finished experiment of the tag, baseline, repeats, confirmations and re-runs included;
+--max-cost sums the LLM cost of all of them; --hours is this invocation's wall-clock time (no new
+experiment starts after it; the one running finishes). Ctrl-C or SIGTERM stops cleanly: the training
+is killed and recorded (as crash, cause "interrupted"), the tree is reset, exit 130 or 143; an
+experiment a stop interrupted is not spent: the resumed loop runs it again first.
 """
 
 import os
+import platform
 import re
 import signal
 import socket
@@ -32,13 +39,15 @@ import tempfile
 import threading
 import time
 
-from autoresearch import cli, gitutil, runner
+from autoresearch import cli, contention, gitutil, runner, sandbox
 from autoresearch.ledger import Ledger
-from autoresearch.proposers import REGISTRY, ProposalError, ProposerConfigError, get_proposer
+from autoresearch.proposers import REGISTRY, Proposal, ProposalError, ProposerConfigError, get_proposer
 
 DEFAULT_SEED = 42          # train.py's default AUTORESEARCH_SEED
 MAX_BACKOFF = 300.0        # seconds between proposer retries at most
 BASELINE_CRASH_LIMIT = 3   # a baseline that crashes this often in a row stops the loop
+BASELINE_REPEATS = 3       # baseline runs that measure the noise, by default
+STARVED_RERUNS = 2         # a starved would-be keep is re-run at most this often before it counts
 FAILED = ("crash", "timeout", "invalid")
 AWAITING = "would-be keep, awaiting its confirmation run"
 UNCONFIRMED_STOP = "not confirmed: the loop stopped during its confirmation run"
@@ -54,6 +63,11 @@ class Stop(Exception):
 
 class LoopError(Exception):
     """A user mistake or missing precondition: one line, exit 2."""
+
+
+def interrupted(row):
+    """Whether a stop (Ctrl-C, SIGTERM, a killed loop) cut the experiment short: it did not finish."""
+    return row["status"] == "crash" and (row.get("cause") or "").startswith("interrupted")
 
 
 def exit_code(signame):
@@ -134,9 +148,9 @@ def _tsv_replace(checkout, old_row, new_row):
 
 class Loop:
     def __init__(self, repo, tag, proposer_name, *, max_experiments=None, hours=None, max_cost=None,
-                 model=None, base_url=None, baseline_repeats=1, min_delta=None, confirm=False, timeout=None,
-                 seed=0, worker=None, price_input=None, price_output=None, proposer_timeout=1800.0,
-                 backoff=5.0, out=sys.stdout, proposer=None):
+                 model=None, base_url=None, baseline_repeats=BASELINE_REPEATS, min_delta=None, confirm=False,
+                 timeout=None, search_seed=0, worker=None, price_input=None, price_output=None, proposer_timeout=1800.0,
+                 backoff=5.0, out=sys.stdout, proposer=None, progress=False):
         self.repo = repo
         self.tag = tag
         self.branch = runner.BRANCH_PREFIX + tag
@@ -150,13 +164,13 @@ class Loop:
         self.min_delta = min_delta
         self.confirm = confirm
         self.timeout = timeout
-        self.seed = seed
         self.worker = worker
-        self.proposer_options = dict(model=model, base_url=base_url, seed=seed, price_input=price_input,
+        self.proposer_options = dict(model=model, base_url=base_url, seed=search_seed, price_input=price_input,
                                      price_output=price_output, cli_timeout=proposer_timeout)
         self.backoff = backoff
         self.out = out
         self.proposer = proposer  # tests may hand one in
+        self.progress = progress  # the running experiment's progress on stderr (runner.run_experiment)
         self.signals = _Signals()
         self.proposals_ok = 0
 
@@ -172,19 +186,25 @@ class Loop:
         return self.ledger.experiments(tag=self.tag)
 
     def report(self, row):
-        """One line per finished experiment: n, status, val_bpb, best, description."""
-        n = len(self.rows())
+        """One line per finished experiment: its ledger number (as in `log`, `status` and the report),
+        status, val_bpb, best, description."""
         best = self.ledger.best(self.tag)
-        cause = f"  [{row['cause']}]" if row.get("cause") and row["status"] not in ("keep", "discard") else ""
-        self.say(f"{n:4d}  {row['status']:8} val_bpb {_fmt(row.get('val_bpb')):>9}  best {_fmt(best):>9}  "
+        cause = f"  [{row['cause']}]" if row.get("cause") and (
+            row["status"] not in ("keep", "discard") or row.get("starved")) else ""
+        self.say(f"#{row['id']:<4d} {row['status']:8} val_bpb {_fmt(row.get('val_bpb')):>9}  best {_fmt(best):>9}  "
                  f"{row.get('description') or ''}{cause}")
 
     # -- budgets ----------------------------------------------------------------------------------
+    def finished(self):
+        """The experiments that count against --max-experiments: all but those a stop interrupted."""
+        return [r for r in self.rows() if not interrupted(r)]
+
     def budget_left(self):
         """None while there is budget, else why not."""
         rows = self.rows()
-        if self.max_experiments is not None and len(rows) >= self.max_experiments:
-            return f"--max-experiments {self.max_experiments} reached ({len(rows)} experiments in campaign {self.tag})"
+        done = len(self.finished())
+        if self.max_experiments is not None and done >= self.max_experiments:
+            return f"--max-experiments {self.max_experiments} reached ({done} experiments in campaign {self.tag})"
         if self.deadline is not None and time.time() >= self.deadline:
             return "--hours reached"
         if self.max_cost is not None:
@@ -207,9 +227,18 @@ class Loop:
                             f"(e.g. --tag {time.strftime('%b%d').lower()})")
         if gitutil.git(self.checkout, "rev-parse", "--verify", "--quiet", "HEAD", check=False) == "":
             raise LoopError("the repository has no commit yet; commit the project files first")
-        rules = runner.read_rules(self.checkout)  # RunError when constants.py is broken
-        runner.data_fingerprint(rules["profile"], rules["profile_dir"])  # RunError when not prepared
-        self.rules = rules
+        self.rules = runner.read_rules(self.checkout)  # RunError when constants.py is broken
+        # RunError when not prepared, or a file of it changed
+        self.fingerprint = runner.data_fingerprint(self.rules["profile"], self.rules["profile_dir"])
+
+    def check_campaign(self):
+        """An existing campaign goes on only with its own profile and data (RunError: exit 2), and any
+        campaign only with a proposer that can be reached (ProposerConfigError: exit 2), before anything
+        runs or costs money."""
+        campaign = self.ledger.campaign(self.tag)
+        if campaign:
+            runner.check_campaign_data(campaign, self.rules, self.fingerprint)
+        self.proposer.check()
 
     def checkout_branch(self):
         current = gitutil.current_branch(self.checkout)
@@ -296,16 +325,40 @@ class Loop:
         return max(seeds + [DEFAULT_SEED]) + 1
 
     def run(self, description, **kw):
-        """runner.run_experiment with the loop's settings; prints the line; returns the row."""
+        """runner.run_experiment with the loop's settings, undecided (the loop settles it); returns the row."""
         kw.setdefault("proposer", self.proposer_name)
         self.signals.check()
-        row = runner.run_experiment(self.checkout, description, timeout=self.timeout, worker=self.worker,
-                                    ledger=self.ledger, **kw)
+        return runner.run_experiment(self.checkout, description, timeout=self.timeout, worker=self.worker,
+                                     ledger=self.ledger, decide=False, progress=self.progress, **kw)
+
+    def measure(self, description, **kw):
+        """Run train.py as it is in the checkout; a would-be keep from a starved run is discarded and the
+        same train.py re-run on the same seed (at most STARVED_RERUNS times) so that a busy machine
+        never decides. Returns the row that counts, undecided."""
+        row = self.run(description, **kw)
+        for _ in range(STARVED_RERUNS):
+            if row["status"] != "keep" or not row.get("starved") or self.budget_left():
+                return row
+            train_py = gitutil.show_bytes(self.checkout, f"{row['commit_sha']}:train.py")
+            starved = runner.settle(self.checkout, row["id"], keep=False, ledger=self.ledger,
+                                    cause=f"starved: {contention.describe(row)}; re-run")
+            self.report(starved)
+            self.note("starved", f"#{row['id']} was starved ({contention.describe(row)}): running it again")
+            with open(os.path.join(self.checkout, "train.py"), "wb") as f:
+                f.write(train_py)
+            kw = dict(kw, retry_of=row["id"], prompt_tokens=None, completion_tokens=None, cost_usd=None)
+            row = self.run(f"{description} [re-run: #{row['id']} was starved]", **kw)
+        return row
+
+    def settle(self, row, keep, cause=None):
+        """Keep or discard an undecided row; prints its line; returns it."""
+        row = runner.settle(self.checkout, row["id"], keep=keep, ledger=self.ledger, cause=cause)
+        self.report(row)
         return row
 
     def baseline_runs(self):
         return [r for r in self.rows() if r.get("is_baseline") and r["status"] in ("keep", "discard")
-                and r.get("val_bpb") is not None]
+                and r.get("val_bpb") is not None and not (r.get("cause") or "").startswith("starved")]
 
     def ensure_baseline(self):
         """Run the baseline (and its repeats) until the campaign has them; returns False if out of budget."""
@@ -313,8 +366,8 @@ class Loop:
         while self.ledger.best(self.tag) is None:
             if self.budget_left():
                 return False
-            row = self.run("baseline", is_baseline=True, threshold=0.0)
-            self.report(row)
+            row = self.measure("baseline", is_baseline=True, threshold=0.0)
+            row = self.settle(row, keep=row["status"] == "keep")
             if row["status"] != "keep":
                 crashes += 1
                 if crashes >= BASELINE_CRASH_LIMIT:
@@ -329,11 +382,8 @@ class Loop:
                     return False
                 seed = self.next_seed()
                 n = len(self.baseline_runs()) + 1
-                row = self.run(f"baseline (repeat {n}/{repeats}, seed {seed})", seed=seed, is_baseline=True,
-                               decide=False)
-                row = runner.settle(self.checkout, row["id"], keep=False, ledger=self.ledger,
-                                    cause=f"baseline repeat on seed {seed}: measures the noise")
-                self.report(row)
+                row = self.run(f"baseline (repeat {n}/{repeats}, seed {seed})", seed=seed, is_baseline=True)
+                row = self.settle(row, keep=False, cause=f"baseline repeat on seed {seed}: measures the noise")
                 crashes = crashes + 1 if row["status"] != "discard" else 0
                 if crashes >= BASELINE_CRASH_LIMIT:
                     raise LoopError(f"a baseline repeat failed {crashes} times in a row ({row['status']}: "
@@ -389,7 +439,8 @@ class Loop:
                 wait = min(MAX_BACKOFF, self.backoff * 2 ** (failures - 1))
                 if self.deadline is not None:
                     wait = max(0.0, min(wait, self.deadline - time.time()))
-                self.note("proposer_error", f"proposer error ({failures} in a row): {type(e).__name__}: "
+                where = f" from {self.proposer.endpoint}" if self.proposer.endpoint else ""
+                self.note("proposer_error", f"proposer error ({failures} in a row){where}: {type(e).__name__}: "
                                             f"{str(e).strip()[:300]}; retrying in {wait:.0f} s")
                 self.signals.sleep(wait)
 
@@ -409,22 +460,16 @@ class Loop:
         self.ledger.event(self.tag, "invalid", f"#{exp_id} invalid proposal: {error}", self.worker)
         self.report(row)
 
-    def experiment(self, proposal):
+    def experiment(self, proposal, retry_of=None):
         """Write the proposal, run it (and with --confirm its re-run), record; returns the last row."""
         with open(os.path.join(self.checkout, "train.py"), "w", encoding="utf-8") as f:
             f.write(proposal.train_py)
         cost = dict(model=proposal.model, prompt_tokens=proposal.prompt_tokens,
                     completion_tokens=proposal.completion_tokens, cost_usd=proposal.cost_usd)
         threshold = self.threshold()
-        if not self.confirm:
-            row = self.run(proposal.description, threshold=threshold, **cost)
-            self.report(row)
-            return row
-        first = self.run(proposal.description, threshold=threshold, decide=False, **cost)
-        if first["status"] != "keep":
-            first = runner.settle(self.checkout, first["id"], keep=False, ledger=self.ledger)
-            self.report(first)
-            return first
+        first = self.measure(proposal.description, threshold=threshold, retry_of=retry_of, **cost)
+        if first["status"] != "keep" or not self.confirm:
+            return self.settle(first, keep=first["status"] == "keep")
         # a would-be keep: out of the best (discard, pending) while a re-run on a new seed confirms it
         pending = dict(first, status="discard", cause=AWAITING)
         self.ledger.update_experiment(first["id"], status=pending["status"], cause=pending["cause"])
@@ -436,8 +481,8 @@ class Loop:
             return first
         seed = self.next_seed()
         try:
-            second = self.run(f"{proposal.description} [confirm, seed {seed}]", threshold=threshold, seed=seed,
-                              decide=False, model=proposal.model)
+            second = self.measure(f"{proposal.description} [confirm, seed {seed}]", threshold=threshold, seed=seed,
+                                  model=proposal.model)
         except KeyboardInterrupt:
             self.ledger.update_experiment(first["id"], cause=UNCONFIRMED_STOP)
             raise
@@ -451,6 +496,34 @@ class Loop:
             self.ledger.update_experiment(first["id"], cause=cause)
         self.report(second)
         return second
+
+    def unfinished(self):
+        """Proposals a stop cut short and not yet run again, oldest first: interrupted ones, and would-be
+        keeps whose confirmation never finished. A re-run of the same train.py names them (retry_of)."""
+        rows = self.rows()
+        retried = {r["retry_of"] for r in rows if r.get("retry_of")}
+        first_of = {}  # commit -> its first row (a confirmation run shares its proposal's commit)
+        last_of = {}
+        for r in rows:
+            if r.get("commit_sha") and not r.get("is_baseline"):
+                first_of.setdefault(r["commit_sha"], r)
+                last_of[r["commit_sha"]] = r
+        return [first for sha, first in first_of.items() if first["id"] not in retried
+                and (interrupted(last_of[sha]) or last_of[sha].get("cause") == UNCONFIRMED_STOP)]
+
+    def run_unfinished(self):
+        """Run again what a stop cut short, before any new proposal (nothing the proposer paid for is lost)."""
+        for row in self.unfinished():
+            if self.budget_left():
+                return
+            try:
+                train_py = gitutil.show_bytes(self.checkout, f"{row['commit_sha']}:train.py").decode("utf-8")
+            except (gitutil.GitError, UnicodeDecodeError):
+                self.note("retry", f"#{row['id']} was interrupted, but its train.py cannot be read any more; skipped")
+                continue
+            self.note("retry", f"#{row['id']} ({row['description']}) was cut short by a stop: running it again")
+            self.experiment(Proposal(description=f"{row['description']} [re-run of #{row['id']}]", train_py=train_py,
+                                     model=row.get("model")), retry_of=row["id"])
 
     # -- the loop ---------------------------------------------------------------------------------
     def main(self):
@@ -466,14 +539,18 @@ class Loop:
             self.ledger = Ledger(repo=self.checkout)
             if self.proposer is None:
                 self.proposer = get_proposer(self.proposer_name, repo=self.checkout, **self.proposer_options)
+            try:
+                self.check_campaign()
+            except BaseException:
+                self.proposer.close()
+                raise
             self.checkout_branch()
             self.save_campaign()
             self.restore()
-            done = len(self.rows())
-            self.say(f"campaign {self.tag}: {done} experiments so far, best {_fmt(self.ledger.best(self.tag))}; "
-                     f"proposer {self.proposer_name}; ledger {self.ledger.path}")
+            self.say_settings()
             try:
                 if self.ensure_baseline():
+                    self.run_unfinished()
                     while not self.budget_left():
                         self.signals.check()
                         proposal = self.propose()
@@ -485,6 +562,21 @@ class Loop:
                 self.proposer.close()
             self.finish(self.budget_left() or "budget spent")
         return 0
+
+    def say_settings(self):
+        """What the campaign is and where it stands, before the first experiment."""
+        rules, campaign = self.rules, self.ledger.campaign(self.tag) or {}
+        noise = campaign.get("noise_std")
+        repeats = campaign.get("baseline_repeats") or 1
+        noise_text = (f"noise std {noise:.6f}" if noise is not None else
+                      f"noise: {repeats} baseline runs will measure it" if repeats > 1 else "noise not measured")
+        self.say(f"campaign {self.tag}: {len(self.finished())} experiments so far, best "
+                 f"{_fmt(self.ledger.best(self.tag))}; proposer {self.proposer_name}"
+                 + (f" at {self.proposer.endpoint}" if self.proposer.endpoint else "")
+                 + f"; {noise_text}")
+        self.say(f"profile {rules['profile']}: {rules['time_budget']:g} s of training per experiment, data "
+                 f"{runner.data_source(rules['profile_dir'])}; device {_device()}; sandbox {runner.executor_name()}")
+        self.say(f"ledger {self.ledger.path}")
 
     def finish(self, why):
         rows = self.rows()
@@ -504,12 +596,23 @@ class Loop:
             pass
 
 
+def _device():
+    """The device train.py will pick, as the harness sees it (without importing torch)."""
+    gpus = sandbox.gpu_count()
+    if gpus:
+        return f"cuda ({gpus} GPU{'s' if gpus > 1 else ''})"
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "mps"
+    return f"cpu ({os.cpu_count()} cores)"
+
+
 def cmd_loop(args):
     loop = Loop(".", args.tag, args.proposer, max_experiments=args.max_experiments, hours=args.hours,
                 max_cost=args.max_cost, model=args.model, base_url=args.base_url,
                 baseline_repeats=args.baseline_repeats, min_delta=args.min_delta, confirm=args.confirm,
-                timeout=args.timeout, seed=args.seed, worker=args.worker, price_input=args.price_input,
-                price_output=args.price_output, proposer_timeout=args.proposer_timeout, backoff=args.backoff)
+                timeout=args.timeout, search_seed=args.search_seed, worker=args.worker, price_input=args.price_input,
+                price_output=args.price_output, proposer_timeout=args.proposer_timeout, backoff=args.backoff,
+                progress=True)
     try:
         return loop.main()
     except (LoopError, runner.RunError, ProposerConfigError) as e:
@@ -537,23 +640,25 @@ def register(subparsers):
                    help="who proposes each change (default: search, no LLM)")
     p.add_argument("--tag", required=True, help="campaign tag: branch autoresearch/<tag>")
     p.add_argument("--max-experiments", type=cli.positive(int), metavar="N",
-                   help="stop when the campaign has N experiments (all of them: baseline, repeats, "
-                        "confirmations, invalid proposals)")
+                   help="stop when the campaign has N finished experiments (all of them: baseline, repeats, "
+                        "confirmations, re-runs, invalid proposals; one a stop interrupted is run again)")
     p.add_argument("--hours", type=cli.positive(float), metavar="H", help="start no experiment after H hours")
     p.add_argument("--max-cost", type=cli.non_negative, metavar="USD",
                    help="stop when the campaign's LLM cost reaches USD")
     p.add_argument("--model", help="the model the proposer asks (openai, anthropic, claude, codex)")
     p.add_argument("--base-url", metavar="URL",
                    help="OpenAI-compatible endpoint, e.g. http://localhost:11434/v1 (Ollama), or an Anthropic proxy")
-    p.add_argument("--baseline-repeats", type=cli.positive(int), default=1, metavar="K",
-                   help="run the baseline K times on different seeds to measure the noise (default 1)")
+    p.add_argument("--baseline-repeats", type=cli.positive(int), default=BASELINE_REPEATS, metavar="K",
+                   help=f"run the baseline K times on different seeds to measure the noise, which sets the "
+                        f"keep threshold (default {BASELINE_REPEATS}; 1 skips it)")
     p.add_argument("--min-delta", type=cli.non_negative, metavar="D",
                    help="keep only if val_bpb beats the best by more than max(D, 2 x noise std) (default 0)")
     p.add_argument("--confirm", action="store_true",
                    help="re-run a would-be keep on a new seed; keep it only if both runs beat the best")
     p.add_argument("--timeout", type=cli.positive(float), metavar="S",
                    help="kill a training run after S seconds (default: 2 x the budget + 120)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the search proposer (default 0)")
+    p.add_argument("--search-seed", type=int, default=0, metavar="N",
+                   help="seed of the search proposer's choices (default 0); training seeds are 42, 43, ...")
     p.add_argument("--worker", help="worker name in the ledger (default: $AUTORESEARCH_WORKER or the host name)")
     p.add_argument("--price-input", type=cli.non_negative, metavar="USD",
                    help="USD per million prompt tokens, for a model missing from the price table")

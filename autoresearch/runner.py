@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 
-from autoresearch import cli, gitutil, sandbox
+from autoresearch import cli, contention, gitutil, sandbox
 from autoresearch.executor import EXPORT_ALLOWANCE, KILL_GRACE, execute
 from autoresearch.ledger import Ledger
 
@@ -60,7 +60,7 @@ TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 PRINTED_TOLERANCE = 2e-6  # train.py prints the trusted value to 6 decimals
 CLAIM_TOLERANCE = 2.0     # seconds a claimed training time may exceed the measured one (clock granularity)
 SUMMARY_COLUMNS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                   "total_tokens_M", "num_steps", "num_params_M", "depth"]
+                   "total_tokens_M", "num_steps", "num_params_M", "depth", "tokens_per_second"]
 OOM_PATTERN = re.compile(r"out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory", re.I)
 
 
@@ -220,6 +220,30 @@ def data_fingerprint(profile, profile_dir):
             raise RunError(f"{full} does not match its sha256 in the manifest (changed after prepare.py); {fix}")
     manifest.pop("prepared_at", None)
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def check_campaign_data(campaign, rules, fingerprint):
+    """RunError when the checkout's profile or prepared data are not the ones the campaign started
+    with: its results would not be comparable (nothing is recorded, nothing runs)."""
+    tag, profile = campaign.get("tag"), rules["profile"]
+    if campaign.get("profile") and profile != campaign["profile"]:
+        raise RunError(f"campaign {tag} runs on profile {campaign['profile']}, but this checkout now selects "
+                       f"{profile} (the last prepare.py, or AUTORESEARCH_PROFILE); set "
+                       f"AUTORESEARCH_PROFILE={campaign['profile']}, or start a new campaign with another tag")
+    if campaign.get("fingerprint") and fingerprint != campaign["fingerprint"]:
+        raise RunError(f"the prepared data of profile {profile} is not the data campaign {tag} started with "
+                       f"(prepared again from another source or version?); prepare the campaign's data again, "
+                       f"or start a new campaign with another tag")
+
+
+def data_source(profile_dir):
+    """The source a prepared profile was made from, as its manifest says ("?" when it does not)."""
+    try:
+        with open(os.path.join(profile_dir, "manifest.json"), "rb") as f:
+            source = json.loads(f.read()).get("source")
+    except (OSError, ValueError, AttributeError):
+        source = None
+    return source if isinstance(source, str) else "?"
 
 
 # -- the executor ------------------------------------------------------------------------------
@@ -445,10 +469,12 @@ def settle(repo, exp_id, keep, cause=None, ledger=None):
         raise RunError(f"no experiment #{exp_id} in the ledger")
     status = "keep" if keep else ("discard" if row["status"] in ("keep", "discard") else row["status"])
     if not keep and row["commit_sha"] != row["parent_commit"]:
-        if gitutil.head(checkout) != row["commit_sha"]:
+        head = gitutil.head(checkout)
+        if head == row["commit_sha"]:
+            revert(checkout, row["tag"], row["commit_sha"], row["parent_commit"])
+        elif head != row["parent_commit"]:  # (an invalid run is reverted already)
             raise RunError(f"cannot discard #{exp_id}: the checkout is not on its commit "
                            f"{gitutil.short(row['commit_sha'])} any more")
-        revert(checkout, row["tag"], row["commit_sha"], row["parent_commit"])
     ledger.update_experiment(exp_id, status=status, **({"cause": cause} if cause else {}))
     row = ledger.experiment(exp_id)
     _rewrite_results_tsv(checkout, row)
@@ -490,7 +516,7 @@ def _show_progress(log_path, started, timeout):
 
 def run_experiment(repo, description, *, timeout=None, proposer="manual", model=None, prompt_tokens=None,
                    completion_tokens=None, cost_usd=None, seed=None, worker=None, threshold=None,
-                   is_baseline=None, decide=True, progress=False, ledger=None):
+                   is_baseline=None, decide=True, progress=False, ledger=None, retry_of=None):
     """Run one experiment in the checkout holding repo; returns its finished ledger row (a dict).
 
     RunError for user mistakes (nothing recorded); Interrupted after recording when a signal came.
@@ -507,7 +533,7 @@ def run_experiment(repo, description, *, timeout=None, proposer="manual", model=
         return experiment.run(timeout=timeout, seed=seed, threshold=threshold, is_baseline=is_baseline,
                               decide=decide, ledger_cols=dict(
                                   proposer=proposer, model=model, prompt_tokens=prompt_tokens,
-                                  completion_tokens=completion_tokens, cost_usd=cost_usd))
+                                  completion_tokens=completion_tokens, cost_usd=cost_usd, retry_of=retry_of))
 
 
 class _Experiment:
@@ -623,10 +649,7 @@ class _Experiment:
             return {}, None, cause
         rules = read_rules(checkout)
         fingerprint = data_fingerprint(rules["profile"], rules["profile_dir"])
-        if campaign.get("profile") and rules["profile"] != campaign["profile"]:
-            return rules, fingerprint, f"profile {rules['profile']} differs from the campaign's {campaign['profile']}"
-        if campaign.get("fingerprint") and fingerprint != campaign["fingerprint"]:
-            return rules, fingerprint, f"the data cache of profile {rules['profile']} changed since the campaign started"
+        check_campaign_data(campaign, rules, fingerprint)
         return rules, fingerprint, None
 
     def harness_state(self, commit):
@@ -676,7 +699,10 @@ class _Experiment:
             status, cause = self.judge(outcome, state, fingerprint, claimed, text)
             metrics.update(val_bpb=outcome.val_bpb, claimed_val_bpb=claimed.get("val_bpb"),
                            measured_training_s=outcome.training_s, startup_s=outcome.startup_s,
-                           eval_s=outcome.eval_s)
+                           eval_s=outcome.eval_s, cpu_share_others=outcome.cpu_share_others,
+                           gpu_others=outcome.gpu_others,
+                           starved=None if outcome.cpu_share_others is None and outcome.gpu_others is None
+                           else int(contention.starved(outcome.cpu_share_others, outcome.gpu_others)))
             if status in ("keep", "discard"):
                 val = outcome.val_bpb
                 status = "keep" if is_baseline or best is None or val < best - threshold else "discard"
@@ -767,6 +793,11 @@ def summary_text(row, ledger):
     if row["cause"]:
         parts.append(f"cause: {row['cause']}")
     line = "  ".join(parts)
+    if row.get("num_steps") is not None:
+        line += f"\ntrained {row['num_steps']} steps" + (
+            f" at {row['tokens_per_second']:,.0f} tokens/s" if row.get("tokens_per_second") else "")
+    if row.get("starved"):
+        line += f"\nstarved: {contention.describe(row)}; its val_bpb is pessimistic, re-run it on a quieter machine"
     if row["status"] == "keep":
         where = f"branch {row['branch']} stays at {gitutil.short(row['commit_sha'])}"
     elif row["commit_sha"] != row["parent_commit"]:

@@ -157,9 +157,15 @@ def training_files(profile_dir):
     return [(os.path.join(profile_dir, n), n) for n in TRAINING_FILES if os.path.exists(os.path.join(profile_dir, n))]
 
 
+def gpu_count():
+    """NVIDIA GPUs this machine has (their /dev/nvidiaN nodes)."""
+    if not os.path.isdir("/dev"):
+        return 0
+    return sum(name.startswith("nvidia") and name[6:].isdigit() for name in os.listdir("/dev"))
+
+
 def has_gpu():
-    return any(name.startswith("nvidia") and name[6:].isdigit() for name in os.listdir("/dev")) \
-        if os.path.isdir("/dev") else False
+    return gpu_count() > 0
 
 
 def kept_environment():

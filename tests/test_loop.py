@@ -9,6 +9,7 @@ of its knobs and the seed (and that can hang on its Nth run), so they check the 
 
 import io
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -65,13 +66,19 @@ def repo(campaign_repo, printed_metric):
     return campaign_repo
 
 
+def one_baseline(args):
+    """The tests of other behaviours than the noise measurement run the baseline once."""
+    return list(args) if "--baseline-repeats" in args else [*args, "--baseline-repeats", "1"]
+
+
 def cli(repo, *args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "autoresearch.cli", "loop", *args], cwd=repo, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, **kw)
+    return subprocess.run([sys.executable, "-m", "autoresearch.cli", "loop", *one_baseline(args)], cwd=repo,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                          **kw)
 
 
 def start(repo, *args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "loop", *args], cwd=repo,
+    return subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "loop", *one_baseline(args)], cwd=repo,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
@@ -125,6 +132,7 @@ class Scripted(Proposer):
 def run_loop(repo, proposer, **options):
     out = io.StringIO()
     options.setdefault("backoff", 0.01)
+    options.setdefault("baseline_repeats", 1)
     code = loop_module.Loop(str(repo), options.pop("tag", "t"), "search", proposer=proposer, out=out,
                             **options).main()
     return code, out.getvalue()
@@ -134,6 +142,7 @@ def run_loop(repo, proposer, **options):
 
 def test_search_campaign_end_to_end_with_the_real_train_py(campaign_repo, monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "3")
+    monkeypatch.setenv("AUTORESEARCH_STARVED_SHARE", "1")  # a busy test machine re-runs nothing here
     proc = cli(campaign_repo, "--proposer", "search", "--tag", "e2e", "--max-experiments", "3", timeout=600)
     assert proc.returncode == 0, proc.stderr
     experiments = assert_consistent(campaign_repo, "e2e")
@@ -146,8 +155,8 @@ def test_search_campaign_end_to_end_with_the_real_train_py(campaign_repo, monkey
         assert git(campaign_repo, "diff", "--name-only", row["parent_commit"], row["commit_sha"]) == "train.py"
         if row["status"] == "discard":  # the discarded commit stays reachable
             assert git(campaign_repo, "rev-parse", f"refs/autoresearch/e2e/{row['commit_sha'][:7]}") == row["commit_sha"]
-    lines = [line for line in proc.stdout.splitlines() if line[:4].strip().isdigit()]
-    assert [line.split()[:2] for line in lines] == [[str(i + 1), r["status"]] for i, r in enumerate(experiments)]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("#")]
+    assert [line.split()[:2] for line in lines] == [[f"#{r['id']}", r["status"]] for r in experiments]
     assert "done: --max-experiments 3 reached" in proc.stdout
 
 
@@ -164,6 +173,37 @@ def test_baseline_repeats_measure_the_noise_and_set_the_keep_threshold(repo):
     assert campaign["noise_std"] == pytest.approx(noise) and campaign["baseline_repeats"] == 3
     assert f"keep threshold = max(min_delta 0.0001, 2 x {noise:.6f}) = {2 * noise:.6f}" in out
     assert any(e["kind"] == "threshold" for e in Ledger(repo=repo).events(tag="t"))
+
+
+def test_the_noise_is_measured_by_default_on_three_baseline_runs(repo):
+    out = io.StringIO()
+    loop_module.Loop(str(repo), "t", "search", proposer=Scripted([]), out=out, max_experiments=3).main()
+    experiments = assert_consistent(repo)
+    assert [(r["is_baseline"], r["seed"]) for r in experiments] == [(1, 42), (1, 43), (1, 44)]
+    assert Ledger(repo=repo).campaign("t")["noise_std"] > 0
+
+
+def test_a_starved_would_be_keep_is_run_again_before_it_counts(repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_CPU_SHARE", "0,0.6,0")  # the gain's first run shared the CPUs
+    monkeypatch.setenv("STANDIN_CPU_SHARE_RUNS", str(tmp_path / "runs"))
+    code, out = run_loop(repo, Scripted([("gain", {"MATRIX_LR": 0.05})]), max_experiments=3)
+    experiments = assert_consistent(repo)
+    assert [(r["description"], r["status"], r["starved"]) for r in experiments] == [
+        ("baseline", "keep", 0), ("gain", "discard", 1), ("gain [re-run: #2 was starved]", "keep", 0)]
+    assert experiments[1]["cause"] == "starved: other processes took 60% of the CPUs during training; re-run"
+    assert experiments[2]["retry_of"] == experiments[1]["id"] and experiments[2]["cost_usd"] is None
+    assert git(repo, "show", "HEAD:train.py") == git(repo, "show", f"{experiments[1]['commit_sha']}:train.py")
+
+
+def test_a_starved_baseline_is_run_again_and_is_no_noise_sample(repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_CPU_SHARE", "0.9,0")
+    monkeypatch.setenv("STANDIN_CPU_SHARE_RUNS", str(tmp_path / "runs"))
+    run_loop(repo, Scripted([]), baseline_repeats=2, max_experiments=3)
+    experiments = assert_consistent(repo)
+    assert [(r["status"], r["starved"], r["retry_of"]) for r in experiments] == [
+        ("discard", 1, None), ("keep", 0, 1), ("discard", 0, None)]
+    assert Ledger(repo=repo).campaign("t")["noise_std"] == pytest.approx(
+        statistics.stdev([experiments[1]["val_bpb"], experiments[2]["val_bpb"]]))
 
 
 def test_a_gain_within_the_threshold_is_discarded(repo):
@@ -206,7 +246,7 @@ def test_each_experiment_is_printed_and_recorded_with_its_proposer_cost(repo):
     experiments = assert_consistent(repo)
     last = experiments[-1]
     assert (last["model"], last["prompt_tokens"], last["completion_tokens"], last["cost_usd"]) == ("scripted-1", 10, 5, 0.5)
-    assert f"   2  keep     val_bpb  {last['val_bpb']:.6f}  best  {last['val_bpb']:.6f}  DEPTH 4 -> 5" in out
+    assert f"#{last['id']:<4d} keep     val_bpb  {last['val_bpb']:.6f}  best  {last['val_bpb']:.6f}  DEPTH 4 -> 5" in out
 
 
 def test_proposer_gets_the_best_train_py_history_and_last_failure(repo):
@@ -255,6 +295,69 @@ def test_unusable_proposer_settings_exit_2_with_one_line_before_touching_the_che
     assert proc.stderr.strip().splitlines() == [
         "error: OPENAI_API_KEY is not set: export it, or pass --base-url for a local server that needs no key"]
     assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+
+
+def test_an_unreachable_proposer_fails_before_the_baseline_naming_its_url(repo):
+    started = time.time()
+    proc = cli(repo, "--proposer", "openai", "--base-url", "http://127.0.0.1:9/v1", "--tag", "t",
+               env={"OPENAI_API_KEY": "sk-test"})
+    assert proc.returncode == 2 and time.time() - started < 60
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: cannot reach the openai proposer at http://127.0.0.1:9/v1")
+    assert rows(repo) == [] and git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+
+
+def test_a_proposer_whose_key_is_refused_fails_before_the_baseline(repo):
+    with LLMServer([EDIT], refuse_key=True) as server:
+        proc = cli(repo, "--proposer", "anthropic", "--base-url", server.url, "--tag", "t",
+                   env={"ANTHROPIC_API_KEY": "sk-wrong"})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: the anthropic API at {server.url}") and "refused the key" in proc.stderr
+    assert rows(repo) == [] and server.requests == []
+
+
+def test_a_campaign_on_another_profile_than_the_checkout_now_selects_refuses_to_start(repo, tmp_path, smoke_cache):
+    cache = tmp_path / "cache"  # a cache of its own: this test prepares another profile, which becomes the default
+    shutil.copytree(Path(smoke_cache) / "smoke", cache / "smoke")
+    (cache / "last_profile").write_text("smoke")
+    env = {"AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_PROFILE": ""}
+    assert cli(repo, "--tag", "t", "--max-experiments", "1", env=env).returncode == 0
+    subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--profile", "cpu"], check=True, capture_output=True,
+                   env={**os.environ, **env})
+
+    proc = cli(repo, "--tag", "t", "--max-experiments", "8", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: campaign t runs on profile smoke, but this checkout now selects cpu (the last prepare.py, or "
+        "AUTORESEARCH_PROFILE); set AUTORESEARCH_PROFILE=smoke, or start a new campaign with another tag"]
+    assert len(rows(repo)) == 1
+    assert cli(repo, "--tag", "t", "--max-experiments", "2", env={**env, "AUTORESEARCH_PROFILE": "smoke"}).returncode == 0
+
+
+def test_a_campaign_whose_data_was_prepared_from_another_source_refuses_to_start(repo, tmp_path, smoke_cache):
+    cache = tmp_path / "cache"
+    shutil.copytree(Path(smoke_cache) / "smoke", cache / "smoke")
+    env = {"AUTORESEARCH_CACHE": str(cache)}
+    assert cli(repo, "--tag", "t", "--max-experiments", "1", env=env).returncode == 0
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"doc{i:02d}.txt").write_text(f"Document {i}.\n\n" + "The state of our union is strong. " * (20 + i))
+    subprocess.run([sys.executable, str(ROOT / "prepare.py"), "--profile", "smoke", "--source", f"files:{corpus}"],
+                   check=True, capture_output=True, env={**os.environ, **env})
+
+    proc = cli(repo, "--tag", "t", "--max-experiments", "8", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: the prepared data of profile smoke is not the data campaign t started with")
+    assert len(rows(repo)) == 1
+
+
+def test_the_loop_says_its_profile_budget_data_device_and_sandbox_before_it_starts(repo):
+    proc = cli(repo, "--tag", "t", "--max-experiments", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"profile smoke: 15 s of training per experiment, data sotu; device cpu ({os.cpu_count()} cores); " \
+           f"sandbox " in proc.stdout
+    assert "campaign t: 0 experiments so far" in proc.stdout and "noise not measured" in proc.stdout
 
 
 def test_bad_tag_is_a_one_line_error(repo):
@@ -325,6 +428,26 @@ def test_a_resumed_campaign_counts_its_earlier_experiments(repo):
     assert len(experiments) == 3 and [r["description"] for r in experiments].count("baseline") == 1
 
 
+def test_ctrl_c_during_the_last_experiment_does_not_spend_it(repo, tmp_path):
+    first = start(repo, "--tag", "t", "--max-experiments", "3", env=hang_env(tmp_path, 3))
+    wait_for_running(repo, tmp_path, first)
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=30) == 130
+    cut = rows(repo)[-1]
+    assert interrupted_row(cut)
+
+    again = cli(repo, "--tag", "t", "--max-experiments", "3")
+    assert again.returncode == 0, again.stderr
+    experiments = assert_consistent(repo)
+    assert len(experiments) == 4 and experiments[-1]["retry_of"] == cut["id"]
+    assert experiments[-1]["description"] == f"{cut['description']} [re-run of #{cut['id']}]"
+    assert "done: --max-experiments 3 reached (3 experiments" in again.stdout
+
+
+def interrupted_row(row):
+    return row["status"] == "crash" and row["cause"].startswith("interrupted")
+
+
 def test_hours_budget_starts_no_experiment_after_the_deadline(repo):
     started = time.time()
     proc = cli(repo, "--tag", "t", "--hours", "0.0005")  # 1.8 s
@@ -370,12 +493,14 @@ def test_loop_killed_mid_run_resumes_without_losing_or_duplicating_an_experiment
     assert second.returncode == 0, second.stderr
     assert f"recovered #{running['id']}" in second.stdout
     experiments = assert_consistent(repo)
-    assert len(experiments) == 4
-    interrupted = experiments[1]
+    interrupted, again = experiments[1], experiments[2]
     assert (interrupted["id"], interrupted["status"]) == (running["id"], "crash")
     assert interrupted["cause"].startswith("interrupted")
-    assert len({r["commit_sha"] for r in experiments[1:]}) == 3  # each experiment once
     assert git(repo, "rev-parse", f"refs/autoresearch/t/{running['commit_sha'][:7]}") == running["commit_sha"]
+    # the interrupted experiment is run again first, once, and only finished ones count
+    assert again["retry_of"] == interrupted["id"] and again["status"] in ("keep", "discard")
+    assert git(repo, "show", f"{again['commit_sha']}:train.py") == git(repo, "show", f"{interrupted['commit_sha']}:train.py")
+    assert len(experiments) == 5 and [r["retry_of"] for r in experiments].count(interrupted["id"]) == 1
 
 
 def test_sigterm_stops_the_loop_cleanly(repo, tmp_path):
@@ -401,7 +526,7 @@ def test_ctrl_c_while_the_proposer_backs_off_stops_with_130(repo):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert "retrying in 60 s" in out and "stopped by SIGINT" in err
+    assert f"from {server.url}/v1" in out and "retrying in 60 s" in out and "stopped by SIGINT" in err
     assert [r["status"] for r in assert_consistent(repo)] == ["keep"]
 
 

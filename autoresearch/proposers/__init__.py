@@ -48,6 +48,11 @@ class Proposer:
 
     name = "?"
     model = None
+    endpoint = None  # where it sends its requests (a URL), for messages
+
+    def check(self):
+        """ProposerConfigError when the proposer cannot work at all (its server cannot be reached, the
+        key is refused): the loop calls it before the baseline, so a campaign never trains for nothing."""
 
     def propose(self, train_py, program_md, history, last_failure):
         raise NotImplementedError

@@ -24,7 +24,7 @@ class AnthropicProposer(ChatProposer):
         if not api_key:
             raise ProposerConfigError("ANTHROPIC_API_KEY is not set: export it to use the anthropic proposer")
         super().__init__(model=model, **options)
-        self._anthropic = anthropic
+        self.sdk = anthropic
         self.client = anthropic.Anthropic(api_key=api_key, base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL"),
                                           timeout=timeout, max_retries=max_retries)
 
@@ -32,8 +32,8 @@ class AnthropicProposer(ChatProposer):
         try:
             response = self.client.messages.create(model=self.model, max_tokens=self.max_tokens,
                                                    system=system, messages=messages)
-        except (self._anthropic.AuthenticationError, self._anthropic.PermissionDeniedError,
-                self._anthropic.NotFoundError) as e:
+        except (self.sdk.AuthenticationError, self.sdk.PermissionDeniedError,
+                self.sdk.NotFoundError) as e:
             raise ProposerConfigError(f"the API refused the request (check the key and --model): {e}")
         text = "".join(block.text for block in response.content if getattr(block, "type", "") == "text")
         usage = response.usage

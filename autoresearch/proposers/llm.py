@@ -21,7 +21,7 @@ import ast
 import re
 import sys
 
-from autoresearch.proposers import Proposal, ProposalError, Proposer
+from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError
 
 HISTORY_ROWS = 40        # the most recent experiments shown to the model
 LOG_TAIL_CHARS = 3000    # of the last failure's log
@@ -238,6 +238,29 @@ class ChatProposer(Proposer):
 
     def chat(self, system, messages):
         raise NotImplementedError
+
+    # the SDK module (openai or anthropic: both name their errors alike) and its client, set by subclasses
+    sdk = None
+    client = None
+    CHECK_TIMEOUT = 15.0
+
+    @property
+    def endpoint(self):
+        return str(self.client.base_url) if self.client is not None else None
+
+    def check(self):
+        """One cheap request (list the models) with no retries: a server that answers at all, even 404
+        (some compatible servers have no model list), is reachable; no answer or a refused key is not."""
+        try:
+            self.client.with_options(max_retries=0, timeout=self.CHECK_TIMEOUT).models.list()
+        except (self.sdk.AuthenticationError, self.sdk.PermissionDeniedError) as e:
+            raise ProposerConfigError(f"the {self.name} API at {self.endpoint} refused the key ({e.status_code}); "
+                                      f"check the API key and --base-url")
+        except self.sdk.APIConnectionError as e:
+            raise ProposerConfigError(f"cannot reach the {self.name} proposer at {self.endpoint} "
+                                      f"({type(e).__name__}: {e}); start the server or fix --base-url")
+        except self.sdk.APIStatusError:
+            pass
 
     def propose(self, train_py, program_md, history, last_failure):
         system, prompt = build_prompt(train_py, program_md, history, last_failure)

@@ -27,7 +27,7 @@ class OpenAIProposer(ChatProposer):
                                           "local server that needs no key")
             api_key = "none"  # local servers (vLLM, Ollama) accept any key
         super().__init__(model=model, **options)
-        self._openai = openai
+        self.sdk = openai
         self.client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout,
                                   max_retries=max_retries)
 
@@ -35,8 +35,8 @@ class OpenAIProposer(ChatProposer):
         try:
             response = self.client.chat.completions.create(
                 model=self.model, messages=[{"role": "system", "content": system}, *messages])
-        except (self._openai.AuthenticationError, self._openai.PermissionDeniedError,
-                self._openai.NotFoundError) as e:
+        except (self.sdk.AuthenticationError, self.sdk.PermissionDeniedError,
+                self.sdk.NotFoundError) as e:
             raise ProposerConfigError(f"the API refused the request (check the key, --model and --base-url): {e}")
         text = response.choices[0].message.content if response.choices else ""
         usage = response.usage

@@ -2,6 +2,8 @@
 A loopback HTTP server that speaks the two LLM protocols the proposers use:
   POST /v1/chat/completions   OpenAI chat completions (Authorization: Bearer <key>)
   POST /v1/messages           Anthropic Messages (x-api-key or a bearer token, anthropic-version)
+  GET  /v1/models             the model list of either protocol (the proposers' reachability check);
+                              answered 401 when refuse_key is set
 Each request pops the next scripted reply text (or an int: that HTTP error status); every request
 body is kept in `requests` so tests can read what the proposer sent.
 
@@ -19,15 +21,23 @@ COMPLETION_TOKENS = 200
 
 
 class LLMServer:
-    def __init__(self, replies):
+    def __init__(self, replies, refuse_key=False):
         self.replies = list(replies)
+        self.refuse_key = refuse_key
         self.requests = []
+        self.model_lists = 0  # GET /v1/models requests
         self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):
+                if self.path.endswith("/models"):
+                    server._models(self)
+                else:
+                    server._send(self, 404, {"error": {"message": f"no route {self.path}"}})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
@@ -62,6 +72,17 @@ class LLMServer:
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         handler.wfile.write(data)
+
+    def _models(self, handler):
+        with self._lock:
+            self.model_lists += 1
+        if self.refuse_key:
+            return self._send(handler, 401, {"type": "error", "error": {"type": "authentication_error",
+                                                                       "message": "invalid api key"}})
+        model = {"id": "stand-in", "object": "model", "type": "model", "created": 0, "owned_by": "stand-in",
+                 "display_name": "stand-in", "created_at": "2026-01-01T00:00:00Z"}
+        self._send(handler, 200, {"object": "list", "data": [model], "has_more": False, "first_id": "stand-in",
+                                  "last_id": "stand-in"})
 
     def _chat(self, handler, body):
         if not (handler.headers.get("Authorization") or "").startswith("Bearer "):

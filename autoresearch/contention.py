@@ -1,0 +1,108 @@
+"""
+How much of the machine other processes took while an experiment trained.
+
+A run that shares its CPUs or its GPU trains fewer steps and scores worse than the same train.py on
+a quiet machine; a starved baseline makes every later change look like a gain. The harness measures,
+over the training window (first batch to export):
+- the CPU share of everyone else: the machine's busy time (steal included: a noisy neighbour on a
+  VM) minus the CPU time of this process and everything it started, over wall time x CPUs;
+- on CUDA, other processes holding a context on the experiment's GPU (nvidia-smi's own list).
+
+    watch = Watch()      # when training starts
+    share, gpu_others = watch.stop()
+
+The numbers are the harness's own; train.py cannot change them.
+"""
+
+import os
+import shutil
+import subprocess
+import time
+
+import psutil
+
+STARVED_SHARE = 0.25  # others took at least this fraction of the CPUs during training: starved
+STARVED_SHARE_ENV = "AUTORESEARCH_STARVED_SHARE"  # another fraction (1 never calls a run starved by CPU)
+
+
+def _busy_seconds():
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+
+def _ours():
+    """(CPU seconds, pids) of this process and every process it started, reaped children included."""
+    me = psutil.Process()
+    t = me.cpu_times()
+    total, pids = t.user + t.system, {me.pid}
+    for child in me.children(recursive=True):
+        try:
+            t = child.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+        pids.add(child.pid)
+    return total, pids
+
+
+def _gpu_others(ours):
+    """How many processes not of ours hold a context on our GPU (None: not a CUDA machine, or no
+    nvidia-smi). Our GPU is the first of CUDA_VISIBLE_DEVICES, else GPU 0."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        gpus = subprocess.run([smi, "--query-gpu=index,uuid", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=10).stdout
+        apps = subprocess.run([smi, "--query-compute-apps=pid,gpu_uuid", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    visible = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
+    uuids = {index.strip(): uuid.strip() for index, _, uuid in (line.partition(",") for line in gpus.splitlines())}
+    ours_uuid = uuids.get(visible, visible)  # CUDA_VISIBLE_DEVICES may name a UUID
+    others = 0
+    for line in apps.splitlines():
+        pid, _, uuid = line.partition(",")
+        if uuid.strip() == ours_uuid and pid.strip().isdigit() and int(pid) not in ours:
+            others += 1
+    return others
+
+
+class Watch:
+    """Started when the training starts; stop() when it ends gives (CPU share of the others, number of
+    other processes on our GPU or None)."""
+
+    def __init__(self):
+        self.wall, self.busy, (self.ours, _) = time.monotonic(), _busy_seconds(), _ours()
+
+    def stop(self):
+        wall, busy, (ours, pids) = time.monotonic() - self.wall, _busy_seconds() - self.busy, _ours()
+        capacity = wall * (psutil.cpu_count() or 1)
+        share = max(0.0, min(1.0, (busy - (ours - self.ours)) / capacity)) if capacity > 0.5 else None
+        return share, _gpu_others(pids)
+
+
+def starved_share():
+    """The CPU share of others from which a run counts as starved (STARVED_SHARE unless the
+    environment says otherwise)."""
+    try:
+        value = float(os.environ.get(STARVED_SHARE_ENV) or STARVED_SHARE)
+    except ValueError:
+        value = STARVED_SHARE
+    return value if 0 < value <= 1 else STARVED_SHARE
+
+
+def starved(share, gpu_others):
+    """Whether a run measured so was starved."""
+    return bool((share is not None and share >= starved_share()) or gpu_others)
+
+
+def describe(row):
+    """What the ledger row says others took, in words."""
+    parts = []
+    if row.get("cpu_share_others") is not None:
+        parts.append(f"other processes took {100 * row['cpu_share_others']:.0f}% of the CPUs during training")
+    if row.get("gpu_others"):
+        parts.append(f"{row['gpu_others']} other process(es) shared its GPU")
+    return "; ".join(parts) or "not measured"
