@@ -98,6 +98,18 @@ def starved(share, gpu_others):
     return bool((share is not None and share >= starved_share()) or gpu_others)
 
 
+MAX_STRETCH = 2.0  # a busy machine widens an allowance at most this much (an attack gains at most this)
+
+
+def stretch(seconds, share):
+    """An allowance for work that runs slower when others take `share` of the CPUs (the untimed first
+    steps a claimed training time leaves out): seconds / (1 - share), at most MAX_STRETCH times. Only the
+    harness's own measurement widens it; an experiment's processes count as its own, never as others."""
+    if not share:
+        return seconds
+    return seconds * min(MAX_STRETCH, 1.0 / max(1e-9, 1.0 - share))
+
+
 def describe(row):
     """What the ledger row says others took, in words."""
     parts = []

@@ -763,9 +763,10 @@ class _Experiment:
         if isinstance(said, (int, float)) and measured is not None:
             if said > measured + CLAIM_TOLERANCE:
                 return "invalid", f"claims {said:g} s of training; the harness measured {measured:.1f} s"
-            if measured - said > outcome.slack_s:
+            slack = contention.stretch(outcome.slack_s, outcome.cpu_share_others)
+            if measured - said > slack:
                 return "invalid", (f"trained {measured:.1f} s as the harness measured, but claims {said:g} s "
-                                   f"(more than {outcome.slack_s:.1f} s apart)")
+                                   f"(more than {slack:.1f} s apart)")
         return "keep", None
 
     def record_invalid(self, cols, cause, commit, start):
@@ -790,14 +791,14 @@ def summary_text(row, ledger):
         if row["best_before"] is not None:
             parts.append(f"delta {row['val_bpb'] - row['best_before']:+.6f} vs best {row['best_before']:.6f} "
                          f"(threshold {row['threshold'] or 0:g})")
+    if row.get("num_steps") is not None:
+        parts.append(f"trained {row['num_steps']} steps" + (
+            f" at {row['tokens_per_second']:,.0f} tokens/s" if row.get("tokens_per_second") else ""))
+    if row.get("starved"):
+        parts.append(f"STARVED ({contention.describe(row)}: re-run it on a quieter machine)")
     if row["cause"]:
         parts.append(f"cause: {row['cause']}")
     line = "  ".join(parts)
-    if row.get("num_steps") is not None:
-        line += f"\ntrained {row['num_steps']} steps" + (
-            f" at {row['tokens_per_second']:,.0f} tokens/s" if row.get("tokens_per_second") else "")
-    if row.get("starved"):
-        line += f"\nstarved: {contention.describe(row)}; its val_bpb is pessimistic, re-run it on a quieter machine"
     if row["status"] == "keep":
         where = f"branch {row['branch']} stays at {gitutil.short(row['commit_sha'])}"
     elif row["commit_sha"] != row["parent_commit"]:

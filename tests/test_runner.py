@@ -154,7 +154,7 @@ def test_campaign_of_real_runs_keeps_discards_and_records_consistently(campaign_
     assert third.returncode == 0, third.stderr
 
     rows = Ledger(repo=repo).experiments(tag="real")
-    assert [r["status"] for r in rows] == ["keep", "keep", "discard"]
+    assert [r["status"] for r in rows] == ["keep", "keep", "discard"], [r["cause"] for r in rows]
     assert [r["parent_commit"] for r in rows] == [base, base, kept]
     assert rows[0]["commit_sha"] == base and rows[1]["commit_sha"] == kept
     assert all(r["val_bpb"] > 0 and r["num_steps"] > 0 and r["profile"] == "smoke" and r["device"]
@@ -163,6 +163,10 @@ def test_campaign_of_real_runs_keeps_discards_and_records_consistently(campaign_
     # judged on the harness's own evaluation, in the sandbox, with the training time it measured
     assert all(r["sandbox"] == "bwrap" and abs(r["val_bpb"] - r["claimed_val_bpb"]) < 2e-6
                and 0 < r["measured_training_s"] and r["eval_s"] > 0 for r in rows)
+    # how much each really trained, and how much of the machine others took meanwhile
+    assert all(r["tokens_per_second"] > 0 and 0 <= r["cpu_share_others"] <= 1 and r["starved"] in (0, 1)
+               for r in rows)
+    assert "trained" in first.stdout and "tokens/s" in first.stdout
     assert "+WARMDOWN_RATIO = 0.4" in rows[1]["diff"] and "+MATRIX_LR = 0.0" in rows[2]["diff"]
     # the branch stayed on the keep; the discard is reachable under refs/autoresearch/
     assert git(repo, "rev-parse", "HEAD") == kept
@@ -348,7 +352,8 @@ def test_run_that_edits_a_tracked_file_is_invalid(repo):
     assert (repo / "prepare.py").read_text() == prepare and git(repo, "rev-parse", "HEAD") == baseline["commit_sha"]
 
 
-def test_data_cache_change_is_invalid(repo, monkeypatch, tmp_path, smoke_cache):
+def test_data_changed_since_the_campaign_started_is_a_one_line_error_and_nothing_is_recorded(
+        repo, monkeypatch, tmp_path, smoke_cache):
     import shutil
     cache = tmp_path / "cache"
     shutil.copytree(Path(smoke_cache) / "smoke", cache / "smoke")
@@ -356,8 +361,10 @@ def test_data_cache_change_is_invalid(repo, monkeypatch, tmp_path, smoke_cache):
     run(repo, "baseline")
     manifest = json.loads((cache / "smoke" / "manifest.json").read_text())
     (cache / "smoke" / "manifest.json").write_text(json.dumps({**manifest, "source": "files:elsewhere"}))
-    row = run(repo, "after the cache changed", fake_train(0.5))
-    assert row["status"] == "invalid" and "data cache" in row["cause"]
+    (repo / "train.py").write_text(fake_train(0.5))
+    with pytest.raises(runner.RunError, match="is not the data campaign t started with"):
+        runner.run_experiment(str(repo), "after the cache changed")
+    assert len(Ledger(repo=repo).experiments()) == 1
 
 
 def test_a_data_file_that_no_longer_matches_its_hash_is_a_one_line_error(repo, monkeypatch, tmp_path, smoke_cache):

@@ -1,0 +1,62 @@
+"""
+The harness's measure of how much of the machine other processes took while an experiment trained
+(contention.py): real processes burning real CPU, ours and not ours.
+"""
+
+import os
+import subprocess
+import sys
+import time
+
+from autoresearch import contention
+
+BURN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+
+
+def burners(n, seconds, foreign):
+    """n processes spinning for `seconds`; foreign ones are detached (not descendants of ours)."""
+    code = BURN.format(seconds=seconds)
+    if foreign:  # the shell exits at once: its children are re-parented away from us
+        script = " ".join(f"{sys.executable} -c '{code}' &" for _ in range(n))
+        subprocess.run(["sh", "-c", script + " exit 0"], check=True)
+        return []
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+
+def share_while(n, foreign, seconds=2.0):
+    procs = burners(n, seconds + 0.5, foreign)
+    time.sleep(0.3)  # let them start
+    watch = contention.Watch()
+    time.sleep(seconds)
+    share, gpu_others = watch.stop()
+    for p in procs:
+        p.wait()
+    time.sleep(0.3)
+    return share
+
+
+def test_processes_of_others_count_and_our_own_children_do_not():
+    cpus = os.cpu_count()
+    foreign = share_while(cpus, foreign=True)
+    ours = share_while(cpus, foreign=False)
+    assert foreign is not None and ours is not None
+    assert foreign > 0.5 and foreign - ours > 0.25, (foreign, ours)
+
+
+def test_a_run_is_starved_from_a_quarter_of_the_cpus_or_another_process_on_its_gpu(monkeypatch):
+    assert not contention.starved(0.2, None) and contention.starved(0.25, None)
+    assert contention.starved(None, 1) and not contention.starved(None, None) and not contention.starved(0.0, 0)
+    monkeypatch.setenv("AUTORESEARCH_STARVED_SHARE", "1")
+    assert not contention.starved(0.9, None)
+
+
+def test_the_reason_is_said_in_words():
+    row = {"cpu_share_others": 0.634, "gpu_others": 2}
+    assert contention.describe(row) == ("other processes took 63% of the CPUs during training; "
+                                        "2 other process(es) shared its GPU")
+    assert contention.describe({}) == "not measured"
+
+
+def test_a_busy_machine_widens_an_allowance_up_to_twice():
+    assert contention.stretch(5.0, None) == 5.0 and contention.stretch(5.0, 0.0) == 5.0
+    assert contention.stretch(5.0, 0.2) == 6.25 and contention.stretch(5.0, 0.99) == 10.0
