@@ -76,11 +76,19 @@ class Watch:
     def __init__(self):
         self.wall, self.busy, (self.ours, _) = time.monotonic(), _busy_seconds(), _ours()
 
+    def peek(self):
+        """The CPU share of the others so far (None over too short a time)."""
+        return self._share()[0]
+
     def stop(self):
+        share, pids = self._share()
+        return share, _gpu_others(pids)
+
+    def _share(self):
         wall, busy, (ours, pids) = time.monotonic() - self.wall, _busy_seconds() - self.busy, _ours()
         capacity = wall * (psutil.cpu_count() or 1)
         share = max(0.0, min(1.0, (busy - (ours - self.ours)) / capacity)) if capacity > 0.5 else None
-        return share, _gpu_others(pids)
+        return share, pids
 
 
 def starved_share():

@@ -117,7 +117,7 @@ class Evaluator:
     """The evaluator process of one experiment, started with it so that its start-up (Python, torch,
     the tokenizer, the validation rows) overlaps the training; `evaluate()` once the model is in."""
 
-    def __init__(self, experiment_dir, model_dir, profile, cache_dir, sandboxed):
+    def __init__(self, experiment_dir, model_dir, profile, cache_dir, sandboxed, placement=None):
         from autoresearch import sandbox
         here = os.path.dirname(os.path.abspath(__file__))
         inner = [sys.executable, "-I", os.path.join(here, "evaluator.py"), "--experiment", experiment_dir]
@@ -126,11 +126,11 @@ class Evaluator:
             argv = sandbox.base_args()
             for path in (here, experiment_dir, model_dir, os.path.join(cache_dir, profile)):
                 argv += ["--ro-bind", path, path]
-            for key, value in sorted({**sandbox.kept_environment(), **env}.items()):
+            for key, value in sorted({**sandbox.kept_environment(placement), **env}.items()):
                 argv += ["--setenv", key, value]
             argv, env = argv + ["--"] + inner, None
         else:
-            argv, env = inner, {**sandbox.kept_environment(), **env}
+            argv, env = inner, {**sandbox.kept_environment(placement), **env}
         self.errors = os.path.join(model_dir, "evaluator.log")  # a file: a full pipe would block it
         with open(self.errors, "w") as errors:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,

@@ -51,7 +51,8 @@ def allowances(time_budget, gpu=None):
 @dataclass
 class Outcome:
     returncode: int = None
-    stopped: str = None           # None, "timeout" (the whole run) or "budget" (training past budget + grace)
+    stopped: str = None           # None, "timeout" (the whole run), "budget" (training past budget + grace),
+                                  # "export" (the hand-off came too late) or "cancelled" (the caller's cancel)
     val_bpb: float = None         # the trusted evaluator's value
     eval_error: str = None        # why there is none although a model was handed over
     handed_over: bool = False
@@ -110,10 +111,13 @@ class _Channel(threading.Thread):
 
 
 def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=None, tick=None, sandboxed=None,
-            eval_timeout=None):
+            eval_timeout=None, placement=None, cancel=None):
     """Run the experiment of spec; returns an Outcome. `started(pgid, folder)` is called once the
     training's process group exists, `tick(launched)` about once a second while it runs.
-    KeyboardInterrupt (or any exception) kills the group first. sandboxed=None: when bubblewrap works."""
+    KeyboardInterrupt (or any exception) kills the group first. sandboxed=None: when bubblewrap works.
+    repo may be None when the spec carries its fixed files (Spec.shipped). placement: the GPU and CPU
+    threads of a swarm's worker (sandbox.PLACEMENT_ENV); cancel: a threading.Event that stops the run
+    (stopped = "cancelled") when set from another thread."""
     if sandboxed is None:
         sandboxed = sandbox.bwrap_problem() is None
         if not sandboxed:
@@ -130,13 +134,14 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         sandbox.materialize(spec, repo, folder)
         os.chmod(folder, 0o555)
 
-        trusted = evaluator.Evaluator(folder, private, spec.profile, os.path.dirname(profile_dir), sandboxed)
+        trusted = evaluator.Evaluator(folder, private, spec.profile, os.path.dirname(profile_dir), sandboxed,
+                                      placement)
 
         def evaluate(message):
             return _evaluate(message, handoff, private, trusted, eval_timeout)
 
         ours, theirs = socket.socketpair()
-        argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed)
+        argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed, placement)
         launched = time.time()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -153,8 +158,11 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
             if tick and int(now * 5) % 5 == 0:
                 tick(launched)
             watch = _watch_training(watch, channel, outcome, now, launched + startup_allowance)
-            outcome.stopped = _overdue(channel, now, launched, startup_allowance, time_budget, outcome.grace_s,
-                                       timeout)
+            outcome.stopped = "cancelled" if cancel is not None and cancel.is_set() else _overdue(
+                channel, now, launched, startup_allowance, time_budget, outcome.grace_s, timeout)
+            if outcome.stopped == "budget" and watch is not None:  # a busy machine widens the grace
+                grace = contention.stretch(outcome.grace_s, watch.peek())
+                outcome.stopped = _overdue(channel, now, launched, startup_allowance, time_budget, grace, timeout)
             if outcome.stopped:
                 break
         _watch_training(watch, channel, outcome, time.time(), launched + startup_allowance, ended=True)

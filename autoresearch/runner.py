@@ -691,18 +691,13 @@ class _Experiment:
         checkout, tag = self.checkout, self.tag
         text = self.read_log()
         summary = parse_summary(text)
-        claimed = {k: summary.get(k) for k in SUMMARY_COLUMNS if isinstance(summary.get(k), (int, float))}
+        claimed = claims(text)
         metrics = {k: v for k, v in claimed.items() if k != "val_bpb"}
         if outcome is None:
             status = "crash"
         else:
             status, cause = self.judge(outcome, state, fingerprint, claimed, text)
-            metrics.update(val_bpb=outcome.val_bpb, claimed_val_bpb=claimed.get("val_bpb"),
-                           measured_training_s=outcome.training_s, startup_s=outcome.startup_s,
-                           eval_s=outcome.eval_s, cpu_share_others=outcome.cpu_share_others,
-                           gpu_others=outcome.gpu_others,
-                           starved=None if outcome.cpu_share_others is None and outcome.gpu_others is None
-                           else int(contention.starved(outcome.cpu_share_others, outcome.gpu_others)))
+            metrics = outcome_metrics(outcome, claimed)
             if status in ("keep", "discard"):
                 val = outcome.val_bpb
                 status = "keep" if is_baseline or best is None or val < best - threshold else "discard"
@@ -734,40 +729,7 @@ class _Experiment:
         tampered = self.tampering(state)
         if tampered:
             return "invalid", tampered
-        if outcome.stopped == "timeout":
-            return "timeout", f"timeout: killed after {outcome.timeout_s:g} s"
-        if outcome.stopped == "export":
-            return "timeout", f"the model's export took longer than {EXPORT_ALLOWANCE:g} s"
-        if outcome.stopped == "budget":
-            return "timeout", (f"over budget: still training {outcome.wall_s - (outcome.startup_s or 0):.0f} s after "
-                               f"its first batch (budget {self.rules['time_budget']:g} s + {outcome.grace_s:.0f} s grace)")
-        printed = claimed.get("val_bpb")
-        if outcome.returncode != 0:
-            return "crash", crash_cause(text, outcome.returncode)
-        if not outcome.handed_over:
-            if printed is None:
-                return "crash", crash_cause(text, outcome.returncode)
-            return "invalid", (f"printed val_bpb {printed} but handed no model to the trusted evaluator "
-                               f"(prepare.evaluate_bpb was not used)")
-        if outcome.eval_error:
-            return "invalid", f"the trusted evaluation refused the model: {outcome.eval_error}"
-        if not isinstance(outcome.val_bpb, (int, float)) or not math.isfinite(outcome.val_bpb):
-            return "crash", f"val_bpb is {outcome.val_bpb}"
-        if printed is None:
-            return "crash", crash_cause(text, outcome.returncode)
-        if abs(printed - outcome.val_bpb) > PRINTED_TOLERANCE:
-            return "invalid", (f"printed val_bpb {printed:.6f} disagrees with the trusted evaluation "
-                               f"{outcome.val_bpb:.6f}")
-        said = claimed.get("training_seconds")
-        measured = outcome.training_s
-        if isinstance(said, (int, float)) and measured is not None:
-            if said > measured + CLAIM_TOLERANCE:
-                return "invalid", f"claims {said:g} s of training; the harness measured {measured:.1f} s"
-            slack = contention.stretch(outcome.slack_s, outcome.cpu_share_others)
-            if measured - said > slack:
-                return "invalid", (f"trained {measured:.1f} s as the harness measured, but claims {said:g} s "
-                                   f"(more than {slack:.1f} s apart)")
-        return "keep", None
+        return judge_outcome(outcome, claimed, text, self.rules["time_budget"])
 
     def record_invalid(self, cols, cause, commit, start):
         now = time.time()
@@ -779,6 +741,66 @@ class _Experiment:
         if self.signals.pending:
             raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
         return row
+
+
+def judge_outcome(outcome, claimed, text, time_budget):
+    """(status, cause) of a run from what the executor measured (outcome) and what train.py printed
+    (claimed: its summary's numbers; text: its log); "keep" stands for "judged on its trusted val_bpb".
+    Every executor's result goes through here, wherever it ran."""
+    if outcome.stopped == "cancelled":
+        return "crash", "interrupted: the run was cancelled"
+    if outcome.stopped == "timeout":
+        return "timeout", f"timeout: killed after {outcome.timeout_s:g} s"
+    if outcome.stopped == "export":
+        return "timeout", f"the model's export took longer than {EXPORT_ALLOWANCE:g} s"
+    if outcome.stopped == "budget":
+        return "timeout", (f"over budget: still training {outcome.wall_s - (outcome.startup_s or 0):.0f} s after "
+                           f"its first batch (budget {time_budget:g} s + {outcome.grace_s:.0f} s grace)")
+    printed = claimed.get("val_bpb")
+    if outcome.returncode != 0:
+        return "crash", crash_cause(text, outcome.returncode)
+    if not outcome.handed_over:
+        if printed is None:
+            return "crash", crash_cause(text, outcome.returncode)
+        return "invalid", (f"printed val_bpb {printed} but handed no model to the trusted evaluator "
+                           f"(prepare.evaluate_bpb was not used)")
+    if outcome.eval_error:
+        return "invalid", f"the trusted evaluation refused the model: {outcome.eval_error}"
+    if not isinstance(outcome.val_bpb, (int, float)) or not math.isfinite(outcome.val_bpb):
+        return "crash", f"val_bpb is {outcome.val_bpb}"
+    if printed is None:
+        return "crash", crash_cause(text, outcome.returncode)
+    if abs(printed - outcome.val_bpb) > PRINTED_TOLERANCE:
+        return "invalid", (f"printed val_bpb {printed:.6f} disagrees with the trusted evaluation "
+                           f"{outcome.val_bpb:.6f}")
+    said = claimed.get("training_seconds")
+    measured = outcome.training_s
+    if isinstance(said, (int, float)) and measured is not None:
+        if said > measured + CLAIM_TOLERANCE:
+            return "invalid", f"claims {said:g} s of training; the harness measured {measured:.1f} s"
+        slack = contention.stretch(outcome.slack_s, outcome.cpu_share_others)
+        if measured - said > slack:
+            return "invalid", (f"trained {measured:.1f} s as the harness measured, but claims {said:g} s "
+                               f"(more than {slack:.1f} s apart)")
+    return "keep", None
+
+
+def outcome_metrics(outcome, claimed):
+    """The ledger columns of a judged run: what train.py claimed (val_bpb excepted) and what the
+    harness measured."""
+    metrics = {k: v for k, v in claimed.items() if k != "val_bpb"}
+    metrics.update(val_bpb=outcome.val_bpb, claimed_val_bpb=claimed.get("val_bpb"),
+                   measured_training_s=outcome.training_s, startup_s=outcome.startup_s, eval_s=outcome.eval_s,
+                   cpu_share_others=outcome.cpu_share_others, gpu_others=outcome.gpu_others,
+                   starved=None if outcome.cpu_share_others is None and outcome.gpu_others is None
+                   else int(contention.starved(outcome.cpu_share_others, outcome.gpu_others)))
+    return metrics
+
+
+def claims(text):
+    """The numbers of train.py's summary block (its claims: the harness measures its own)."""
+    summary = parse_summary(text)
+    return {k: summary.get(k) for k in SUMMARY_COLUMNS if isinstance(summary.get(k), (int, float))}
 
 
 # -- autoresearch run --------------------------------------------------------------------------

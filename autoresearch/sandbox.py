@@ -19,6 +19,7 @@ Where bubblewrap is missing or cannot run (macOS, Windows, a locked-down contain
 runs unsandboxed from the same folder, with a one-line warning, and the ledger says so.
 """
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -42,6 +43,8 @@ ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "CUDA_VISIBLE_DE
             "NVIDIA_DRIVER_CAPABILITIES", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
             "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "AUTORESEARCH_TIME_BUDGET",
             "PYTORCH_CUDA_ALLOC_CONF", "TRITON_PTXAS_PATH", "CUDA_HOME")
+# where a worker of a swarm places an experiment: its GPU, its share of the CPU threads
+PLACEMENT_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 PASS_ENV = "AUTORESEARCH_PASS_ENV"  # comma-separated names of more variables to pass (e.g. WANDB_MODE)
 SANDBOX_ENV = "AUTORESEARCH_SANDBOX"  # "off": run unsandboxed (a warning; the ledger records it)
 
@@ -57,6 +60,17 @@ class Spec:
     base_commit: str    # the campaign's base commit: constants.py and prepare.py come from it
     profile: str        # the profile's rules and prepared data
     seed: int = None    # AUTORESEARCH_SEED, when not train.py's default
+    # the base commit's fixed files, (name, git blob id, bytes) each, for a worker that has no copy of
+    # the repository (a Ray node); empty: materialize() reads them from the repository
+    fixed: tuple = ()
+
+    def shipped(self, repo):
+        """This spec carrying its fixed files, so that it runs where the repository is not."""
+        fixed = []
+        for name in FIXED_FILES:
+            blob = gitutil.git(repo, "rev-parse", f"{self.base_commit}:{name}")
+            fixed.append((name, blob, gitutil.show_bytes(repo, blob)))
+        return dataclasses.replace(self, fixed=tuple(fixed))
 
 
 def blob_sha(data):
@@ -65,11 +79,18 @@ def blob_sha(data):
 
 
 def materialize(spec, repo, folder):
-    """Write the experiment's folder: its train.py and the base commit's fixed files, verified."""
+    """Write the experiment's folder: its train.py and the base commit's fixed files (from the spec
+    when it carries them, else from the repository), verified by their git blob ids."""
     os.makedirs(folder, exist_ok=True)
+    shipped = {name: (blob, data) for name, blob, data in spec.fixed}
     for name in FIXED_FILES:
-        expected = gitutil.git(repo, "rev-parse", f"{spec.base_commit}:{name}")
-        data = gitutil.show_bytes(repo, expected)
+        if name in shipped:
+            expected, data = shipped[name]
+        elif repo is None:
+            raise SpecError(f"the spec carries no {name} and there is no repository to read it from")
+        else:
+            expected = gitutil.git(repo, "rev-parse", f"{spec.base_commit}:{name}")
+            data = gitutil.show_bytes(repo, expected)
         path = os.path.join(folder, name)
         with open(path, "wb") as f:
             f.write(data)
@@ -168,18 +189,20 @@ def has_gpu():
     return gpu_count() > 0
 
 
-def kept_environment():
-    """The variables of ours a sandboxed process keeps (no API keys, no PYTHONPATH), and a private home."""
+def kept_environment(placement=None):
+    """The variables of ours a sandboxed process keeps (no API keys, no PYTHONPATH), a private home, and
+    the placement a swarm's worker gives it (its GPU, its CPU threads: PLACEMENT_ENV only)."""
     extra = {name.strip() for name in os.environ.get(PASS_ENV, "").split(",") if name.strip()}
     env = {k: v for k, v in os.environ.items() if k in ENV_KEEP or k in extra or k.startswith("LC_")}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.update(HOME="/tmp/home", TMPDIR="/tmp", PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    env.update({k: str(v) for k, v in (placement or {}).items() if k in PLACEMENT_ENV})
     return env
 
 
-def environment(spec, cache, handoff_fd, handoff_dir):
+def environment(spec, cache, handoff_fd, handoff_dir, placement=None):
     """The environment train.py gets: the kept variables, the rules, the hand-off."""
-    env = kept_environment()
+    env = kept_environment(placement)
     env.update(AUTORESEARCH_PROFILE=spec.profile, AUTORESEARCH_CACHE=cache,
                AUTORESEARCH_HANDOFF_FD=str(handoff_fd), AUTORESEARCH_HANDOFF_DIR=handoff_dir)
     if spec.seed is not None:
@@ -203,10 +226,10 @@ def base_args():
     return args + ["--proc", "/proc"]
 
 
-def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True):
+def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, placement=None):
     """(argv, env) to run the experiment's train.py, in bubblewrap when sandboxed (env None: bwrap sets it)."""
     if not sandboxed:
-        env = environment(spec, os.path.dirname(profile_dir), handoff_fd, handoff_dir)
+        env = environment(spec, os.path.dirname(profile_dir), handoff_fd, handoff_dir, placement)
         return [sys.executable, "train.py"], env
     args = base_args() + ["--tmpfs", INSIDE_CACHE]
     inside_profile = f"{INSIDE_CACHE}/{os.path.basename(profile_dir)}"
@@ -214,6 +237,6 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True):
         args += ["--ro-bind", outside, f"{inside_profile}/{name}"]
     args += ["--ro-bind", folder, INSIDE_EXPERIMENT, "--bind", handoff_dir, INSIDE_HANDOFF,
              "--chdir", INSIDE_EXPERIMENT]
-    for key, value in sorted(environment(spec, INSIDE_CACHE, handoff_fd, INSIDE_HANDOFF).items()):
+    for key, value in sorted(environment(spec, INSIDE_CACHE, handoff_fd, INSIDE_HANDOFF, placement).items()):
         args += ["--setenv", key, value]
     return args + ["--", sys.executable, "train.py"], None
