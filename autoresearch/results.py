@@ -76,9 +76,8 @@ def write(checkout, ledger, tag):
 
 def read(path):
     """The rows of a results.tsv or `autoresearch log --format tsv` output as ledger-like dicts (the
-    columns the file lacks are None). The campaign is the `tag` column, else the file's name; in each
-    campaign the rows up to its first result are the baseline (is_baseline 1), as the reference's
-    first run is: crashes before it were attempts at it."""
+    columns the file lacks are None, is_baseline among them). The campaign is the `tag` column, else
+    the file's name."""
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"no such results file: {path} (pass the path of a results.tsv)")
@@ -93,11 +92,6 @@ def read(path):
             rows.append(_parse(path, number, line, header))
     if not rows:
         raise ResultsError(f"{path} has a header but no experiments yet")
-    seen_result = set()
-    for r in rows:
-        r["is_baseline"] = int(r["tag"] not in seen_result)
-        if r["status"] != "crash":
-            seen_result.add(r["tag"])
     return rows
 
 
@@ -121,4 +115,4 @@ def _parse(path, number, line, header):
     return dict(id=int(ident) if ident.isdigit() else number - 1, tag=named.get("tag") or path.stem,
                 commit_sha=commit, status=status, val_bpb=val_bpb if ok else None,
                 peak_vram_mb=memory_gb * 1024 if ok else None, description=named["description"].strip(),
-                proposer=named.get("proposer") or None, cause=named.get("cause") or None)
+                proposer=named.get("proposer") or None, cause=named.get("cause") or None, is_baseline=None)

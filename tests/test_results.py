@@ -47,12 +47,12 @@ def test_log_output_reads_back_one_campaign_per_tag(ledger, tmp_path):
     path = tmp_path / "log.tsv"
     path.write_text(results.format_rows(ledger.experiments(), extra=results.LOG_EXTRAS))
     rows = results.read(path)
-    assert [(r["tag"], r["description"], r["is_baseline"]) for r in rows] == [
-        ("night", "baseline", 1), ("night", "better", 0), ("day", "broken baseline", 1), ("day", "baseline again", 1)]
-    assert [r["id"] for r in rows] == [1, 2, 3, 4]
+    assert [(r["id"], r["tag"], r["status"], r["description"]) for r in rows] == [
+        (1, "night", "keep", "baseline"), (2, "night", "keep", "better"), (3, "day", "crash", "broken baseline"),
+        (4, "day", "keep", "baseline again")]
 
 
-def test_a_results_tsv_is_one_campaign_named_after_the_file_its_first_result_the_baseline(tmp_path):
+def test_a_results_tsv_is_one_campaign_named_after_the_file(tmp_path):
     path = tmp_path / "results.tsv"
     path.write_text(f"{HEADER}\n"
                     "a1b2c3d\t0.000000\t0.0\tcrash\tbaseline (OOM)\n"
@@ -60,5 +60,5 @@ def test_a_results_tsv_is_one_campaign_named_after_the_file_its_first_result_the
                     "c3d4e5f\t0.993200\t44.2\tkeep\tlr 0.04\n")
     rows = results.read(path)
     assert [(r["tag"], r["status"], r["val_bpb"], r["is_baseline"]) for r in rows] == [
-        ("results", "crash", None, 1), ("results", "keep", 0.9979, 1), ("results", "keep", 0.9932, 0)]
+        ("results", "crash", None, None), ("results", "keep", 0.9979, None), ("results", "keep", 0.9932, None)]
     assert rows[1]["peak_vram_mb"] == pytest.approx(44.0 * 1024)
