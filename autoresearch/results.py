@@ -17,12 +17,14 @@ both, and a `tag` column splits the rows into campaigns.
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from autoresearch import gitutil
 
 FILENAME = "results.tsv"
+TEMP_PREFIX = ".results-tsv-"
 HEADER = ("commit", "val_bpb", "memory_gb", "status", "description")
 STATUSES = ("keep", "discard", "crash")
 
@@ -63,15 +65,17 @@ def format_rows(rows, extra=None):
 def write(checkout, ledger, tag):
     """Regenerate <checkout>/results.tsv from the ledger: the finished experiments of campaign tag."""
     rows = [r for r in ledger.experiments(tag=tag) if r["status"] != "running"]
-    path = os.path.join(checkout, FILENAME)
-    fd, temp = tempfile.mkstemp(prefix=".results.", suffix=".tsv.tmp", dir=checkout)
+    # the new file is made beside the old one (os.replace needs the same file system) under the name
+    # results.tsv, which the harness's git commands leave out: one a killed writer left behind is
+    # never taken for a change of the experiment's
+    folder = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=checkout)
+    temp = os.path.join(folder, FILENAME)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with open(temp, "w", encoding="utf-8") as f:
             f.write(format_rows(rows) + "\n")
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+        os.replace(temp, os.path.join(checkout, FILENAME))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def read(path):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import executor, runner
+from autoresearch import executor, results, runner
 from autoresearch.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -298,6 +298,13 @@ def test_results_tsv_is_rewritten_from_the_ledger_so_stale_lines_go(repo):
     assert results_tsv(repo) == [["commit", "val_bpb", "memory_gb", "status", "description"]] + [
         [r["commit_sha"][:7], f"{r['val_bpb']:.6f}", "1.5", r["status"], r["description"]] for r in rows]
     assert sorted(p.name for p in repo.iterdir() if "results" in p.name) == ["results.tsv"]  # no temp file left
+
+
+def test_a_results_tsv_a_killed_writer_left_half_written_does_not_count_as_a_change(repo):
+    leftover = repo / f"{results.TEMP_PREFIX}x" / "results.tsv"  # where write() puts the new file first
+    leftover.parent.mkdir()
+    leftover.write_text("commit\tval_bpb")
+    assert run(repo, "baseline")["status"] == "keep"
 
 
 # -- failures ----------------------------------------------------------------------------------------
