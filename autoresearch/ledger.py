@@ -18,7 +18,7 @@ import sqlite3
 import sys
 import time
 
-from autoresearch import gitutil
+from autoresearch import gitutil, results
 
 EXPERIMENT_COLUMNS = {
     "id": "INTEGER PRIMARY KEY", "tag": "TEXT", "worker": "TEXT", "branch": "TEXT", "worktree": "TEXT",
@@ -295,15 +295,8 @@ def format_table(rows):
 
 
 def format_tsv(rows):
-    """The five results.tsv columns first (so existing analysis reads it), then the ledger's extras."""
-    header = ["commit", "val_bpb", "memory_gb", "status", "description", "tag", "id", "proposer", "cause"]
-    lines = ["\t".join(header)]
-    for r in rows:
-        lines.append("\t".join([
-            gitutil.short(r["commit_sha"]), _fmt(r["val_bpb"], 6) if r["val_bpb"] is not None else "0.000000",
-            _fmt(_memory_gb(r), 1) if r["peak_vram_mb"] is not None else "0.0", r["status"] or "",
-            _clean(r["description"]), r["tag"] or "", str(r["id"]), r["proposer"] or "", _clean(r["cause"])]))
-    return "\n".join(lines)
+    """results.tsv's lines (the same writer), then the ledger's extras: tag, id, proposer, cause."""
+    return results.format_rows(rows, extra=results.LOG_EXTRAS)
 
 
 def format_json(rows):
@@ -344,5 +337,5 @@ def register(subparsers):
                               description="Print the ledger's experiments, oldest first.")
     p.add_argument("--tag", help="only this campaign (default: all)")
     p.add_argument("--format", choices=LOG_FORMATS, default="table",
-                   help="table (default), tsv (results.tsv columns first) or json")
+                   help="table (default), tsv (results.tsv's lines, then tag, id, proposer, cause) or json")
     p.set_defaults(func=cmd_log)

@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 
-from autoresearch import cli, contention, gitutil, runner, sandbox
+from autoresearch import cli, contention, gitutil, results, runner, sandbox
 from autoresearch.ledger import Ledger
 from autoresearch.proposers import REGISTRY, Proposal, ProposalError, ProposerConfigError, get_proposer
 
@@ -128,22 +128,6 @@ def _LoopLock(checkout):
 
 def _fmt(value):
     return f"{value:.6f}" if isinstance(value, (int, float)) else "-"
-
-
-def _tsv_replace(checkout, old_row, new_row):
-    """Rewrite the results.tsv line of old_row (the last one equal to it) as new_row's."""
-    path = os.path.join(checkout, "results.tsv")
-    if not os.path.exists(path):
-        return
-    old, new = runner.tsv_line(old_row), runner.tsv_line(new_row)
-    with open(path) as f:
-        lines = f.readlines()
-    for i in range(len(lines) - 1, 0, -1):
-        if lines[i] == old:
-            lines[i] = new
-            with open(path, "w") as f:
-                f.writelines(lines)
-            return
 
 
 class Loop:
@@ -456,7 +440,7 @@ class Loop:
             profile=self.rules.get("profile"), best_before=self.ledger.best(self.tag), threshold=self.threshold(),
             started_at=started, ended_at=time.time(), is_baseline=0)
         row = self.ledger.experiment(exp_id)
-        runner.append_results_tsv(self.checkout, row)
+        results.write(self.checkout, self.ledger, self.tag)
         self.ledger.event(self.tag, "invalid", f"#{exp_id} invalid proposal: {error}", self.worker)
         self.report(row)
 
@@ -473,7 +457,7 @@ class Loop:
         # a would-be keep: out of the best (discard, pending) while a re-run on a new seed confirms it
         pending = dict(first, status="discard", cause=AWAITING)
         self.ledger.update_experiment(first["id"], status=pending["status"], cause=pending["cause"])
-        _tsv_replace(self.checkout, first, pending)
+        results.write(self.checkout, self.ledger, self.tag)
         self.report(pending)
         if self.budget_left():  # no room for the confirmation run: not confirmed, not kept
             first = runner.settle(self.checkout, first["id"], keep=False, ledger=self.ledger,
@@ -490,7 +474,7 @@ class Loop:
         second = runner.settle(self.checkout, second["id"], keep=confirmed, ledger=self.ledger)
         if confirmed:
             self.ledger.update_experiment(first["id"], status="keep", cause=None)
-            _tsv_replace(self.checkout, pending, dict(first, status="keep", cause=None))
+            results.write(self.checkout, self.ledger, self.tag)
         else:
             cause = f"not confirmed: the re-run on seed {seed} gave {second['status']} {_fmt(second.get('val_bpb'))}"
             self.ledger.update_experiment(first["id"], cause=cause)

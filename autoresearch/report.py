@@ -1,23 +1,39 @@
 """
 `autoresearch report`: the progress plot, a self-contained HTML report and a terminal summary
-of one or more campaigns, read from the ledger (or from a reference-format results.tsv).
+of one or more campaigns, read from the ledger (or from a results.tsv / `autoresearch log --format tsv`).
+
+The page answers what a researcher asks next: per experiment its diff, steps, tokens/s, its
+training-loss curve (from the step lines of its log, drawn over the baseline's) and its log, copied
+into `report_logs/` beside report.html. A log is an experiment's only while no later experiment wrote
+to the same path and the file is no newer than the experiment's end; otherwise the ledger's last lines
+stand in for it. `--json` prints the same numbers and rows instead of writing anything.
+
+The baseline is what a campaign measured before its first experiment: the rows the ledger marks
+is_baseline, or, where nothing says (a results.tsv, an older ledger), the rows up to the first result
+(the reference's first run is the baseline; crashes before it were attempts at it). The keep rate and
+the top hits leave it out, and every improvement is measured from it.
 """
 
 import base64
 import html
+import io
+import json
+import math
 import os
+import re
+import shutil
 import statistics
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from autoresearch import gitutil
+from autoresearch import gitutil, results
 from autoresearch.ledger import Ledger, ledger_path
 
 FAILED = ("crash", "timeout", "invalid")  # statuses that produced no usable val_bpb
-TSV_HEADER = ["commit", "val_bpb", "memory_gb", "status", "description"]
-TSV_STATUSES = ("keep", "discard", "crash")
+LOG_SLACK = 5.0  # seconds a run's log may be newer than its row's end (file-system clocks)
+STEP_LINE = re.compile(r"step\s+(\d+)\s+\([^)]*\)\s*\|\s*loss:\s*([^\s|]+)")
 
 
 class ReportError(Exception):
@@ -49,43 +65,15 @@ def is_failed(row):
 
 
 def read_results_tsv(path):
-    """Rows of a reference results.tsv as ledger-like dicts (the columns it lacks are None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ReportError(f"no such results file: {path} (pass the path of a results.tsv)")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    header = lines[0].strip().split("\t") if lines else []
-    if header[:5] != TSV_HEADER:  # extra columns after these (autoresearch log --format tsv) are fine
-        raise ReportError(f"{path}: first line must be the header "
-                          f"'{chr(9).join(TSV_HEADER)}' (tab-separated, as program.md writes it)")
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        cells = line.split("\t")
-        if len(cells) < 5:
-            raise ReportError(f"{path} line {number}: expected 5 tab-separated columns "
-                              f"(commit, val_bpb, memory_gb, status, description), got {len(cells)}")
-        commit, val, mem, status = cells[:4]
-        description = "\t".join(cells[4:]) if len(header) == 5 else cells[4]
-        try:
-            val_bpb, memory_gb = float(val), float(mem)
-        except ValueError:
-            raise ReportError(f"{path} line {number}: val_bpb {val!r} and memory_gb {mem!r} must be numbers")
-        status = status.strip()
-        if status not in TSV_STATUSES:
-            raise ReportError(f"{path} line {number}: status {status!r} is not one of "
-                              f"{', '.join(TSV_STATUSES)}")
-        rows.append(dict(id=len(rows) + 1, tag=path.stem, worker=None, commit_sha=commit.strip(),
-                         val_bpb=val_bpb, peak_vram_mb=memory_gb * 1024, status=status,
-                         description=description.strip(), diff=None, cause=None, is_baseline=None))
-    if not rows:
-        raise ReportError(f"{path} has a header but no experiments yet")
-    return rows
+    """Rows of a results.tsv (or `autoresearch log --format tsv` output) as ledger-like dicts."""
+    try:
+        return results.read(path)
+    except results.ResultsError as e:
+        raise ReportError(str(e)) from None
 
 
 def load_ledger(tags, repo="."):
-    """(rows, campaigns by tag, ledger path) for the given tags; the latest campaign when none."""
+    """(rows, campaigns by tag, tags) for the given tags; the latest campaign when none."""
     ledger = open_ledger(repo, hint=", or pass --results results.tsv")
     everything = [r for r in ledger.experiments() if r["status"] != "running"]
     known = ledger.tags()
@@ -104,51 +92,80 @@ def load_ledger(tags, repo="."):
     return rows, campaigns, tags
 
 
+def log_owners(repo="."):
+    """{log path: id of the newest experiment (running ones too) that wrote to it}."""
+    return {r["log_path"]: r["id"] for r in open_ledger(repo).experiments() if r.get("log_path")}
+
+
 # ---------------------------------------------------------------------------------------------
 # numbers
 
+def mark_baselines(rows):
+    """Where no row of a campaign says whether it is the baseline, the rows up to its first result are."""
+    for tag in dict.fromkeys(r["tag"] for r in rows):
+        campaign = [r for r in rows if r["tag"] == tag]
+        if any(r.get("is_baseline") is not None for r in campaign):
+            for r in campaign:
+                r["is_baseline"] = int(bool(r.get("is_baseline")))
+            continue
+        before_result = True
+        for r in campaign:
+            r["is_baseline"] = int(before_result)
+            before_result = before_result and is_failed(r)
+    return rows
+
+
 def baseline_of(rows):
-    """The baseline's val_bpb: the mean of the rows marked baseline, else the first keep."""
+    """The baseline's val_bpb: the mean of the baseline rows with a result, else the first result."""
     marked = [r["val_bpb"] for r in rows if r.get("is_baseline") and not is_failed(r)]
     if marked:
         return statistics.fmean(marked)
-    for wanted in ("keep", None):
-        for r in rows:
-            if not is_failed(r) and (wanted is None or r["status"] == wanted):
-                return r["val_bpb"]
-    return None
+    return next((r["val_bpb"] for r in rows if not is_failed(r)), None)
 
 
 def with_improvements(rows):
-    """Each keep of one campaign gets `gain`: how much it lowered the best val_bpb before it."""
-    best = None
+    """Each row of one campaign gets `vs_baseline` (val_bpb minus the baseline's) and each keep after the
+    baseline `gain`: how much it lowered the best val_bpb before it (None when it did not)."""
+    baseline = baseline_of(rows)
+    best = baseline
     for r in rows:
         r["gain"] = None
-        if r["status"] != "keep" or is_failed(r):
+        r["vs_baseline"] = None if is_failed(r) or baseline is None else r["val_bpb"] - baseline
+        if r.get("is_baseline") or r["status"] != "keep" or is_failed(r):
             continue
-        before = r.get("best_before")
-        before = before if before else best
-        if before is not None and not r.get("is_baseline"):
+        before = r.get("best_before") or best
+        if before is not None and before > r["val_bpb"]:
             r["gain"] = before - r["val_bpb"]
         best = r["val_bpb"] if best is None else min(best, r["val_bpb"])
     return rows
 
 
+def tokens_per_second(row):
+    """Training throughput: the ledger's column when it has one, else total tokens / training time."""
+    if row.get("tokens_per_second"):
+        return row["tokens_per_second"]
+    if row.get("total_tokens_M") and row.get("training_seconds"):
+        return row["total_tokens_M"] * 1e6 / row["training_seconds"]
+    return None
+
+
 def summarize(tag, rows, campaign):
-    """The numbers of one campaign, as a dict that the terminal, the page and the tests share."""
-    done = [r for r in rows if not is_failed(r)]
-    keeps = [r for r in done if r["status"] == "keep"]
+    """The numbers of one campaign, as a dict that the terminal, the page, --json and the tests share."""
+    after = [r for r in rows if not r.get("is_baseline")]
+    keeps = [r for r in after if r["status"] == "keep" and not is_failed(r)]
     baseline = baseline_of(rows)
     best_row = min(keeps, key=lambda r: r["val_bpb"]) if keeps else None
-    best = best_row["val_bpb"] if best_row else None
+    if best_row is not None and baseline is not None and best_row["val_bpb"] >= baseline:
+        best_row = None  # a keep no better than the baseline (a results.tsv kept by hand) is not the best
+    best = best_row["val_bpb"] if best_row else baseline
     causes = Counter(f"{r['status']}: {r.get('cause') or 'no cause recorded'}" for r in rows if is_failed(r))
     thresholds = [r.get("threshold") for r in rows if r.get("threshold") is not None]
     starts = [r["started_at"] for r in rows if r.get("started_at")]
     ends = [r["ended_at"] for r in rows if r.get("ended_at")]
     hours = (max(ends) - min(starts)) / 3600 if starts and ends and max(ends) > min(starts) else None
-    s = dict(tag=tag, experiments=len(rows), kept=len(keeps), failed=len(rows) - len(done),
-             baseline=baseline, best=best, best_row=best_row,
-             keep_rate=len(keeps) / len(rows),
+    s = dict(tag=tag, experiments=len(rows), baseline_runs=len(rows) - len(after), kept=len(keeps),
+             failed=sum(is_failed(r) for r in rows), baseline=baseline, best=best, best_row=best_row,
+             keep_rate=len(keeps) / len(after) if after else None,
              crash_causes=dict(causes.most_common()),
              threshold=thresholds[-1] if thresholds else campaign.get("min_delta"),
              noise_std=campaign.get("noise_std"),
@@ -168,30 +185,99 @@ def fmt(value, spec=".6f", missing="n/a"):
     return missing if value is None else format(value, spec)
 
 
+def counts_text(s):
+    baseline = f" ({s['baseline_runs']} baseline run{'s' if s['baseline_runs'] != 1 else ''})" \
+        if s["baseline_runs"] else ""
+    return f"{s['experiments']} experiments{baseline}, {s['kept']} kept"
+
+
+def best_text(s):
+    if s["best"] is None:
+        return "n/a"
+    if s["best_row"] is None:
+        return f"{s['best']:.6f}  (the baseline: nothing beat it yet)"
+    return f"{s['best']:.6f}  ({(s['best_row'].get('commit_sha') or '')[:7]} {s['best_row'].get('description') or ''})"
+
+
+def keep_rate_text(s):
+    if s["keep_rate"] is None:
+        return "n/a (only the baseline so far)"
+    return f"{100 * s['keep_rate']:.0f}% ({s['kept']}/{s['experiments'] - s['baseline_runs']}, the baseline not counted)"
+
+
+def noise_text(s, unknown):
+    if s["noise_std"] is not None:
+        return f"{fmt(s['threshold'], '.6f', unknown)} (baseline noise std {s['noise_std']:.6f})"
+    return f"{fmt(s['threshold'], '.6f', 'n/a')} (noise not measured)"
+
+
 def summary_lines(s, from_tsv=False):
     """The summary of one campaign as plain text lines."""
     unknown = "n/a (results.tsv does not record it)" if from_tsv else "n/a"
-    lines = [f"campaign {s['tag']}: {s['experiments']} experiments, {s['kept']} kept"
+    lines = [f"campaign {s['tag']}: {counts_text(s)}"
              + (f", workers: {', '.join(s['workers'])}" if len(s['workers']) > 1 else "")]
     lines.append(f"  baseline val_bpb:  {fmt(s['baseline'])}")
-    best = fmt(s["best"])
-    if s["best_row"] is not None:
-        best += f"  ({(s['best_row'].get('commit_sha') or '')[:7]} {s['best_row'].get('description') or ''})"
-    lines.append(f"  best val_bpb:      {best}")
+    lines.append(f"  best val_bpb:      {best_text(s)}")
     if s["improvement"] is not None:
         lines.append(f"  improvement:       {s['improvement']:.6f} ({s['improvement_pct']:.2f}%)")
     else:
         lines.append("  improvement:       n/a")
-    lines.append(f"  keep rate:         {100 * s['keep_rate']:.0f}% ({s['kept']}/{s['experiments']})")
+    lines.append(f"  keep rate:         {keep_rate_text(s)}")
     causes = ", ".join(f"{k} x{v}" for k, v in s["crash_causes"].items()) or "none"
     lines.append(f"  failures:          {s['failed']} ({causes})")
-    noise = fmt(s["threshold"], ".6f", unknown)
-    if s["noise_std"] is not None:
-        noise += f" (baseline noise std {s['noise_std']:.6f})"
-    lines.append(f"  noise threshold:   {noise}")
+    lines.append(f"  noise threshold:   {noise_text(s, unknown)}")
     lines.append(f"  experiments/hour:  {fmt(s['per_hour'], '.1f', unknown)}")
     lines.append(f"  profile / device:  {s['profile'] or unknown} / {s['device'] or unknown}")
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# the logs
+
+def loss_curve(text):
+    """[(step, loss)] from a log's step lines (old logs separate them with '\\r', new ones with newlines)."""
+    curve = {}
+    for m in STEP_LINE.finditer(text):
+        try:
+            loss = float(m.group(2))
+        except ValueError:
+            continue
+        if math.isfinite(loss):
+            curve[int(m.group(1))] = loss
+    return sorted(curve.items())
+
+
+def own_log(row, owners):
+    """(path of the row's own run log or None, why there is none)."""
+    path = row.get("log_path")
+    if not path:
+        return None, "no log: the experiment never ran" if row["status"] == "invalid" else "no log recorded"
+    if owners.get(path, row["id"]) != row["id"]:
+        return None, f"log overwritten by #{owners[path]}"
+    if not os.path.isfile(path):
+        return None, f"log not found: {path}"
+    if row.get("ended_at") and os.path.getmtime(path) > row["ended_at"] + LOG_SLACK:
+        return None, "log rewritten after the experiment ended"
+    return path, None
+
+
+def copy_logs(rows, owners, folder):
+    """Copy each row's own log into folder (the ledger's last lines where it has none); each row gets
+    `log_href` (relative to the page, or None), `log_note` and `loss` (its loss curve, [] without a log)."""
+    shutil.rmtree(folder, ignore_errors=True)  # the folder is the report's own: no logs of a previous one
+    folder.mkdir(parents=True)
+    for r in rows:
+        path, r["log_note"] = own_log(r, owners)
+        name = f"{r['id']}-{gitutil.short(r.get('commit_sha'))}" if r.get("commit_sha") else str(r["id"])
+        r["log_href"], r["loss"] = None, []
+        if path:
+            shutil.copyfile(path, folder / f"{name}.log")
+            r["log_href"] = f"{folder.name}/{name}.log"
+            r["loss"] = loss_curve(Path(path).read_text(encoding="utf-8", errors="replace"))
+        elif r.get("log_tail"):
+            (folder / f"{name}.tail.log").write_text(r["log_tail"] + "\n", encoding="utf-8")
+            r["log_href"] = f"{folder.name}/{name}.tail.log"
+            r["log_note"] += "; its last lines are kept in the ledger"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +317,7 @@ def plot_progress(rows, path):
     tags = {r["tag"] for r in rows}
     bottom, top = y_range(rows)
     fig, axes = plt.subplots(len(series), 1, figsize=(14, 2 + 4.5 * len(series)), squeeze=False)
-    kept = sum(r["status"] == "keep" and not is_failed(r) for r in rows)
+    kept = sum(r["status"] == "keep" and not is_failed(r) and not r.get("is_baseline") for r in rows)
     fig.suptitle(f"{len(rows)} experiments, {kept} kept", fontsize=14)
     for ax, ((tag, worker), mine) in zip(axes[:, 0], series.items()):
         campaign = [r for r in rows if r["tag"] == tag]
@@ -277,11 +363,75 @@ def plot_progress(rows, path):
         ax.grid(alpha=0.25)
         name = " / ".join(str(p) for p in ((tag if len(tags) > 1 else None), worker) if p)
         if len(series) > 1:
-            ax.set_title(f"{name}: {len(mine)} experiments, {len(keeps)} kept", fontsize=11)
+            kept = sum(not r.get("is_baseline") for r in keeps)
+            ax.set_title(f"{name}: {len(mine)} experiments, {kept} kept", fontsize=11)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_tags(rows, path):
+    """tags.png: the kept val_bpb of each campaign against its experiment #, one line per tag."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(14, 5))
+    for tag in dict.fromkeys(r["tag"] for r in rows):
+        campaign = [r for r in rows if r["tag"] == tag]
+        kept = [(i, r["val_bpb"]) for i, r in enumerate(campaign, start=1)
+                if r["status"] == "keep" and not is_failed(r)]
+        if kept:
+            ax.plot([x for x, _ in kept], [y for _, y in kept], marker="o", ms=4, drawstyle="steps-post",
+                    label=f"{tag} ({len(campaign)} experiments)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("experiment # in its campaign")
+    ax.set_ylabel("val_bpb of the kept experiments (lower is better)")
+    ax.grid(alpha=0.25)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def loss_charts(rows):
+    """Each row with a loss curve gets `loss_png`: its curve (PNG bytes) over its campaign's baseline's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    baseline = {}
+    for r in rows:
+        if r.get("is_baseline") and r.get("loss") and r["tag"] not in baseline:
+            baseline[r["tag"]] = r
+    fig, ax = plt.subplots(figsize=(6, 2.2))  # one figure, redrawn: a campaign has hundreds of these
+    for r in rows:
+        r["loss_png"] = None
+        if not r.get("loss"):
+            continue
+        ax.clear()
+        base = baseline.get(r["tag"])
+        if base is not None and base is not r:
+            ax.plot(*zip(*base["loss"]), c="#aaaaaa", lw=1, label=f"baseline #{base['id']}")
+        ax.plot(*zip(*r["loss"]), c="#1f77b4", lw=1.2, label=f"#{r['id']}")
+        # the first tenth of training (the steep fall) would flatten the part worth comparing
+        curves = [r["loss"]] + ([base["loss"]] if base is not None else [])
+        later = [loss for curve in curves for _, loss in curve[len(curve) // 10:]]
+        low, high = min(loss for curve in curves for _, loss in curve), max(later)
+        ax.set_ylim(low - 0.05 * (high - low or 1), high + 0.05 * (high - low or 1))
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("training loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.25)
+        ax.legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        r["loss_png"] = buffer.getvalue()
     plt.close(fig)
 
 
@@ -293,7 +443,7 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200p
 h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
 dl.summary { display: grid; grid-template-columns: max-content auto; gap: .2em 1.5em; }
 dl.summary dt { color: #666; } dl.summary dd { margin: 0; font-family: ui-monospace, monospace; }
-img.plot { max-width: 100%; border: 1px solid #eee; }
+img.plot { max-width: 100%; border: 1px solid #eee; } img.loss { display: block; margin: .4em 0; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { padding: .25em .5em; border-bottom: 1px solid #eee; text-align: left; vertical-align: top; }
 th { background: #f6f6f6; cursor: pointer; user-select: none; white-space: nowrap; }
@@ -301,11 +451,12 @@ th[data-dir=asc]::after { content: " \\25B2"; } th[data-dir=desc]::after { conte
 td.num { text-align: right; font-family: ui-monospace, monospace; }
 tr.keep td { background: #eef8ee; } tr.crash td, tr.timeout td, tr.invalid td { color: #a33; }
 details { margin: .4em 0; border: 1px solid #ddd; border-radius: 4px; padding: .3em .6em; }
+details.keep { border-left: 4px solid #2ca02c; } details.crash, details.timeout, details.invalid { border-left: 4px solid #d62728; }
 summary { cursor: pointer; } .add { color: #1a7f37; } .del { color: #cf222e; } pre.diff { overflow-x: auto; font-size: 12px; background: #fafafa; padding: .5em; }
-.note { color: #777; }
+.note { color: #777; } .starved { color: #b35900; font-weight: bold; }
 """
 
-SORT_JS = """
+PAGE_JS = """
 document.querySelectorAll("table.sortable th").forEach(function (th, col) {
   th.addEventListener("click", function () {
     var table = th.closest("table"), body = table.tBodies[0];
@@ -329,44 +480,76 @@ document.querySelectorAll("table.sortable th").forEach(function (th, col) {
     rows.forEach(function (r) { body.appendChild(r); });
   });
 });
+// a link to #exp-N opens that experiment's details
+function openTarget() {
+  var target = document.getElementById(location.hash.slice(1));
+  if (target && target.tagName === "DETAILS") target.open = true;
+}
+window.addEventListener("hashchange", openTarget);
+openTarget();
 """
-
-COLUMNS = [  # header, row -> (value for sorting or None for text, text shown)
-    ("#", lambda r: (r["id"], str(r["id"]))),
-    ("tag", lambda r: (None, r.get("tag") or "")),
-    ("worker", lambda r: (None, r.get("worker") or "")),
-    ("commit", lambda r: (None, (r.get("commit_sha") or "")[:7])),
-    ("status", lambda r: (None, r["status"] + (" (baseline)" if r.get("is_baseline") else ""))),
-    ("val_bpb", lambda r: (None if is_failed(r) else r["val_bpb"], "" if is_failed(r) else f"{r['val_bpb']:.6f}")),
-    ("gain", lambda r: (r.get("gain"), fmt(r.get("gain"), "+.6f", ""))),
-    ("memory GB", lambda r: (r.get("peak_vram_mb") and r["peak_vram_mb"] / 1024,
-                             fmt(r.get("peak_vram_mb") and r["peak_vram_mb"] / 1024, ".1f", ""))),
-    ("train s", lambda r: (r.get("training_seconds"), fmt(r.get("training_seconds"), ".1f", ""))),
-    ("description", lambda r: (None, r.get("description") or "")),
-    ("cause", lambda r: (None, r.get("cause") or "")),
-]
 
 
 def esc(value):
     return html.escape(str(value), quote=True)
 
 
+def memory_gb(row):
+    return row["peak_vram_mb"] / 1024 if row.get("peak_vram_mb") else None
+
+
+def val_text(row):
+    return "" if is_failed(row) else f"{row['val_bpb']:.6f}"
+
+
+def status_text(row):
+    return row["status"] + (" (baseline)" if row.get("is_baseline") else "")
+
+
+NUMBER_COLUMNS = {  # header: (row -> number or None, format)
+    "val_bpb": (lambda r: None if is_failed(r) else r["val_bpb"], ".6f"),
+    "vs baseline": (lambda r: r.get("vs_baseline"), "+.6f"),
+    "gain": (lambda r: r.get("gain"), "+.6f"),
+    "memory GB": (memory_gb, ".1f"),
+    "train s": (lambda r: r.get("training_seconds"), ".1f"),
+    "steps": (lambda r: r.get("num_steps"), "d"),
+    "tok/s": (tokens_per_second, ",.0f"),
+}
+TEXT_COLUMNS = {  # header: row -> text
+    "tag": lambda r: r.get("tag") or "", "worker": lambda r: r.get("worker") or "",
+    "commit": lambda r: (r.get("commit_sha") or "")[:7], "status": status_text,
+    "starved": lambda r: "starved" if r.get("starved") else "",
+    "description": lambda r: r.get("description") or "", "cause": lambda r: r.get("cause") or "",
+}
+
+
+def columns(rows):
+    """The table's headers; `starved` only where the ledger records it."""
+    starved = ["starved"] if any(r.get("starved") is not None for r in rows) else []
+    return ["#", "tag", "worker", "commit", "status", "val_bpb", "vs baseline", "gain", "memory GB", "train s",
+            "steps", "tok/s", *starved, "description", "cause", "log"]
+
+
+def cell_html(header, r):
+    if header == "#":
+        return f'<td class="num" data-v="{r["id"]}"><a href="#exp-{r["id"]}">{r["id"]}</a></td>'
+    if header == "log":
+        return f'<td><a href="{esc(r["log_href"])}">log</a></td>' if r.get("log_href") else "<td></td>"
+    if header in NUMBER_COLUMNS:
+        get, spec = NUMBER_COLUMNS[header]
+        value = get(r)
+        if value is None:
+            return '<td class="num" data-v=""></td>'
+        return f'<td class="num" data-v="{value!r}">{esc(format(value, spec))}</td>'
+    return f"<td>{esc(TEXT_COLUMNS[header](r))}</td>"
+
+
 def table_html(rows):
-    head = "".join(f"<th>{esc(h)}</th>" for h, _ in COLUMNS)
-    body = []
-    for r in rows:
-        cells = []
-        for _, get in COLUMNS:
-            sort_value, text = get(r)
-            if isinstance(sort_value, (int, float)):
-                cells.append(f'<td class="num" data-v="{sort_value!r}">{esc(text)}</td>')
-            elif sort_value is None and text == "" and _ in ("val_bpb", "gain", "memory GB", "train s"):
-                cells.append('<td class="num" data-v=""></td>')
-            else:
-                cells.append(f"<td>{esc(text)}</td>")
-        body.append(f'<tr class="{esc(r["status"])}">{"".join(cells)}</tr>')
+    headers = columns(rows)
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join(f'<tr class="{esc(r["status"])}">{"".join(cell_html(h, r) for h in headers)}</tr>' for r in rows)
     return (f'<table class="sortable" id="experiments"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+            f'<tbody>{body}</tbody></table>')
 
 
 def diff_html(diff):
@@ -379,19 +562,21 @@ def diff_html(diff):
     return "\n".join(out)
 
 
+def label_html(r):
+    """One line naming an experiment: #, status, val_bpb, commit, description."""
+    where = f" ({r['tag']}{' / ' + r['worker'] if r.get('worker') else ''})"
+    return (f"#{r['id']} {esc(status_text(r))} {val_text(r) or '&mdash;'} "
+            f"<code>{esc((r.get('commit_sha') or '')[:7])}</code> {esc(r.get('description') or '')}"
+            f' <span class="note">{esc(where)}</span>')
+
+
 def top_hits_html(rows, from_tsv):
     hits = sorted((r for r in rows if r.get("gain") is not None), key=lambda r: -r["gain"])
     if not hits:
         return '<p class="note">No experiment improved on the baseline yet.</p>'
-    parts = []
-    if from_tsv:
-        parts.append('<p class="note">results.tsv records no diffs: run campaigns with the harness '
-                     '(autoresearch loop) to keep each experiment\'s diff.</p>')
-    parts.append("<ol id=\"top-hits\">")
+    parts = ['<ol id="top-hits">']
     for r in hits:
-        label = (f"{esc(r['gain'] and format(r['gain'], '+.6f'))} &rarr; {r['val_bpb']:.6f} "
-                 f"<code>{esc((r.get('commit_sha') or '')[:7])}</code> {esc(r.get('description') or '')}"
-                 + (f" <span class=\"note\">({esc(r['tag'])}{' / ' + esc(r['worker']) if r.get('worker') else ''})</span>"))
+        label = f"{r['gain']:+.6f} &rarr; {label_html(r)}"
         if from_tsv:
             parts.append(f"<li>{label}</li>")
         else:
@@ -401,38 +586,80 @@ def top_hits_html(rows, from_tsv):
     return "".join(parts)
 
 
+def facts_html(r):
+    """What ran: status and cause, steps, tokens/s, time, memory, seed, proposer, a starved machine."""
+    facts = [esc(status_text(r)) + (f": {esc(r['cause'])}" if r.get("cause") else "")]
+    if r.get("num_steps") is not None:
+        facts.append(f"{r['num_steps']} steps")
+    if tokens_per_second(r):
+        facts.append(f"{tokens_per_second(r):,.0f} tokens/s")
+    if r.get("training_seconds") is not None:
+        facts.append(f"{r['training_seconds']:.1f} s of training")
+    if memory_gb(r):
+        facts.append(f"{memory_gb(r):.1f} GB")
+    if r.get("seed") is not None:
+        facts.append(f"seed {r['seed']}")
+    if r.get("proposer"):
+        facts.append(esc(r["proposer"] + (f" ({r['model']})" if r.get("model") else "")))
+    if r.get("starved"):
+        facts.append('<span class="starved">starved: other processes took a significant share of the machine '
+                     'during the run</span>')
+    log = f'<a href="{esc(r["log_href"])}">log</a>' if r.get("log_href") else ""
+    note = f'<span class="note">{esc(r["log_note"])}</span>' if r.get("log_note") else ""
+    return " &middot; ".join(facts + [x for x in (log, note) if x])
+
+
+def experiment_html(r):
+    diff = r.get("diff")
+    if diff is None:
+        diff = "(no diff recorded)"
+    elif not diff:
+        diff = "(no change: the baseline)" if r.get("is_baseline") else "(no change)"
+    loss = (f'<img class="loss" alt="training loss of #{r["id"]}" '
+            f'src="data:image/png;base64,{base64.b64encode(r["loss_png"]).decode("ascii")}">'
+            if r.get("loss_png") else '<p class="note">no loss curve: no step lines in a log of this run</p>')
+    return (f'<details class="experiment {esc(r["status"])}" id="exp-{r["id"]}"><summary>{label_html(r)}</summary>'
+            f"<p>{facts_html(r)}</p>{loss}<pre class=\"diff\">{diff_html(diff)}</pre></details>")
+
+
 def summary_html(s, from_tsv):
     unknown = "n/a (not in results.tsv)" if from_tsv else "n/a"
-    best = fmt(s["best"])
-    if s["best_row"] is not None:
-        best += f" ({(s['best_row'].get('commit_sha') or '')[:7]} {s['best_row'].get('description') or ''})"
     improvement = ("n/a" if s["improvement"] is None
                    else f"{s['improvement']:.6f} ({s['improvement_pct']:.2f}%)")
-    causes = ", ".join(f"{k} &times;{v}" for k, v in ((esc(k), v) for k, v in s["crash_causes"].items()))
-    noise = fmt(s["threshold"], ".6f", unknown)
-    if s["noise_std"] is not None:
-        noise += f" (baseline noise std {s['noise_std']:.6f})"
+    causes = ", ".join(f"{k} x{v}" for k, v in s["crash_causes"].items()) or "none"
     items = [
-        ("experiments", f"{s['experiments']} ({s['kept']} kept, {s['failed']} failed)"),
+        ("experiments", f"{counts_text(s)}, {s['failed']} failed"),
         ("baseline val_bpb", fmt(s["baseline"])),
-        ("best val_bpb", best),
+        ("best val_bpb", best_text(s)),
         ("improvement", improvement),
-        ("keep rate", f"{100 * s['keep_rate']:.0f}%"),
-        ("failures", None),
-        ("noise threshold", noise),
+        ("keep rate", keep_rate_text(s)),
+        ("failures", causes),
+        ("noise threshold", noise_text(s, unknown)),
         ("experiments per hour", fmt(s["per_hour"], ".1f", unknown)),
         ("profile", s["profile"] or unknown),
         ("device", s["device"] or unknown),
     ]
     if s["workers"]:
         items.append(("workers", ", ".join(s["workers"])))
-    dl = "".join(f"<dt>{esc(k)}</dt><dd>{(causes or 'none') if v is None else esc(v)}</dd>" for k, v in items)
+    dl = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in items)
     return f"<h3>campaign {esc(s['tag'])}</h3><dl class=\"summary\">{dl}</dl>"
 
 
-def report_html(title, summaries, rows, png_bytes, source, from_tsv):
-    image = base64.b64encode(png_bytes).decode("ascii")
+def image_html(png, id, alt):
+    return f'<img class="plot" id="{id}" alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def report_html(title, summaries, rows, progress_png, tags_png, source, from_tsv):
     generated = time.strftime("%Y-%m-%d %H:%M")
+    compared = ("<h2>Campaigns compared</h2>"
+                + image_html(tags_png, "tags-plot", "val_bpb of the kept experiments of each campaign")) \
+        if tags_png else ""
+    if from_tsv:
+        experiments = ('<p class="note">results.tsv records no diffs, steps or logs: run campaigns with the '
+                       'harness (autoresearch loop / run) to keep them.</p>')
+    else:
+        experiments = ('<p class="note">Each experiment: what ran, its training loss (grey: the baseline\'s), '
+                       'its log and its diff.</p>' + "".join(experiment_html(r) for r in rows))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
@@ -442,14 +669,17 @@ def report_html(title, summaries, rows, png_bytes, source, from_tsv):
 <h2>Summary</h2>
 {"".join(summary_html(s, from_tsv) for s in summaries)}
 <h2>Progress</h2>
-<img class="plot" id="plot" alt="val_bpb of each experiment" src="data:image/png;base64,{image}">
+{image_html(progress_png, "plot", "val_bpb of each experiment")}
+{compared}
 <h2>Top hits</h2>
-<p class="note">Keeps ranked by how much they lowered the best val_bpb before them.</p>
+<p class="note">Keeps ranked by how much they lowered the best val_bpb before them (the baseline not counted).</p>
 {top_hits_html(rows, from_tsv)}
 <h2>All experiments</h2>
-<p class="note">Click a column header to sort.</p>
+<p class="note">Click a column header to sort, a number to see the experiment.</p>
 {table_html(rows)}
-<script>{SORT_JS}</script>
+<h2>Experiments</h2>
+{experiments}
+<script>{PAGE_JS}</script>
 </body></html>
 """
 
@@ -457,18 +687,29 @@ def report_html(title, summaries, rows, png_bytes, source, from_tsv):
 # ---------------------------------------------------------------------------------------------
 # the command
 
-def build_report(tags=None, results=None, out=None, repo="."):
-    """Write progress.png and report.html; return (summary text lines, out folder)."""
-    if results:
-        rows = read_results_tsv(results)
-        campaigns, tags = {rows[0]["tag"]: {}}, [rows[0]["tag"]]
-        source, name = f"results file {Path(results).resolve()}", Path(results).stem
+def load(tags=None, results_path=None, repo="."):
+    """(rows with their baselines, gains and tokens/s; summaries; source; name) of the campaigns asked for."""
+    if results_path:
+        rows = read_results_tsv(results_path)
+        tags = list(dict.fromkeys(r["tag"] for r in rows))
+        campaigns = {tag: {} for tag in tags}
+        source, name = f"results file {Path(results_path).resolve()}", Path(results_path).stem
     else:
         rows, campaigns, tags = load_ledger(tags, repo)
         source, name = f"ledger {ledger_path(repo)}", "+".join(tags)
+    mark_baselines(rows)
+    for r in rows:
+        r["tokens_per_second"] = tokens_per_second(r)
     for tag in tags:
         with_improvements([r for r in rows if r["tag"] == tag])
     summaries = [summarize(tag, [r for r in rows if r["tag"] == tag], campaigns[tag]) for tag in tags]
+    return rows, summaries, source, name
+
+
+def build_report(tags=None, results_path=None, out=None, repo="."):
+    """Write progress.png, report.html and report_logs/; return (summary text lines, out folder)."""
+    rows, summaries, source, name = load(tags, results_path, repo)
+    from_tsv = bool(results_path)
     out = Path(out) if out else checkout_root(repo) / "reports" / name
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -476,11 +717,18 @@ def build_report(tags=None, results=None, out=None, repo="."):
         raise ReportError(f"cannot create the output folder {out}: {e.strerror} (pass another with --out)")
     png = out / "progress.png"
     plot_progress(rows, png)
-    page = report_html(f"autoresearch report: {name}", summaries, rows, png.read_bytes(), source, bool(results))
+    tags_png = None
+    if len(summaries) > 1:
+        plot_tags(rows, out / "tags.png")
+        tags_png = (out / "tags.png").read_bytes()
+    if not from_tsv:
+        copy_logs(rows, log_owners(repo), out / "report_logs")
+        loss_charts(rows)
+    page = report_html(f"autoresearch report: {name}", summaries, rows, png.read_bytes(), tags_png, source, from_tsv)
     (out / "report.html").write_text(page, encoding="utf-8")
     lines = [f"source: {source}"]
     for s in summaries:
-        lines += summary_lines(s, from_tsv=bool(results))
+        lines += summary_lines(s, from_tsv=from_tsv)
     hits = sorted((r for r in rows if r.get("gain") is not None), key=lambda r: -r["gain"])[:5]
     if hits:
         lines.append("top hits:")
@@ -490,8 +738,19 @@ def build_report(tags=None, results=None, out=None, repo="."):
     return lines, out
 
 
+def report_json(tags=None, results_path=None, repo="."):
+    """The summaries and rows as a JSON text (the best row named by its id)."""
+    rows, summaries, source, _ = load(tags, results_path, repo)
+    summaries = [{**{k: v for k, v in s.items() if k != "best_row"},
+                  "best_id": s["best_row"]["id"] if s["best_row"] else None} for s in summaries]
+    return json.dumps(dict(source=source, summaries=summaries, rows=rows), indent=1)
+
+
 def cmd_report(args):
     try:
+        if args.json:
+            print(report_json(args.tag, args.results))
+            return 0
         lines, _ = build_report(args.tag, args.results, args.out)
     except ReportError as e:
         print(f"autoresearch report: {e}", file=sys.stderr)
@@ -502,13 +761,15 @@ def cmd_report(args):
 
 def register(subparsers):
     p = subparsers.add_parser("report", help="progress plot, HTML report and summary of a campaign",
-                              description="Write DIR/progress.png and DIR/report.html for one or more "
-                                          "campaigns and print their summary.")
+                              description="Write DIR/progress.png, DIR/report.html and DIR/report_logs/ for "
+                                          "one or more campaigns and print their summary.")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--tag", action="append", metavar="T",
                         help="campaign tag (repeat for several; default: the latest campaign)")
     source.add_argument("--results", metavar="PATH",
-                        help="read a reference-format results.tsv instead of the ledger")
+                        help="read a results.tsv (or `autoresearch log --format tsv` output) instead of the ledger")
     p.add_argument("--out", metavar="DIR",
                    help="output folder (default: reports/<tag> under the checkout)")
+    p.add_argument("--json", action="store_true",
+                   help="print the summaries and rows as JSON instead of writing the report")
     p.set_defaults(func=cmd_report)

@@ -20,9 +20,8 @@ In a checkout on the campaign branch `autoresearch/<tag>`:
      the start point and saves the experiment's commit as refs/autoresearch/<tag>/<short sha>.
      The start point is the newest commit on HEAD's first-parent line that is the campaign's base or
      a `keep` of the ledger; commits an agent made itself since then belong to the experiment.
-  6. The ledger row is finished and results.tsv (checkout root, reference columns) gets one line:
-     keep and discard as they are; crash, timeout and invalid all as `crash` (the reference knows only
-     those three), the description then ending in [timeout] or [invalid].
+  6. The ledger row is finished and results.tsv (checkout root) is written anew from the ledger: the
+     campaign's experiments in the reference's columns (autoresearch/results.py).
 
 decide=False (the loop's baseline repeats and confirmation runs): the status is worked out the same
 way and recorded, but the branch is not moved (the experiment's commit stays checked out); call
@@ -30,7 +29,7 @@ settle() afterwards to keep or discard it for good. An invalid experiment is rev
 
 Ctrl-C or SIGTERM while training: the process group is killed, the row is recorded as `crash` with
 cause "interrupted", the tree is reset to the start point (the commit saved under refs/autoresearch/),
-results.tsv gets its crash line, and Interrupted (a KeyboardInterrupt) is raised; `run` exits 130.
+results.tsv shows the crash, and Interrupted (a KeyboardInterrupt) is raised; `run` exits 130.
 A signal at any other moment is held back until the ledger and the tree agree again. A row still
 `running` from a runner that died (kill -9, reboot) is recorded as crash the next time this checkout
 runs an experiment (see recover()); the row holds the training's process group (pgid) and host, so
@@ -49,14 +48,13 @@ import sys
 import threading
 import time
 
-from autoresearch import cli, contention, gitutil, sandbox
+from autoresearch import cli, contention, gitutil, results, sandbox
 from autoresearch.executor import EXPORT_ALLOWANCE, KILL_GRACE, execute
 from autoresearch.ledger import Ledger
 
 BRANCH_PREFIX = "autoresearch/"
 TIMEOUT_MARGIN = 120.0   # seconds over twice the budget before a run is killed
 LOG_TAIL_LINES = 50
-TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 PRINTED_TOLERANCE = 2e-6  # train.py prints the trusted value to 6 decimals
 CLAIM_TOLERANCE = 2.0     # seconds a claimed training time may exceed the measured one (clock granularity)
 SUMMARY_COLUMNS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
@@ -129,25 +127,6 @@ def crash_cause(log_text, returncode):
 
 def log_tail(log_text, n=LOG_TAIL_LINES):
     return "\n".join(_lines(log_text)[-n:])
-
-
-def tsv_line(row):
-    """The reference results.tsv line of a ledger row."""
-    status = row["status"] if row["status"] in ("keep", "discard") else "crash"
-    ok = status != "crash" and row.get("val_bpb") is not None
-    description = " ".join(str(row.get("description") or "").split())
-    if row["status"] in ("timeout", "invalid"):
-        description += f" [{row['status']}]"
-    memory = row["peak_vram_mb"] / 1024 if ok and row.get("peak_vram_mb") is not None else 0.0
-    return (f"{gitutil.short(row['commit_sha'])}\t{row['val_bpb'] if ok else 0.0:.6f}\t{memory:.1f}\t"
-            f"{status}\t{description}\n")
-
-
-def append_results_tsv(checkout, row):
-    path = os.path.join(checkout, "results.tsv")
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, "a") as f:
-        f.write((TSV_HEADER if new else "") + tsv_line(row))
 
 
 def campaign_tag(repo):
@@ -453,9 +432,10 @@ def recover(repo, ledger=None):
                 and not gitutil.dirty_paths(checkout):
             revert(checkout, row["tag"], row["commit_sha"], row["parent_commit"])
         row = ledger.experiment(row["id"])
-        append_results_tsv(checkout, row)
         ledger.event(row["tag"], "recovered", f"#{row['id']} was left running; recorded as crash", row["worker"])
         recovered.append(row)
+    if recovered and (gitutil.current_branch(checkout) or "").startswith(BRANCH_PREFIX):
+        results.write(checkout, ledger, campaign_tag(checkout))
     return recovered
 
 
@@ -477,26 +457,8 @@ def settle(repo, exp_id, keep, cause=None, ledger=None):
                            f"{gitutil.short(row['commit_sha'])} any more")
     ledger.update_experiment(exp_id, status=status, **({"cause": cause} if cause else {}))
     row = ledger.experiment(exp_id)
-    _rewrite_results_tsv(checkout, row)
+    results.write(checkout, ledger, row["tag"])
     return row
-
-
-def _rewrite_results_tsv(checkout, row):
-    """Replace the results.tsv line of row's commit (the last one) with its current state."""
-    path = os.path.join(checkout, "results.tsv")
-    if not os.path.exists(path):
-        return append_results_tsv(checkout, row)
-    with open(path) as f:
-        lines = f.readlines()
-    short = gitutil.short(row["commit_sha"]) + "\t"
-    for i in range(len(lines) - 1, 0, -1):
-        if lines[i].startswith(short):
-            lines[i] = tsv_line(row)
-            break
-    else:
-        lines.append(tsv_line(row))
-    with open(path, "w") as f:
-        f.writelines(lines)
 
 
 # -- one experiment ----------------------------------------------------------------------------
@@ -711,7 +673,7 @@ class _Experiment:
         self.ledger.finish_experiment(exp_id, status=status, cause=cause, log_tail=log_tail(text), device=device,
                                       **metrics, **extra)
         row = self.ledger.experiment(exp_id)
-        append_results_tsv(checkout, row)
+        results.write(checkout, self.ledger, tag)
         val = row["val_bpb"]
         self.ledger.event(tag, status, f"#{exp_id} {gitutil.short(commit)} {status}"
                           + (f" val_bpb {val:.6f}" if val is not None else "") + f": {self.description}",
@@ -736,7 +698,7 @@ class _Experiment:
         exp_id = self.ledger.start_experiment(**cols, status="invalid", cause=cause, started_at=now, ended_at=now)
         revert(self.checkout, self.tag, commit, start)
         row = self.ledger.experiment(exp_id)
-        append_results_tsv(self.checkout, row)
+        results.write(self.checkout, self.ledger, self.tag)
         self.ledger.event(self.tag, "invalid", f"#{exp_id} {gitutil.short(commit)} invalid: {cause}", self.worker)
         if self.signals.pending:
             raise Interrupted(f"interrupted by {self.signals.pending}", row=row)

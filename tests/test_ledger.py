@@ -175,6 +175,20 @@ def test_log_tsv_starts_with_the_results_tsv_columns(repo, monkeypatch, capsys):
     assert all(len(line.split("\t")) == len(lines[0].split("\t")) for line in lines)
 
 
+def test_log_tsv_shows_timeout_and_invalid_as_crash_like_results_tsv(repo, monkeypatch, capsys):
+    ledger = Ledger(repo=repo)
+    for status, description in (("keep", "baseline"), ("timeout", "hangs"), ("invalid", "edits prepare")):
+        exp_id = ledger.start_experiment(tag="a", commit_sha=status[0] * 40, description=description)
+        ledger.finish_experiment(exp_id, status=status, val_bpb=1.0 if status == "keep" else None,
+                                 peak_vram_mb=1024.0)
+    code, out, _ = run_log(repo, monkeypatch, capsys, "--format", "tsv")
+    assert code == 0
+    assert [line.split("\t")[:5] for line in out.splitlines()[1:]] == [
+        ["kkkkkkk", "1.000000", "1.0", "keep", "baseline"],
+        ["ttttttt", "0.000000", "0.0", "crash", "hangs [timeout]"],
+        ["iiiiiii", "0.000000", "0.0", "crash", "edits prepare [invalid]"]]
+
+
 def test_log_table_shows_one_line_per_experiment(repo, monkeypatch, capsys):
     add_rows(Ledger(repo=repo))
     code, out, _ = run_log(repo, monkeypatch, capsys)

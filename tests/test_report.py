@@ -1,9 +1,11 @@
 """`autoresearch report`: the progress plot, the self-contained HTML page and the terminal summary."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +44,8 @@ def exp(status, val_bpb=None, description="", tag="night", worker=None, t=0, **m
 def campaign_rows():
     return [
         exp("keep", 1.50, "baseline", t=0, is_baseline=1, diff=""),
-        exp("discard", 1.52, "DEPTH 4 -> 6", t=1, best_before=1.50, threshold=0.002),
+        exp("discard", 1.52, "DEPTH 4 -> 6", t=1, best_before=1.50, threshold=0.002,
+            diff="-DEPTH = 4\n+DEPTH = 6\n", num_steps=120, total_tokens_M=1.2),
         exp("keep", 1.45, "MATRIX_LR 0.04 -> 0.06 <b>&</b>", t=2, best_before=1.50, threshold=0.002,
             diff="--- a/train.py\n+++ b/train.py\n-MATRIX_LR = 0.04\n+MATRIX_LR = 0.06  # <script>alert(1)</script>\n"),
         exp("crash", None, "huge batch", t=3, cause="out of memory", best_before=1.45, threshold=0.002),
@@ -80,7 +83,7 @@ def test_report_writes_png_and_html_under_reports_tag_and_prints_the_summary(cam
     assert_png(out / "progress.png")
     assert (out / "report.html").is_file()
     text = result.stdout
-    assert "7 experiments, 3 kept" in text
+    assert "7 experiments (1 baseline run), 2 kept" in text
     assert "baseline val_bpb:  1.500000" in text
     assert "best val_bpb:      1.400000" in text
     assert "improvement:       0.100000 (6.67%)" in text
@@ -90,12 +93,12 @@ def test_report_writes_png_and_html_under_reports_tag_and_prints_the_summary(cam
     assert f"wrote {out / 'report.html'}" in text
 
 
-def test_report_summary_counts_keep_rate_and_experiments_per_hour(campaign):
+def test_report_summary_counts_keep_rate_without_the_baseline_and_experiments_per_hour(campaign):
     rows, campaigns, tags = report.load_ledger(["night"], campaign)
     report.with_improvements(rows)
     s = report.summarize("night", rows, campaigns["night"])
-    assert (s["experiments"], s["kept"], s["failed"]) == (7, 3, 2)
-    assert s["keep_rate"] == pytest.approx(3 / 7)
+    assert (s["experiments"], s["baseline_runs"], s["kept"], s["failed"]) == (7, 1, 2, 2)
+    assert s["keep_rate"] == pytest.approx(2 / 6)
     assert s["per_hour"] == pytest.approx(7 / ((6 * 60 + 50) / 3600))
 
 
@@ -139,6 +142,124 @@ def test_html_is_self_contained(campaign):
         assert remote not in page
 
 
+def test_noise_not_measured_is_said_when_the_campaign_has_no_noise_std(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, campaign_rows(), [dict(tag="night", min_delta=0.002, profile="smoke")])
+    result = run_cli(cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert "noise threshold:   0.002000 (noise not measured)" in result.stdout
+    assert "noise not measured" in (repo / "reports" / "night" / "report.html").read_text()
+
+
+def test_best_that_is_the_baseline_is_called_the_baseline(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, [exp("keep", 1.5, "baseline", t=0, is_baseline=1),
+                        exp("discard", 1.6, "worse", t=1, is_baseline=0, best_before=1.5)])
+    result = run_cli(cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert "best val_bpb:      1.500000  (the baseline: nothing beat it yet)" in result.stdout
+    assert "improvement:       0.000000 (0.00%)" in result.stdout
+
+
+# --- what a researcher asks next ------------------------------------------------------------------
+
+def test_every_experiment_has_its_diff_steps_and_tokens_per_second_on_the_page(campaign):
+    assert run_cli(cwd=campaign).returncode == 0
+    page = (campaign / "reports" / "night" / "report.html").read_text()
+    discard = page[page.index('<details class="experiment discard" id="exp-2">'):]
+    discard = discard[:discard.index("</details>")]
+    assert "DEPTH 4 -&gt; 6" in discard and '<span class="add">+DEPTH = 6</span>' in discard
+    assert "120 steps" in discard and "80,000 tokens/s" in discard
+
+
+def test_tokens_per_second_is_the_ledger_column_when_there_is_one():
+    row = exp("keep", 1.5, total_tokens_M=1.2)  # 15 s of training
+    assert report.tokens_per_second(row) == pytest.approx(80_000)
+    assert report.tokens_per_second(dict(row, tokens_per_second=70_000.0)) == 70_000
+    assert report.tokens_per_second(dict(exp("crash", None), training_seconds=None)) is None
+
+
+def test_a_starved_run_is_flagged_in_the_table():
+    rows = [dict(exp("keep", 1.5, "baseline", t=0), id=1, starved=0),
+            dict(exp("discard", 1.6, "slow", t=1), id=2, starved=1)]
+    table = report.table_html(rows)
+    assert "<th>starved</th>" in table
+    assert table.count("<td>starved</td>") == 1
+    assert "<th>starved</th>" not in report.table_html([dict(exp("keep", 1.5), id=1)])
+
+
+STEP_LINES = ["step 00000 (0.0%) | loss: 6.900000 | lrm: 1.00 | dt: 90ms | tok/s: 5,000",
+              "step 00001 (10.0%) | loss: 6.100000 | lrm: 1.00 | dt: 90ms | tok/s: 5,000",
+              "step 00002 (20.0%) | loss: 5.500000 | lrm: 1.00 | dt: 90ms | tok/s: 5,000    "]
+
+
+@pytest.mark.parametrize("separator", ["\r", "\n"], ids=["carriage-returns", "newlines"])
+def test_loss_curve_is_read_from_the_step_lines_of_a_log(separator):
+    text = "model: 1.2M params\n" + separator.join(STEP_LINES) + "\n---\nval_bpb:          1.500000\n"
+    assert report.loss_curve(text) == [(0, 6.9), (1, 6.1), (2, 5.5)]
+
+
+def test_each_run_log_is_copied_next_to_the_report_and_linked(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "1.log").write_text("\r".join(STEP_LINES) + "\n---\nval_bpb:          1.500000\n")
+    (logs / "shared.log").write_text("the second run's log\n")
+    ended = dict(ended_at=time.time() + 60)  # the logs were written before their experiments ended
+    write_ledger(repo, [dict(exp("keep", 1.5, "baseline", t=0, is_baseline=1, log_path=str(logs / "1.log")), **ended),
+                        dict(exp("discard", 1.6, "overwritten", t=1, log_path=str(logs / "shared.log"),
+                                 log_tail="its last lines"), **ended),
+                        dict(exp("discard", 1.7, "owns it", t=2, log_path=str(logs / "shared.log")), **ended),
+                        dict(exp("crash", None, "gone", t=3, log_path=str(logs / "missing.log")), **ended)])
+    assert run_cli(cwd=repo).returncode == 0
+    out = repo / "reports" / "night"
+    page = (out / "report.html").read_text()
+    first = next((out / "report_logs").glob("1-*.log"))
+    assert first.read_text() == (logs / "1.log").read_text()
+    assert f'href="report_logs/{first.name}"' in page
+    assert next((out / "report_logs").glob("3-*.log")).read_text() == "the second run's log\n"
+    assert next((out / "report_logs").glob("2-*.tail.log")).read_text() == "its last lines\n"
+    assert "overwritten by #3" in page and "log not found" in page
+    # the baseline's log has step lines: its loss curve is on the page
+    baseline = page[page.index('id="exp-1"'):]
+    assert '<img class="loss"' in baseline[:baseline.index("</details>")]
+
+
+def test_a_log_written_after_its_experiment_ended_is_not_shown_as_its_log(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    (tmp_path / "run.log").write_text("a later run by hand\n")
+    write_ledger(repo, [exp("keep", 1.5, "baseline", t=0, is_baseline=1, log_path=str(tmp_path / "run.log"))])
+    assert run_cli(cwd=repo).returncode == 0
+    out = repo / "reports" / "night"
+    assert "log rewritten after the experiment ended" in (out / "report.html").read_text()
+    assert not list((out / "report_logs").glob("*.log"))
+
+
+def test_several_tags_get_one_chart_overlaying_their_kept_val_bpb(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, campaign_rows() + [exp("keep", 1.6, "base", tag="day", t=0, is_baseline=1),
+                                          exp("keep", 1.55, "x", tag="day", t=1, best_before=1.6)])
+    assert run_cli("--tag", "night", "--tag", "day", cwd=repo).returncode == 0
+    out = repo / "reports" / "night+day"
+    assert_png(out / "tags.png")
+    assert 'id="tags-plot"' in (out / "report.html").read_text()
+    assert run_cli("--tag", "night", cwd=repo).returncode == 0
+    assert 'id="tags-plot"' not in (repo / "reports" / "night" / "report.html").read_text()
+
+
+def test_json_prints_the_summaries_and_rows(campaign):
+    result = run_cli("--json", cwd=campaign)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    [summary] = data["summaries"]
+    assert (summary["tag"], summary["kept"], summary["best"], summary["noise_std"]) == ("night", 2, 1.40, 0.0007)
+    assert summary["keep_rate"] == pytest.approx(2 / 6) and summary["best_id"] == 6
+    assert [r["id"] for r in data["rows"]] == list(range(1, 8))
+    assert data["rows"][5]["vs_baseline"] == pytest.approx(-0.10) and data["rows"][5]["gain"] == pytest.approx(0.05)
+    assert data["rows"][1]["tokens_per_second"] == pytest.approx(80_000)
+    assert not (campaign / "reports").exists()  # --json only prints
+
+
 # --- results.tsv ----------------------------------------------------------------------------------
 
 RESULTS_TSV = (
@@ -161,9 +282,43 @@ def test_results_tsv_alone_makes_a_report_named_after_the_file(tmp_path):
     page = (out / "report.html").read_text()
     assert "results.tsv records no diffs" in page
     assert "increase LR to 0.04 &amp; &lt;more&gt;" in page
-    assert "4 experiments, 2 kept" in result.stdout
+    assert "4 experiments (1 baseline run), 1 kept" in result.stdout
     assert "improvement:       0.004700 (0.47%)" in result.stdout
     assert "experiments/hour:  n/a (results.tsv does not record it)" in result.stdout
+
+
+def test_from_a_tsv_the_first_row_is_the_baseline_and_top_hits_only_beat_the_best(tmp_path):
+    tsv = tmp_path / "results.tsv"
+    tsv.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+                   "a1b2c3d\t1.000000\t1.0\tkeep\tbaseline\n"
+                   "b2c3d4e\t0.990000\t1.0\tkeep\tlower lr\n"
+                   "c3d4e5f\t0.995000\t1.0\tkeep\tkept by hand, worse than the best\n"
+                   "d4e5f6a\t1.100000\t1.0\tdiscard\tworse\n")
+    result = run_cli("--results", str(tsv), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    [summary] = data["summaries"]
+    assert summary["baseline"] == 1.0 and summary["keep_rate"] == pytest.approx(2 / 3)
+    assert [r["is_baseline"] for r in data["rows"]] == [1, 0, 0, 0]
+    assert [r["description"] for r in data["rows"] if r["gain"] is not None] == ["lower lr"]
+    result = run_cli("--results", str(tsv), cwd=tmp_path)
+    hits = result.stdout[result.stdout.index("top hits:"):].splitlines()[1:-2]
+    assert [line.split()[0] for line in hits] == ["+0.010000"]
+
+
+def test_log_tsv_output_is_read_as_one_campaign_per_tag(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, campaign_rows() + [exp("keep", 1.6, "base", tag="day", t=7, is_baseline=1),
+                                          exp("keep", 1.55, "x", tag="day", t=8, best_before=1.6)])
+    log = subprocess.run([sys.executable, "-m", "autoresearch.cli", "log", "--format", "tsv"], cwd=repo,
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[1])}).stdout
+    (tmp_path / "log.tsv").write_text(log)
+    result = run_cli("--results", str(tmp_path / "log.tsv"), cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert "campaign night: 7 experiments (1 baseline run), 2 kept" in result.stdout
+    assert "campaign day: 2 experiments (1 baseline run), 1 kept" in result.stdout
+    assert "baseline val_bpb:  1.600000" in result.stdout
 
 
 @pytest.mark.parametrize("content, message", [
@@ -218,25 +373,29 @@ def test_empty_ledger_is_one_clear_line(tmp_path):
 
 # --- the plot on edge cases -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("rows", [
+@pytest.mark.parametrize("rows, summary", [
     pytest.param([exp("crash", None, "broke", t=0, cause="NaN"), exp("crash", None, "broke again", t=1),
-                  exp("keep", 1.5, "baseline", t=2), exp("discard", 1.6, "worse", t=3)], id="crashes-first"),
-    pytest.param([exp("discard", 1.5, "a", t=0), exp("discard", 1.6, "b", t=1)], id="no-keeps"),
-    pytest.param([exp("keep", 1.5, "baseline", t=0)], id="single-experiment"),
-    pytest.param([exp("crash", None, "a", t=0), exp("timeout", None, "b", t=1)], id="all-crashes"),
+                  exp("keep", 1.5, "baseline", t=2), exp("discard", 1.6, "worse", t=3)],
+                 "4 experiments (3 baseline runs), 0 kept", id="crashes-first"),
+    pytest.param([exp("discard", 1.5, "a", t=0), exp("discard", 1.6, "b", t=1)],
+                 "2 experiments (1 baseline run), 0 kept", id="no-keeps"),
+    pytest.param([exp("keep", 1.5, "baseline", t=0)], "1 experiments (1 baseline run), 0 kept",
+                 id="single-experiment"),
+    pytest.param([exp("crash", None, "a", t=0), exp("timeout", None, "b", t=1)],
+                 "2 experiments (2 baseline runs), 0 kept", id="all-crashes"),
     pytest.param([exp("keep", 1.5, "baseline", worker="gpu0", t=0), exp("discard", 1.6, "a", worker="gpu1", t=1),
                   exp("keep", 1.4, "b", worker="gpu1", t=2, best_before=1.5),
                   exp("crash", None, "c", worker="gpu0", t=3), exp("keep", 1.3, "d", worker="gpu0", t=4,
-                                                                  best_before=1.4)], id="swarm-2-workers"),
+                                                                  best_before=1.4)],
+                 "5 experiments (1 baseline run), 2 kept", id="swarm-2-workers"),
 ])
-def test_plot_is_a_valid_png_on_edge_cases(tmp_path, rows):
+def test_plot_is_a_valid_png_on_edge_cases(tmp_path, rows, summary):
     repo = git_repo(tmp_path / "repo")
     write_ledger(repo, rows)
     result = run_cli(cwd=repo)
     assert result.returncode == 0, result.stderr
     assert_png(repo / "reports" / "night" / "progress.png")
-    n_keeps = sum(r["status"] == "keep" for r in rows)
-    assert f"{len(rows)} experiments, {n_keeps} kept" in result.stdout
+    assert summary in result.stdout
 
 
 def test_crashes_do_not_stretch_the_y_axis():
@@ -310,7 +469,12 @@ def test_report_page_works_in_a_headless_browser(campaign):
             column = page.eval_on_selector_all("#experiments tbody tr",
                                                "rows => rows.map(r => r.cells[5].textContent)")
             assert column[:2] == ["1.700000", "1.520000"]
-            # nothing but the file itself and its inline image was loaded
+            # the number of an experiment opens its details, with its diff
+            experiment = page.locator("#exp-2 pre.diff")
+            assert not experiment.is_visible()
+            page.locator('#experiments a[href="#exp-2"]').click()
+            assert experiment.is_visible() and "+DEPTH = 6" in experiment.inner_text()
+            # nothing but the file itself and its inline images was loaded
             assert all(u.startswith(("file:", "data:")) for u in requests), requests
         finally:
             browser.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import executor, runner
+from autoresearch import executor, results, runner
 from autoresearch.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,6 +280,35 @@ def test_decide_false_records_without_moving_the_branch_until_settled(repo):
     assert git(repo, "rev-parse", "HEAD") == baseline["commit_sha"]
     assert git(repo, "rev-parse", f"refs/autoresearch/t/{row['commit_sha'][:7]}") == row["commit_sha"]
     assert results_tsv(repo)[-1][0] == row["commit_sha"][:7] and results_tsv(repo)[-1][3] == "discard"
+
+
+def test_results_tsv_holds_only_the_campaign_of_the_checkouts_branch(repo):
+    run(repo, "baseline t")
+    run(repo, "better t", fake_train(0.9))
+    git(repo, "checkout", "-qb", "autoresearch/u")
+    run(repo, "baseline u", fake_train(0.8))
+    assert [line[4] for line in results_tsv(repo)[1:]] == ["baseline u"]
+    git(repo, "checkout", "-q", "autoresearch/t")
+    run(repo, "worse t", fake_train(1.5))
+    assert [line[4] for line in results_tsv(repo)[1:]] == ["baseline t", "better t", "worse t"]
+
+
+def test_results_tsv_is_rewritten_from_the_ledger_so_stale_lines_go(repo):
+    run(repo, "baseline")
+    (repo / "results.tsv").write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+                                      "0000000\t0.500000\t1.0\tkeep\tfrom an older campaign\n")
+    run(repo, "worse", fake_train(1.1))
+    rows = Ledger(repo=repo).experiments(tag="t")
+    assert results_tsv(repo) == [["commit", "val_bpb", "memory_gb", "status", "description"]] + [
+        [r["commit_sha"][:7], f"{r['val_bpb']:.6f}", "1.5", r["status"], r["description"]] for r in rows]
+    assert sorted(p.name for p in repo.iterdir() if "results" in p.name) == ["results.tsv"]  # no temp file left
+
+
+def test_a_results_tsv_a_killed_writer_left_half_written_does_not_count_as_a_change(repo):
+    leftover = repo / f"{results.TEMP_PREFIX}x" / "results.tsv"  # where write() puts the new file first
+    leftover.parent.mkdir()
+    leftover.write_text("commit\tval_bpb")
+    assert run(repo, "baseline")["status"] == "keep"
 
 
 # -- failures ----------------------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""results.tsv: one campaign in the reference's five columns, written from the ledger and read back."""
+
+import subprocess
+
+import pytest
+
+from autoresearch import results
+from autoresearch.ledger import Ledger
+
+HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+    return Ledger(repo=repo)
+
+
+def add(ledger, tag, status, val_bpb=None, description="", sha="a"):
+    exp_id = ledger.start_experiment(tag=tag, commit_sha=sha * 40, description=description)
+    if status != "running":
+        ledger.finish_experiment(exp_id, status=status, val_bpb=val_bpb, peak_vram_mb=3072.0)
+    return exp_id
+
+
+def test_write_holds_the_finished_experiments_of_one_campaign_in_ledger_order(ledger, tmp_path):
+    add(ledger, "night", "keep", 1.5, "baseline", "a")
+    add(ledger, "day", "keep", 1.2, "another campaign", "b")
+    add(ledger, "night", "timeout", None, "too slow", "c")
+    add(ledger, "night", "discard", 1.6, "worse", "d")
+    add(ledger, "night", "running", None, "still training", "e")
+    results.write(tmp_path, ledger, "night")
+    assert (tmp_path / "results.tsv").read_text() == (
+        f"{HEADER}\n"
+        "aaaaaaa\t1.500000\t3.0\tkeep\tbaseline\n"
+        "ccccccc\t0.000000\t0.0\tcrash\ttoo slow [timeout]\n"
+        "ddddddd\t1.600000\t3.0\tdiscard\tworse\n")
+
+
+def test_log_output_reads_back_one_campaign_per_tag(ledger, tmp_path):
+    add(ledger, "night", "keep", 1.5, "baseline", "a")
+    add(ledger, "night", "keep", 1.4, "better", "b")
+    add(ledger, "day", "crash", None, "broken baseline", "c")
+    add(ledger, "day", "keep", 1.3, "baseline again", "d")
+    path = tmp_path / "log.tsv"
+    path.write_text(results.format_rows(ledger.experiments(), extra=results.LOG_EXTRAS))
+    rows = results.read(path)
+    assert [(r["id"], r["tag"], r["status"], r["description"]) for r in rows] == [
+        (1, "night", "keep", "baseline"), (2, "night", "keep", "better"), (3, "day", "crash", "broken baseline"),
+        (4, "day", "keep", "baseline again")]
+
+
+def test_a_results_tsv_is_one_campaign_named_after_the_file(tmp_path):
+    path = tmp_path / "results.tsv"
+    path.write_text(f"{HEADER}\n"
+                    "a1b2c3d\t0.000000\t0.0\tcrash\tbaseline (OOM)\n"
+                    "b2c3d4e\t0.997900\t44.0\tkeep\tbaseline, smaller batch\n"
+                    "c3d4e5f\t0.993200\t44.2\tkeep\tlr 0.04\n")
+    rows = results.read(path)
+    assert [(r["tag"], r["status"], r["val_bpb"], r["is_baseline"]) for r in rows] == [
+        ("results", "crash", None, None), ("results", "keep", 0.9979, None), ("results", "keep", 0.9932, None)]
+    assert rows[1]["peak_vram_mb"] == pytest.approx(44.0 * 1024)
