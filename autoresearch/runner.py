@@ -41,6 +41,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,6 +56,7 @@ from autoresearch.ledger import Ledger
 BRANCH_PREFIX = "autoresearch/"
 TIMEOUT_MARGIN = 120.0   # seconds over twice the budget before a run is killed
 LOG_TAIL_LINES = 50
+MAX_ARCHIVED_LOG = 8 << 20  # bytes of an experiment's log kept in .autoresearch/logs/
 PRINTED_TOLERANCE = 2e-6  # train.py prints the trusted value to 6 decimals
 CLAIM_TOLERANCE = 2.0     # seconds a claimed training time may exceed the measured one (clock granularity)
 SUMMARY_COLUMNS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
@@ -123,6 +125,22 @@ def crash_cause(log_text, returncode):
         name = signal.Signals(-returncode).name
         return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
     return f"exit code {returncode} without a val_bpb line"
+
+
+def archive_log(ledger, tag, exp_id, log_path):
+    """Keep a finished experiment's log beside the ledger (run.log is the next run's): its path, or
+    log_path itself when there is nothing to keep. At most MAX_ARCHIVED_LOG bytes, the end of it."""
+    try:
+        size = os.path.getsize(log_path)
+        folder = os.path.join(os.path.dirname(ledger.path), "logs")
+        os.makedirs(folder, exist_ok=True)
+        kept = os.path.join(folder, f"{tag}-{exp_id}.log")
+        with open(log_path, "rb") as src, open(kept, "wb") as dst:
+            src.seek(max(0, size - MAX_ARCHIVED_LOG))
+            shutil.copyfileobj(src, dst)
+        return kept
+    except OSError:
+        return log_path
 
 
 def log_tail(log_text, n=LOG_TAIL_LINES):
@@ -670,6 +688,7 @@ class _Experiment:
         device = summary.get("device_name") or summary.get("device")
         seed = summary.get("seed") if isinstance(summary.get("seed"), int) else None
         extra = {"seed": seed} if seed is not None else {}
+        extra["log_path"] = archive_log(self.ledger, tag, exp_id, os.path.join(checkout, "run.log"))
         self.ledger.finish_experiment(exp_id, status=status, cause=cause, log_tail=log_tail(text), device=device,
                                       **metrics, **extra)
         row = self.ledger.experiment(exp_id)

@@ -227,6 +227,15 @@ def test_better_is_kept_and_advances_the_branch(repo):
     assert "+print(\"val_bpb:          0.900000\")" in row["diff"]
 
 
+def test_each_experiments_log_is_kept_beside_the_ledger_after_run_log_is_reused(repo):
+    first = run(repo, "baseline")
+    second = run(repo, "better", fake_train(0.9))
+    assert first["log_path"] != second["log_path"]
+    assert Path(first["log_path"]).parent == repo / ".autoresearch" / "logs"
+    assert "val_bpb:          1.000000" in Path(first["log_path"]).read_text()
+    assert "val_bpb:          0.900000" in Path(second["log_path"]).read_text()
+
+
 def test_worse_is_discarded_reset_and_saved_under_refs(repo):
     baseline = run(repo, "baseline")
     row = run(repo, "worse", fake_train(1.1))
