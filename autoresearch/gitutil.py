@@ -3,6 +3,7 @@
 import fcntl
 import os
 import subprocess
+import tempfile
 
 # files the harness itself writes into a checkout: never part of an experiment
 HARNESS_OUTPUTS = ["run.log", "results.tsv", ".autoresearch"]
@@ -121,6 +122,31 @@ def commit(repo, message):
     git(repo, *_identity(repo), "-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify",
         "--allow-empty-message", "-m", message)
     return head(repo)
+
+
+def commit_file(repo, parent, path, text, message):
+    """A commit on top of parent whose tree is parent's with `path` holding text, made without
+    touching the working tree or the index (a swarm's driver commits many experiments at once)."""
+    blob = git(repo, "hash-object", "-w", "--stdin", input=text)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
+        git(repo, "read-tree", parent, env=env)
+        git(repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+        tree = git(repo, "write-tree", env=env)
+    return git(repo, *_identity(repo), "-c", "commit.gpgsign=false", "commit-tree", tree, "-p", parent,
+               "-m", message or "(no description)")
+
+
+def merge_text(base, ours, theirs):
+    """Three-way merge of one file's texts (git merge-file): the merged text, or None on a conflict."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+            paths.append(os.path.join(tmp, name))
+            with open(paths[-1], "w", encoding="utf-8") as f:
+                f.write(text)
+        proc = subprocess.run(["git", "merge-file", "-p", *paths], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
 
 
 def diff(repo, old, new, limit=1_000_000):

@@ -670,27 +670,18 @@ class _Experiment:
         outcome None: the run was interrupted (status crash, with the cause given)."""
         checkout, tag = self.checkout, self.tag
         text = self.read_log()
-        summary = parse_summary(text)
-        claimed = claims(text)
-        metrics = {k: v for k, v in claimed.items() if k != "val_bpb"}
         if outcome is None:
             status = "crash"
         else:
-            status, cause = self.judge(outcome, state, fingerprint, claimed, text)
-            metrics = outcome_metrics(outcome, claimed)
+            status, cause = self.judge(outcome, state, fingerprint, claims(text), text)
             if status in ("keep", "discard"):
                 val = outcome.val_bpb
                 status = "keep" if is_baseline or best is None or val < best - threshold else "discard"
         if status == "invalid" or (decide and status != "keep"):
             revert(checkout, tag, commit, start)
-        if status not in ("keep", "discard"):
-            metrics["val_bpb"] = None  # only a judged run has a metric to compare
-        device = summary.get("device_name") or summary.get("device")
-        seed = summary.get("seed") if isinstance(summary.get("seed"), int) else None
-        extra = {"seed": seed} if seed is not None else {}
-        extra["log_path"] = archive_log(self.ledger, tag, exp_id, os.path.join(checkout, "run.log"))
-        self.ledger.finish_experiment(exp_id, status=status, cause=cause, log_tail=log_tail(text), device=device,
-                                      **metrics, **extra)
+        cols = result_columns(outcome, text, status)
+        cols["log_path"] = archive_log(self.ledger, tag, exp_id, os.path.join(checkout, "run.log"))
+        self.ledger.finish_experiment(exp_id, status=status, cause=cause, **cols)
         row = self.ledger.experiment(exp_id)
         results.write(checkout, self.ledger, tag)
         val = row["val_bpb"]
@@ -776,6 +767,21 @@ def outcome_metrics(outcome, claimed):
                    starved=None if outcome.cpu_share_others is None and outcome.gpu_others is None
                    else int(contention.starved(outcome.cpu_share_others, outcome.gpu_others)))
     return metrics
+
+
+def result_columns(outcome, text, status):
+    """The ledger columns of a finished run from its log and, unless it was interrupted (outcome None),
+    the executor's outcome; val_bpb only for a judged run (keep or discard)."""
+    summary = parse_summary(text)
+    claimed = claims(text)
+    cols = outcome_metrics(outcome, claimed) if outcome is not None else \
+        {k: v for k, v in claimed.items() if k != "val_bpb"}
+    if status not in ("keep", "discard"):
+        cols["val_bpb"] = None  # only a judged run has a metric to compare
+    cols.update(log_tail=log_tail(text), device=summary.get("device_name") or summary.get("device"))
+    if isinstance(summary.get("seed"), int):
+        cols["seed"] = summary["seed"]
+    return cols
 
 
 def claims(text):
