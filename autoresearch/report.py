@@ -21,7 +21,7 @@ TSV_STATUSES = ("keep", "discard", "crash")
 
 
 class ReportError(Exception):
-    """A user mistake or missing input: reported as one line, exit 1."""
+    """A user mistake or missing input: reported as one line, exit 2."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,9 +493,9 @@ def build_report(tags=None, results=None, out=None, repo="."):
 def cmd_report(args):
     try:
         lines, _ = build_report(args.tag, args.results, args.out)
-    except ReportError as e:
-        print(f"autoresearch report: {e}", file=sys.stderr)
-        return 1
+    except ReportError as e:  # a usage or precondition error (cli.EXIT_CODES)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print("\n".join(lines))
     return 0
 
