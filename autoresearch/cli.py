@@ -48,7 +48,7 @@ exit codes (every command):
   130  stopped by Ctrl-C (SIGINT)
   143  stopped by SIGTERM
   141  the reader of the output went away (`autoresearch log | head -1`)
-errors are one line on stderr starting with `error: `"""
+errors are one line on stderr starting with `error: ` (bad flags: argparse's usage and error)"""
 
 
 def version():
