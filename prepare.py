@@ -727,7 +727,8 @@ def _bpb(model, tokenizer, batch_size):
     rng = random.Random(os.urandom(16))  # nobody can know in advance which batches are probed
     probed = set(rng.sample(starts, min(CAUSALITY_PROBES, len(starts))))
     total_nats, total_bytes = 0.0, 0  # Python floats/ints: float64 on every device (MPS has none)
-    bar = tqdm(total=len(rows) * MAX_SEQ_LEN, desc="eval", unit="tok", unit_scale=True, leave=False)
+    # disable=None: no bar when stderr is not a terminal (run.log), where its redraws would make one huge line
+    bar = tqdm(total=len(rows) * MAX_SEQ_LEN, desc="eval", unit="tok", unit_scale=True, leave=False, disable=None)
     for i in starts:
         batch = rows[i:i + batch_size].to(device)
         x, y = batch[:, :-1], batch[:, 1:]

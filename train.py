@@ -445,7 +445,8 @@ def lr_multiplier(progress):
 # Training loop: runs until TIME_BUDGET seconds of training have passed
 
 t_startup = time.time() - t_start
-step, training_time, smooth_loss = 0, 0.0, 0.0
+step, training_time, smooth_loss, shown_at = 0, 0.0, 0.0, 0.0
+on_terminal = sys.stdout.isatty()  # a terminal: one step line rewritten in place; run.log: a line every 5 s
 while True:
     sync()
     t0 = time.time()
@@ -477,9 +478,12 @@ while True:
     mfu = 100 * flops_per_token * tok_per_sec / peak_flops
     done = min(training_time / TIME_BUDGET, 1.0)
     remaining = max(0.0, TIME_BUDGET - training_time)
-    print(f"\rstep {step:05d} ({100 * done:.1f}%) | loss: {debiased:.6f} | lrm: {lr_multiplier(progress):.2f} | "
-          f"dt: {dt * 1000:.0f}ms | tok/s: {tok_per_sec:,.0f} | mfu: {mfu:.1f}% | epoch: {epoch} | "
-          f"remaining: {remaining:.0f}s    ", end="", flush=True)
+    last_step = step >= untimed_steps and training_time >= TIME_BUDGET
+    if on_terminal or step < 3 or last_step or time.time() - shown_at >= 5:
+        shown_at = time.time()
+        line = (f"step {step:05d} ({100 * done:.1f}%) | loss: {debiased:.6f} | dt: {dt * 1000:.0f}ms | "
+                f"mfu: {mfu:.1f}% | remaining: {remaining:.0f}s")
+        print(f"\r{line}\x1b[K" if on_terminal else line, end="" if on_terminal else "\n", flush=True)
 
     if step == 0:  # Python's GC pauses cost ~500ms; everything allocated so far lives for the whole run
         gc.collect()
@@ -488,9 +492,10 @@ while True:
     elif step % 5000 == 0:
         gc.collect()
     step += 1
-    if step > untimed_steps and training_time >= TIME_BUDGET:
+    if last_step:
         break
-print()
+if on_terminal:
+    print()
 
 # ---------------------------------------------------------------------------
 # Evaluation and summary

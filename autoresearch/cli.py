@@ -2,6 +2,8 @@
 
 import argparse
 import importlib
+import importlib.metadata
+import os
 import sys
 
 # module -> it defines register(subparsers), adding its subcommand(s) with set_defaults(func=...)
@@ -36,10 +38,33 @@ def non_negative(text):
 non_negative.__name__ = "non-negative number"
 
 
+EXIT_CODES = """\
+exit codes (every command):
+  0    success (for `run`: the experiment was kept or discarded)
+  1    the work ran but failed: an experiment that crashed, timed out or was invalid,
+       a damaged ledger, a git command that failed
+  2    usage or precondition error: bad flags, no ledger yet, not on a campaign branch,
+       data not prepared
+  130  stopped by Ctrl-C (SIGINT)
+  143  stopped by SIGTERM
+  141  the reader of the output went away (`autoresearch log | head -1`)
+errors are one line on stderr starting with `error: ` (bad flags: argparse's usage and error)"""
+
+
+def version():
+    try:
+        return importlib.metadata.version("autoresearch")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        from autoresearch import __version__
+        return __version__
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="autoresearch",
-        description="Run, record and report autonomous train.py experiments.")
+        description="Run, record and report autonomous train.py experiments.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"autoresearch {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in MODULES:
         try:
@@ -52,18 +77,34 @@ def build_parser():
     return parser
 
 
+def quiet_stdout():
+    """Send the rest of stdout to /dev/null: its reader went away (`| head -1`). The Python docs'
+    recipe: without it, the interpreter's last flush at exit raises BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     from autoresearch.ledger import LedgerError
     try:
-        return args.func(args) or 0
-    except LedgerError as e:  # any verb, one line: the ledger is never silently replaced
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        try:
+            code = args.func(args) or 0
+        except LedgerError as e:  # any verb, one line: the ledger is never silently replaced
+            print(f"error: {e}", file=sys.stderr)
+            code = 1
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
+        return code
+    except BrokenPipeError:
+        quiet_stdout()
+        return 141  # 128 + SIGPIPE, as a C program killed by the closed pipe would exit
+    except KeyboardInterrupt:  # a verb that has no stop of its own (log, report): no traceback
+        print(file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -315,13 +315,10 @@ def cmd_log(args):
               f"inside the checkout of a campaign", file=sys.stderr)
         return 2
     path = ledger_path(repo)
-    if not os.path.exists(path):
-        if args.format == "json":
-            print("[]")
-        else:
-            print(f"no experiments recorded yet ({path} does not exist); start one with "
-                  f"`autoresearch run -m DESCRIPTION` on a branch autoresearch/<tag>", file=sys.stderr)
-        return 0
+    if not os.path.exists(path):  # the same line as `status` and `report`
+        print(f"error: no ledger at {path}: nothing has run from this checkout yet (start a campaign with "
+              f"`autoresearch loop` or `autoresearch run`)", file=sys.stderr)
+        return 2
     ledger = Ledger(path)
     if args.tag is not None and args.tag not in ledger.tags():
         known = ", ".join(ledger.tags()) or "none yet"

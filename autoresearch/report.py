@@ -37,7 +37,7 @@ STEP_LINE = re.compile(r"step\s+(\d+)\s+\([^)]*\)\s*\|\s*loss:\s*([^\s|]+)")
 
 
 class ReportError(Exception):
-    """A user mistake or missing input: reported as one line, exit 1."""
+    """A user mistake or missing input: reported as one line, exit 2."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -752,9 +752,9 @@ def cmd_report(args):
             print(report_json(args.tag, args.results))
             return 0
         lines, _ = build_report(args.tag, args.results, args.out)
-    except ReportError as e:
-        print(f"autoresearch report: {e}", file=sys.stderr)
-        return 1
+    except ReportError as e:  # a usage or precondition error (cli.EXIT_CODES)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print("\n".join(lines))
     return 0
 

@@ -480,18 +480,53 @@ def settle(repo, exp_id, keep, cause=None, ledger=None):
 
 
 # -- one experiment ----------------------------------------------------------------------------
-def _show_progress(log_path, started, timeout):
-    """Overwrite one stderr line with the run's latest progress line (terminals only)."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, os.path.getsize(log_path) - 4096))
-            lines = _lines(f.read().decode("utf-8", "replace"))
-    except OSError:
-        return
-    last = lines[-1].strip() if lines else "starting"
-    text = f"[{time.time() - started:5.0f}s/{timeout:.0f}s] {last}"
-    sys.stderr.write("\r" + text[:150].ljust(150))
-    sys.stderr.flush()
+PROGRESS_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal (a log file, a pipe)
+PROGRESS_WIDTH = 100
+
+
+class _Progress:
+    """The running experiment's latest log line on stderr, after its elapsed time and timeout. On a
+    terminal: one line rewritten in place, cut to the terminal's width. Elsewhere: a plain line every
+    PROGRESS_EVERY seconds, so a log of the loop stays readable with `tail`."""
+
+    def __init__(self, log_path, timeout):
+        self.log_path, self.timeout = log_path, timeout
+        self.live = sys.stderr.isatty()
+        self.written = time.time()  # the start line was just printed
+        self.open_line = False
+
+    def latest(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.log_path) - 4096))
+                lines = _lines(f.read().decode("utf-8", "replace"))
+        except OSError:
+            return "starting"
+        # train.py's output is untrusted: no escape sequence reaches the terminal
+        return "".join(c for c in lines[-1].strip() if c.isprintable()) if lines else "starting"
+
+    def tick(self, since):
+        now = time.time()
+        if not self.live and now - self.written < PROGRESS_EVERY:
+            return
+        self.written = now
+        text = f"[{now - since:4.0f}s/{self.timeout:.0f}s] {self.latest()}"
+        # a terminal's last column would wrap the line on some terminals; a log file gets 100 columns
+        text = text[:shutil.get_terminal_size().columns - 1 if self.live else PROGRESS_WIDTH]
+        self.write(f"\r{text}\x1b[K" if self.live else text + "\n")
+        self.open_line = self.live
+
+    def end(self):
+        if self.open_line:
+            self.write("\n")
+            self.open_line = False
+
+    def write(self, text):
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr went away (`2>&1 | head`): the experiment goes on
+            self.live, self.written = False, float("inf")
 
 
 def run_experiment(repo, description, *, timeout=None, proposer="manual", model=None, prompt_tokens=None,
@@ -524,7 +559,10 @@ class _Experiment:
 
     def say(self, text):
         if self.progress:
-            print(text, flush=True)
+            try:
+                print(text, flush=True)
+            except BrokenPipeError:  # `autoresearch run | head -1`: the experiment goes on, unheard
+                cli.quiet_stdout()
 
     def run(self, timeout, seed, threshold, is_baseline, decide, ledger_cols):
         checkout, ledger, tag = self.checkout, self.ledger, self.tag
@@ -583,9 +621,11 @@ class _Experiment:
             ledger.update_experiment(exp_id, pgid=pgid, workdir=folder)
             self.signals.arm()
 
+        progress = _Progress(log_path, timeout) if self.progress else None
+
         def tick(since):
-            if self.progress and sys.stderr.isatty():
-                _show_progress(log_path, since, timeout)
+            if progress:
+                progress.tick(since)
 
         try:
             outcome = load_executor()(spec, checkout, rules["profile_dir"], float(rules["time_budget"]), log_path,
@@ -593,13 +633,13 @@ class _Experiment:
             self.signals.hold()
         except Interrupted as interrupt:
             self.signals.hold()  # the executor has stopped the training's process group
-            if self.progress and sys.stderr.isatty():
-                sys.stderr.write("\n")
+            if progress:
+                progress.end()
             row = self.finish(exp_id, commit, start, decide=True, outcome=None, state=state,
                               cause=f"interrupted ({self.signals.pending or 'signal'})")
             raise Interrupted(str(interrupt), row=row) from None
-        if self.progress and sys.stderr.isatty():
-            sys.stderr.write("\n")
+        if progress:
+            progress.end()
 
         # 4. decide and record
         row = self.finish(exp_id, commit, start, decide=decide, outcome=outcome, state=state, cause=None,
@@ -837,9 +877,9 @@ def cmd_run(args):
         if e.row is not None:
             print(summary_text(e.row, ledger), file=sys.stderr)
         print(f"stopped: {e}", file=sys.stderr)
-        return 130
+        return 143 if "SIGTERM" in str(e) else 130
     print(summary_text(row, ledger))
-    return 0
+    return 0 if row["status"] in ("keep", "discard") else 1  # cli.EXIT_CODES: the experiment failed
 
 
 def register(subparsers):

@@ -2,8 +2,10 @@
 `autoresearch status`: a live terminal view of the running campaigns, read from the ledger.
 Per campaign and worker: the experiment in progress with a progress bar taken from the last
 progress line of its run log, then the last results, the best so far and experiments per hour.
+`--json` prints the same as one machine-readable snapshot of every campaign.
 """
 
+import json
 import os
 import re
 import signal
@@ -11,9 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+from autoresearch import gitutil
+from autoresearch.ledger import STATUSES
 from autoresearch.report import ReportError, is_failed, open_ledger, short, summarize
 
-# train.py's progress line, e.g. "step 00042 (13.9%) | loss: 5.123456 | ... | remaining: 258s"
+# train.py's progress line, e.g. "step 00042 (13.9%) | loss: 5.123456 | ... | remaining: 258s",
+# newline-terminated in a log file, rewritten in place with '\r' on a terminal
 PROGRESS = re.compile(r"^step (\d+) \((\d+(?:\.\d+)?)%\).*\| remaining: (\d+)s")
 BAR_WIDTH = 30
 LAST_RESULTS = 5
@@ -23,7 +28,7 @@ CLEAR = "\x1b[H\x1b[2J"
 def read_progress(log_path, worktree=None, tail_bytes=65536):
     """What the run's log says so far: {step, percent, remaining, phase}, or None without a log.
 
-    The log is '\\r'-separated progress lines; only its tail is read and the last complete
+    The log holds progress lines ended by '\\n' (or '\\r' when train.py wrote to a terminal); only its tail is read and the last complete
     progress line wins. phase: "starting" (no progress yet), "training", "evaluating" (the
     eval's progress follows the last step) or "done" (the summary block has been printed)."""
     if not log_path:
@@ -107,10 +112,51 @@ def campaign_lines(tag, rows, campaign, now):
     if running:
         lines.append("  running:")
         lines += [running_line(r, now) for r in sorted(running, key=lambda r: r.get("worker") or "")]
+    lines.append(noise_line(campaign or {}, summarize(tag, finished, campaign or {}) if finished else {}))
     if finished:
         lines.append("  last results:")
         lines += [result_line(r) for r in finished[-LAST_RESULTS:]]
     return lines
+
+
+def noise_line(campaign, summary):
+    """How big a gain must be to count: the measured noise (or that it was not measured) and the threshold."""
+    noise = (f"noise std {campaign['noise_std']:.6f}" if campaign.get("noise_std") is not None
+             else "noise not measured (loop --baseline-repeats K)")
+    threshold = summary.get("threshold", campaign.get("min_delta"))
+    return f"  {noise}; keep threshold {threshold or 0:.6f}"
+
+
+def campaign_snapshot(tag, rows, campaign, now):
+    """One campaign for `status --json`: plain numbers and strings, null where unknown."""
+    finished = [r for r in rows if r["status"] != "running"]
+    s = summarize(tag, finished, campaign) if finished else {}
+    counts = dict.fromkeys(STATUSES, 0)
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    running = [dict(id=r["id"], worker=r.get("worker"), description=r.get("description"),
+                    commit=gitutil.short(r.get("commit_sha")) or None, started_at=r.get("started_at"),
+                    elapsed_s=round(now - r["started_at"], 1) if r.get("started_at") else None,
+                    timeout_s=r.get("timeout_s"), log_path=r.get("log_path"),
+                    progress=read_progress(r.get("log_path"), r.get("worktree")))
+               for r in rows if r["status"] == "running"]
+    last = [dict(id=r["id"], status=r["status"], val_bpb=None if is_failed(r) else r["val_bpb"],
+                 commit=gitutil.short(r.get("commit_sha")) or None, description=r.get("description"),
+                 worker=r.get("worker"), cause=r.get("cause"), ended_at=r.get("ended_at"))
+            for r in finished[-LAST_RESULTS:]]
+    return dict(tag=tag, profile=campaign.get("profile") or s.get("profile"), device=s.get("device"),
+                best=s.get("best"), noise_std=campaign.get("noise_std"),
+                threshold=s.get("threshold", campaign.get("min_delta")), per_hour=s.get("per_hour"),
+                counts=counts, running=running, last_results=last)
+
+
+def status_json(ledger, now=None):
+    """Every campaign of the ledger, as the JSON text of `status --json`."""
+    now = time.time() if now is None else now
+    rows = ledger.experiments()
+    campaigns = [campaign_snapshot(tag, [r for r in rows if r["tag"] == tag], ledger.campaign(tag) or {}, now)
+                 for tag in ledger.tags()]
+    return json.dumps(dict(time=now, ledger=ledger.path, campaigns=campaigns), indent=1)
 
 
 def status_text(ledger, now=None):
@@ -137,26 +183,32 @@ def status_text(ledger, now=None):
 
 def cmd_status(args):
     if args.interval <= 0:
-        print(f"autoresearch status: --interval must be a positive number of seconds, not {args.interval}",
-              file=sys.stderr)
-        return 1
+        print(f"error: --interval must be a positive number of seconds, not {args.interval:g}", file=sys.stderr)
+        return 2
+    if args.json and args.watch:
+        print("error: --json prints one snapshot; leave out --watch (or poll it yourself)", file=sys.stderr)
+        return 2
     try:
         ledger = open_ledger()
-        if not args.watch:
-            print(status_text(ledger))
-            return 0
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops it even if started with SIGINT ignored
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(status_json(ledger))
+        return 0
+    if not args.watch:
+        print(status_text(ledger))
+        return 0
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops it even if started with SIGINT ignored
+    try:
         while True:
             screen = status_text(ledger)
             sys.stdout.write(CLEAR + screen + f"\n\n(refreshing every {args.interval:g}s; Ctrl-C to stop)\n")
             sys.stdout.flush()
             time.sleep(args.interval)
-    except ReportError as e:
-        print(f"autoresearch status: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print()
-        return 0
+        return 130
 
 
 def register(subparsers):
@@ -165,4 +217,7 @@ def register(subparsers):
                                           "the best so far and experiments per hour.")
     p.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
     p.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between redraws (default 2)")
+    p.add_argument("--json", action="store_true",
+                   help="print one machine-readable snapshot of every campaign (best, noise, counts, "
+                        "the running experiments with their progress, the last results)")
     p.set_defaults(func=cmd_status)

@@ -203,11 +203,11 @@ def test_log_unknown_tag_is_a_one_line_error(repo, monkeypatch, capsys):
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "known tags: a, b" in err
 
 
-def test_log_before_any_experiment_says_how_to_start(repo, monkeypatch, capsys):
-    code, out, err = run_log(repo, monkeypatch, capsys)
-    assert code == 0 and "autoresearch run" in err
-    code, out, _ = run_log(repo, monkeypatch, capsys, "--format", "json")
-    assert json.loads(out) == []
+def test_log_before_any_experiment_is_exit_2_saying_how_to_start(repo, monkeypatch, capsys):
+    for args in ([], ["--format", "json"]):
+        code, out, err = run_log(repo, monkeypatch, capsys, *args)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"error: no ledger at {ledger_path(repo)}") and "autoresearch run" in err
 
 
 def test_log_outside_a_git_repository_is_a_one_line_error(tmp_path, monkeypatch, capsys):
@@ -235,7 +235,7 @@ def test_a_ledger_without_the_experiments_table_is_an_error(tmp_path):
         Ledger(path=str(path))
 
 
-def test_every_verb_reports_a_corrupt_ledger_in_one_line(tmp_path):
+def test_every_verb_reports_a_corrupt_ledger_in_one_line_and_exit_1(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q", "-b", "autoresearch/t"], cwd=repo, check=True)
@@ -244,6 +244,6 @@ def test_every_verb_reports_a_corrupt_ledger_in_one_line(tmp_path):
     for verb in (["log"], ["status"], ["report", "--tag", "t"]):
         proc = subprocess.run([sys.executable, "-m", "autoresearch.cli", *verb], cwd=repo, capture_output=True,
                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert proc.returncode != 0, verb
+        assert proc.returncode == 1, (verb, proc.stderr)
         assert proc.stderr.strip().splitlines()[-1].startswith("error: the ledger ") and "is empty" in proc.stderr, \
             (verb, proc.stderr)

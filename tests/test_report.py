@@ -329,19 +329,19 @@ def test_log_tsv_output_is_read_as_one_campaign_per_tag(tmp_path):
     ("commit\tval_bpb\tmemory_gb\tstatus\tdescription\nabc\t0.9\t1.0\tmaybe\tx\n", "status 'maybe'"),
     ("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n", "no experiments yet"),
 ])
-def test_malformed_results_tsv_is_one_clear_line_and_exit_1(tmp_path, content, message):
+def test_malformed_results_tsv_is_one_clear_line_and_exit_2(tmp_path, content, message):
     tsv = tmp_path / "results.tsv"
     tsv.write_text(content)
     result = run_cli("--results", str(tsv), cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_missing_results_tsv_is_one_clear_line(tmp_path):
     result = run_cli("--results", str(tmp_path / "nope.tsv"), cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.strip() == f"autoresearch report: no such results file: {tmp_path / 'nope.tsv'} " \
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: no such results file: {tmp_path / 'nope.tsv'} " \
                                     f"(pass the path of a results.tsv)"
 
 
@@ -349,7 +349,7 @@ def test_missing_results_tsv_is_one_clear_line(tmp_path):
 
 def test_unknown_tag_names_the_known_ones(campaign):
     result = run_cli("--tag", "nope", cwd=campaign)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "unknown tag 'nope'" in result.stderr and "'night'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -357,7 +357,7 @@ def test_unknown_tag_names_the_known_ones(campaign):
 def test_no_ledger_says_how_to_make_one(tmp_path):
     repo = git_repo(tmp_path / "repo")
     result = run_cli(cwd=repo)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "no ledger at" in result.stderr and "--results" in result.stderr
     assert not (repo / ".autoresearch" / "ledger.sqlite").exists()
 
@@ -366,7 +366,7 @@ def test_empty_ledger_is_one_clear_line(tmp_path):
     repo = git_repo(tmp_path / "repo")
     write_ledger(repo, [])
     result = run_cli(cwd=repo)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "has no finished experiments yet" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -9,6 +9,8 @@ on the smoke profile with a budget of a few seconds.
 
 import json
 import os
+import pty
+import re
 import signal
 import subprocess
 import sys
@@ -558,7 +560,7 @@ def test_second_run_in_the_same_checkout_is_refused(repo, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    assert proc.returncode == 143  # 128 + SIGTERM
 
 
 # -- user mistakes ---------------------------------------------------------------------------------------
@@ -600,3 +602,67 @@ def test_run_prints_a_summary_and_exits_zero_even_for_a_discard(repo):
     log = json.loads(cli(repo, "log", "--format", "json").stdout)
     assert [(i["status"], i["description"], i["proposer"]) for i in log] == \
         [("keep", "baseline", "manual"), ("discard", "worse", "manual")]
+
+
+def test_run_exits_1_when_the_experiment_crashed(repo):
+    assert cli(repo, "run", "-m", "baseline").returncode == 0
+    (repo / "train.py").write_text(fake_train(0.5, body="raise SystemExit('boom')"))
+    result = cli(repo, "run", "-m", "crashes")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.strip().splitlines()[-2].startswith("crash")
+
+
+# -- the progress display of a running experiment -----------------------------------------------------
+def stepping_train(seconds, val_bpb=0.9):
+    """A train.py that prints a long step line every 0.2 s for `seconds`, then the summary block."""
+    return fake_train(val_bpb, body=f"""\
+        import time
+        for step in range({int(seconds * 5)}):
+            print(f"step {{step:05d}} ({{step:.1f}}%) | loss: 5.000000 | " + "x" * 150 + " | remaining: 9s", flush=True)
+            time.sleep(0.2)
+        """)
+
+
+def test_progress_off_a_terminal_is_a_plain_line_every_few_seconds(repo, monkeypatch, capsys):
+    run(repo, "baseline")
+    monkeypatch.setattr(runner, "PROGRESS_EVERY", 1.0)
+    capsys.readouterr()
+    run(repo, "steps", stepping_train(4), progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = [line for line in err.splitlines() if line.startswith("[")]
+    assert 2 <= len(lines) <= 8, err
+    assert all(len(line) <= 100 for line in lines), lines
+    assert all(re.match(r"\[ *\d+s/\d+s\] step \d{5} ", line) for line in lines), lines
+
+
+def test_progress_on_a_terminal_is_one_line_rewritten_within_its_width(repo, monkeypatch, capsys):
+    run(repo, "baseline")
+    monkeypatch.setenv("COLUMNS", "60")
+    leader, follower = pty.openpty()
+    os.set_blocking(leader, False)
+    terminal = open(follower, "w")
+    monkeypatch.setattr(sys, "stderr", terminal)
+    captured = []
+
+    def drain():
+        try:
+            while True:
+                captured.append(os.read(leader, 65536))
+        except (BlockingIOError, OSError):
+            pass
+
+    try:
+        run(repo, "steps", stepping_train(3), progress=True)
+        terminal.flush()
+        drain()
+    finally:
+        monkeypatch.undo()
+        terminal.close()
+        os.close(leader)
+    screen = b"".join(captured).decode()
+    redraws = [part for part in screen.replace("\r\n", "\n").split("\r") if "step " in part]
+    assert len(redraws) >= 2, screen
+    assert all(len(part.split("\x1b[K")[0]) < 60 for part in redraws), redraws
+    assert all(part.split("\n")[0].endswith("\x1b[K") for part in redraws), redraws
+    assert screen.replace("\r\n", "\n").endswith("\n")  # the next output starts on a line of its own

@@ -1,5 +1,6 @@
 """`autoresearch status`: the live view of running campaigns."""
 
+import json
 import os
 import re
 import signal
@@ -73,11 +74,11 @@ def test_status_with_nothing_running_says_so_and_shows_the_last_results(tmp_path
     assert "better <lr>" in result.stdout
 
 
-def test_status_without_a_ledger_is_one_clear_line(tmp_path):
+def test_status_without_a_ledger_is_one_clear_line_and_exit_2(tmp_path):
     repo = git_repo(tmp_path / "repo")
     result = run_status(cwd=repo)
-    assert result.returncode == 1
-    assert result.stderr.startswith("autoresearch status: no ledger at")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no ledger at")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -115,7 +116,7 @@ def test_progress_bar_is_proportional():
     assert status.bar(100, width=10) == "[##########]"
 
 
-def test_watch_redraws_until_ctrl_c_and_exits_0(tmp_path):
+def test_watch_redraws_until_ctrl_c_and_exits_130(tmp_path):
     repo = git_repo(tmp_path / "repo")
     write_ledger(repo, [exp("keep", 1.5, "baseline", t=0)])
     proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "status", "--watch", "--interval", "0.3"],
@@ -124,12 +125,48 @@ def test_watch_redraws_until_ctrl_c_and_exits_0(tmp_path):
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err
     assert out.count(status.CLEAR) >= 2
     assert "Ctrl-C to stop" in out
 
 
 def test_watch_interval_must_be_positive(tmp_path):
     result = run_status("--watch", "--interval", "0", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "--interval must be a positive number" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --interval must be a positive number")
+
+
+def test_status_says_noise_not_measured_until_the_campaign_measured_it(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    ledger = write_ledger(repo, [exp("keep", 1.5, "baseline", t=0)], [dict(tag="night", min_delta=0.002)])
+    assert "  noise not measured" in status.status_text(ledger)
+    ledger.save_campaign(tag="night", noise_std=0.0007)
+    text = status.status_text(ledger)
+    assert "  noise std 0.000700" in text and "noise not measured" not in text
+
+
+def test_status_json_is_a_snapshot_of_every_campaign(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    log = tmp_path / "run.log"
+    log.write_text("profile: smoke\nstep 00002 (42.5%) | loss: 6.100000 | dt: 5ms | mfu: 1.0% | remaining: 5s\n")
+    write_ledger(repo, [exp("keep", 1.5, "baseline", t=0), exp("crash", None, "oops", t=1, cause="NaN loss"),
+                        exp("keep", 1.4, "better", t=2), exp("discard", 1.45, "worse", t=3),
+                        dict(tag="night", status="running", description="now", worker="w1", started_at=time.time() - 30,
+                             timeout_s=750, log_path=str(log)),
+                        exp("keep", 2.0, "other campaign", tag="day", t=4)],
+                 [dict(tag="night", min_delta=0.002, noise_std=None, profile="smoke"),
+                  dict(tag="day", noise_std=0.0007)])
+    result = run_status("--json", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    snapshot = json.loads(result.stdout)
+    night, day = (next(c for c in snapshot["campaigns"] if c["tag"] == tag) for tag in ("night", "day"))
+    assert night["best"] == 1.4 and night["noise_std"] is None and day["noise_std"] == 0.0007
+    assert night["counts"] == dict(running=1, keep=2, discard=1, crash=1, timeout=0, invalid=0)
+    [running] = night["running"]
+    assert (running["description"], running["worker"], running["timeout_s"]) == ("now", "w1", 750)
+    assert 29 <= running["elapsed_s"] < 120
+    assert running["progress"] == dict(step=2, percent=42.5, remaining=5, phase="training")
+    assert [(r["status"], r["description"]) for r in night["last_results"]] == \
+        [("keep", "baseline"), ("crash", "oops"), ("keep", "better"), ("discard", "worse")]
+    assert night["last_results"][1]["val_bpb"] is None and night["last_results"][1]["cause"] == "NaN loss"
+    assert day["running"] == [] and day["best"] == 2.0

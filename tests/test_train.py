@@ -1,6 +1,7 @@
 """train.py end to end on the smoke profile: the output contract the harness and agents rely on."""
 
 import os
+import pty
 import re
 import subprocess
 import sys
@@ -14,9 +15,11 @@ SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", 
 
 
 def run_train(cwd, **env):
-    full_env = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "train.py"], cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=300)
+    """train.py's output as written: decoded without text mode, which would turn each '\\r' into '\\n'."""
+    r = subprocess.run([sys.executable, "train.py"], cwd=cwd, env=dict(os.environ, **env), capture_output=True,
+                       timeout=300)
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(errors="replace"),
+                                       r.stderr.decode(errors="replace"))
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +46,53 @@ def test_smoke_run_trains_for_the_budget_and_its_loss_falls(smoke_run):
     values = {k: v.strip() for k, v in summary(smoke_run.stdout)}
     assert float(values["training_seconds"]) >= 15
     losses = [float(m) for m in re.findall(r"loss: ([\d.]+)", smoke_run.stdout)]
-    assert len(losses) == int(values["num_steps"]) >= 3
+    assert len(losses) >= 3 and int(values["num_steps"]) >= 3
     assert losses[-1] < losses[0] - 0.2
     assert float(values["val_bpb"]) < 3.4  # uniform guessing over 1024 tokens is ~3.67 bits per byte
 
 
+STEP_LINE = r"step \d{5} \(\d+\.\d%\) \| loss: [\d.]+ \| dt: \d+ms \| mfu: [\d.]+% \| remaining: \d+s"
+
+
 def test_progress_lines_show_step_percent_loss_speed_and_remaining_time(smoke_run):
-    lines = [l for l in smoke_run.stdout.replace("\r", "\n").splitlines() if l.startswith("step ")]
-    assert re.match(r"step \d{5} \(\d+\.\d%\) \| loss: [\d.]+ \| lrm: [\d.]+ \| dt: \d+ms \| tok/s: [\d,]+ \| "
-                    r"mfu: [\d.]+% \| epoch: \d+ \| remaining: \d+s", lines[-1])
+    lines = [l for l in smoke_run.stdout.splitlines() if l.startswith("step ")]
+    assert all(re.fullmatch(STEP_LINE, line) for line in lines), lines
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_progress_in_a_log_file_is_a_few_newline_terminated_lines(smoke_run):
+    """Not a terminal (run.log): the first steps, then a line every ~5 s, and the last step, so that
+    `tail -n 50 run.log` stays short; no '\\r' line thousands of characters long."""
+    assert "\r" not in smoke_run.stdout + smoke_run.stderr  # the eval's progress bar too
+    values = {k: v.strip() for k, v in summary(smoke_run.stdout)}
+    steps = [int(m) for m in re.findall(r"^step (\d+) ", smoke_run.stdout, re.M)]
+    assert steps[:3] == [0, 1, 2] and steps[-1] == int(values["num_steps"]) - 1
+    assert len(steps) <= 3 + float(values["training_seconds"]) / 5 + 2
+    assert max(len(line) for line in (smoke_run.stdout + smoke_run.stderr).splitlines()) <= 100
+
+
+def test_progress_on_a_terminal_is_one_line_rewritten_in_place(smoke_cache):
+    """A real terminal (a pty) as stdout: every step rewrites the line, which fits 80 columns."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "train.py"], cwd=ROOT, stdout=follower, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, AUTORESEARCH_TIME_BUDGET="3"))
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(timeout=300) == 0
+    os.close(leader)
+    text = output.decode(errors="replace").replace("\r\n", "\n")
+    redraws = [part.split("\n")[0] for part in text.split("\r") if part.startswith("step ")]
+    assert len(redraws) >= 2
+    assert all(part.endswith("\x1b[K") and len(part) - len("\x1b[K") <= 80 for part in redraws), redraws
+    assert all(re.fullmatch(STEP_LINE, part[:-len("\x1b[K")]) for part in redraws)
 
 
 def divergent_copy(tmp_path):
