@@ -10,6 +10,7 @@ import sys
 MODULES = [
     "autoresearch.runner",   # autoresearch run
     "autoresearch.loop",     # autoresearch loop
+    "autoresearch.swarm",    # autoresearch swarm
     "autoresearch.ledger",   # autoresearch log
     "autoresearch.report",   # autoresearch report
     "autoresearch.status",   # autoresearch status

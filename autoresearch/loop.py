@@ -50,6 +50,7 @@ BASELINE_REPEATS = 3       # baseline runs that measure the noise, by default
 STARVED_RERUNS = 2         # a starved would-be keep is re-run at most this often before it counts
 FAILED = ("crash", "timeout", "invalid")
 AWAITING = "would-be keep, awaiting its confirmation run"
+RETRY = object()           # try_propose(): a transient error, ask again after the back-off
 UNCONFIRMED_STOP = "not confirmed: the loop stopped during its confirmation run"
 
 
@@ -157,6 +158,8 @@ class Loop:
         self.progress = progress  # the running experiment's progress on stderr (runner.run_experiment)
         self.signals = _Signals()
         self.proposals_ok = 0
+        self.failures = 0      # proposer errors in a row
+        self.retry_wait = 0.0  # the back-off after the last of them
 
     # -- output -----------------------------------------------------------------------------------
     def say(self, text):
@@ -173,15 +176,14 @@ class Loop:
         """One line per finished experiment: its ledger number (as in `log`, `status` and the report),
         status, val_bpb, best, description."""
         best = self.ledger.best(self.tag)
-        cause = f"  [{row['cause']}]" if row.get("cause") and (
-            row["status"] not in ("keep", "discard") or row.get("starved")) else ""
+        cause = f"  [{row['cause']}]" if row.get("cause") and row["status"] != "keep" else ""
         self.say(f"#{row['id']:<4d} {row['status']:8} val_bpb {_fmt(row.get('val_bpb')):>9}  best {_fmt(best):>9}  "
                  f"{row.get('description') or ''}{cause}")
 
     # -- budgets ----------------------------------------------------------------------------------
     def finished(self):
         """The experiments that count against --max-experiments: all but those a stop interrupted."""
-        return [r for r in self.rows() if not interrupted(r)]
+        return [r for r in self.rows() if r["status"] != "running" and not interrupted(r)]
 
     def budget_left(self):
         """None while there is budget, else why not."""
@@ -397,36 +399,46 @@ class Loop:
 
     def propose(self):
         """A proposal, or None when it was recorded as invalid; transient errors back off and retry."""
-        failures = 0
         while True:
             if self.budget_left():
                 return None
-            train_py = open(os.path.join(self.checkout, "train.py"), encoding="utf-8").read()
-            program_path = os.path.join(self.checkout, "program.md")
-            program_md = open(program_path, encoding="utf-8").read() if os.path.exists(program_path) else ""
-            started = time.time()
-            try:
-                proposal = self.signals.call(self.proposer.propose, train_py, program_md, self.rows(),
-                                             self.last_failure())
-                self.proposals_ok += 1
+            proposal = self.try_propose()
+            if proposal is not RETRY:
                 return proposal
-            except ProposalError as e:
-                self.proposals_ok += 1
-                self.record_invalid(e, started)
-                return None
-            except Stop:
-                raise
-            except Exception as e:
-                if isinstance(e, ProposerConfigError) and not self.proposals_ok:
-                    raise LoopError(str(e))
-                failures += 1
-                wait = min(MAX_BACKOFF, self.backoff * 2 ** (failures - 1))
-                if self.deadline is not None:
-                    wait = max(0.0, min(wait, self.deadline - time.time()))
-                where = f" from {self.proposer.endpoint}" if self.proposer.endpoint else ""
-                self.note("proposer_error", f"proposer error ({failures} in a row){where}: {type(e).__name__}: "
-                                            f"{str(e).strip()[:300]}; retrying in {wait:.0f} s")
-                self.signals.sleep(wait)
+            self.signals.sleep(self.retry_wait)
+
+    def try_propose(self):
+        """Ask the proposer once: the proposal; None when its answer was recorded as invalid; RETRY after
+        a transient error (noted; self.retry_wait says how long to back off, doubling each time)."""
+        train_py = open(os.path.join(self.checkout, "train.py"), encoding="utf-8").read()
+        program_path = os.path.join(self.checkout, "program.md")
+        program_md = open(program_path, encoding="utf-8").read() if os.path.exists(program_path) else ""
+        started = time.time()
+        try:
+            proposal = self.signals.call(self.proposer.propose, train_py, program_md, self.rows(),
+                                         self.last_failure())
+            self.proposals_ok += 1
+            self.failures = 0
+            return proposal
+        except ProposalError as e:
+            self.proposals_ok += 1
+            self.failures = 0
+            self.record_invalid(e, started)
+            return None
+        except Stop:
+            raise
+        except Exception as e:
+            if isinstance(e, ProposerConfigError) and not self.proposals_ok:
+                raise LoopError(str(e))
+            self.failures += 1
+            wait = min(MAX_BACKOFF, self.backoff * 2 ** (self.failures - 1))
+            if self.deadline is not None:
+                wait = max(0.0, min(wait, self.deadline - time.time()))
+            self.retry_wait = wait
+            where = f" from {self.proposer.endpoint}" if self.proposer.endpoint else ""
+            self.note("proposer_error", f"proposer error ({self.failures} in a row){where}: {type(e).__name__}: "
+                                        f"{str(e).strip()[:300]}; retrying in {wait:.0f} s")
+            return RETRY
 
     def record_invalid(self, error, started):
         """A proposal that could not be used: an `invalid` experiment (nothing ran, nothing changed)."""
@@ -517,21 +529,26 @@ class Loop:
         finally:
             self.signals.uninstall()
 
+    def open(self):
+        """Set up: the ledger, the proposer, the checks (nothing runs or costs money before them), the
+        branch, the campaign's row, a clean tree on the campaign's best; then say where it stands."""
+        self.ledger = Ledger(repo=self.checkout)
+        if self.proposer is None:
+            self.proposer = get_proposer(self.proposer_name, repo=self.checkout, **self.proposer_options)
+        try:
+            self.check_campaign()
+        except BaseException:
+            self.proposer.close()
+            raise
+        self.checkout_branch()
+        self.save_campaign()
+        self.restore()
+        self.say_settings()
+
     def _main(self):
         self.check_preconditions()
         with _LoopLock(self.checkout):
-            self.ledger = Ledger(repo=self.checkout)
-            if self.proposer is None:
-                self.proposer = get_proposer(self.proposer_name, repo=self.checkout, **self.proposer_options)
-            try:
-                self.check_campaign()
-            except BaseException:
-                self.proposer.close()
-                raise
-            self.checkout_branch()
-            self.save_campaign()
-            self.restore()
-            self.say_settings()
+            self.open()
             try:
                 if self.ensure_baseline():
                     self.run_unfinished()
@@ -597,6 +614,11 @@ def cmd_loop(args):
                 timeout=args.timeout, search_seed=args.search_seed, worker=args.worker, price_input=args.price_input,
                 price_output=args.price_output, proposer_timeout=args.proposer_timeout, backoff=args.backoff,
                 progress=True)
+    return run_cli(loop)
+
+
+def run_cli(loop):
+    """Run a campaign (a Loop or a Swarm) for the command line: errors as one line and exit codes."""
     try:
         return loop.main()
     except (LoopError, runner.RunError, ProposerConfigError) as e:
@@ -620,9 +642,16 @@ def register(subparsers):
         description="The never-stopping research loop on branch autoresearch/<tag>: a baseline, then "
                     "proposals from the chosen proposer, each run, kept or discarded and recorded. "
                     "Resumes a campaign that already exists; Ctrl-C or SIGTERM stops it cleanly.")
+    p.add_argument("--tag", required=True, help="campaign tag: branch autoresearch/<tag>")
+    add_campaign_arguments(p)
+    p.add_argument("--worker", help="worker name in the ledger (default: $AUTORESEARCH_WORKER or the host name)")
+    p.set_defaults(func=cmd_loop)
+
+
+def add_campaign_arguments(p, confirm=True):
+    """The options a campaign has whoever runs it (loop, swarm): proposer, budgets, noise."""
     p.add_argument("--proposer", choices=list(REGISTRY), default="search",
                    help="who proposes each change (default: search, no LLM)")
-    p.add_argument("--tag", required=True, help="campaign tag: branch autoresearch/<tag>")
     p.add_argument("--max-experiments", type=cli.positive(int), metavar="N",
                    help="stop when the campaign has N finished experiments (all of them: baseline, repeats, "
                         "confirmations, re-runs, invalid proposals; one a stop interrupted is run again)")
@@ -637,13 +666,13 @@ def register(subparsers):
                         f"keep threshold (default {BASELINE_REPEATS}; 1 skips it)")
     p.add_argument("--min-delta", type=cli.non_negative, metavar="D",
                    help="keep only if val_bpb beats the best by more than max(D, 2 x noise std) (default 0)")
-    p.add_argument("--confirm", action="store_true",
-                   help="re-run a would-be keep on a new seed; keep it only if both runs beat the best")
+    if confirm:
+        p.add_argument("--confirm", action="store_true",
+                       help="re-run a would-be keep on a new seed; keep it only if both runs beat the best")
     p.add_argument("--timeout", type=cli.positive(float), metavar="S",
                    help="kill a training run after S seconds (default: 2 x the budget + 120)")
     p.add_argument("--search-seed", type=int, default=0, metavar="N",
                    help="seed of the search proposer's choices (default 0); training seeds are 42, 43, ...")
-    p.add_argument("--worker", help="worker name in the ledger (default: $AUTORESEARCH_WORKER or the host name)")
     p.add_argument("--price-input", type=cli.non_negative, metavar="USD",
                    help="USD per million prompt tokens, for a model missing from the price table")
     p.add_argument("--price-output", type=cli.non_negative, metavar="USD",
@@ -652,4 +681,3 @@ def register(subparsers):
                    help="kill a claude/codex proposer after S seconds (default 1800)")
     p.add_argument("--backoff", type=cli.non_negative, default=5.0, metavar="S",
                    help="first wait after a proposer error; doubles up to 5 minutes (default 5)")
-    p.set_defaults(func=cmd_loop)

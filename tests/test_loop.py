@@ -22,8 +22,9 @@ import pytest
 
 from autoresearch import loop as loop_module
 from autoresearch.ledger import Ledger
-from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError
+from autoresearch.proposers import ProposalError, ProposerConfigError
 from standins.llm_server import LLMServer
+from standins.scripted import Scripted
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDINS = Path(__file__).resolve().parent / "standins"
@@ -105,28 +106,6 @@ def assert_consistent(repo, tag="t"):
         assert line[0] == (row["commit_sha"] or "")[:7]
         assert line[3] == (row["status"] if row["status"] in ("keep", "discard") else "crash")
     return experiments
-
-
-class Scripted(Proposer):
-    """A proposer that follows a script: (description, {knob: value}) pairs or exceptions to raise."""
-    name = "scripted"
-
-    def __init__(self, script):
-        self.script = list(script)
-        self.calls = []
-
-    def propose(self, train_py, program_md, history, last_failure):
-        self.calls.append(dict(history=history, last_failure=last_failure))
-        step = self.script.pop(0)
-        if isinstance(step, BaseException):
-            raise step
-        description, knobs = step
-        for name, value in knobs.items():
-            lines = [f"{name} = {value!r}" if line.startswith(f"{name} = ") else line
-                     for line in train_py.splitlines()]
-            train_py = "\n".join(lines) + "\n"
-        return Proposal(description=description, train_py=train_py, model="scripted-1", prompt_tokens=10,
-                        completion_tokens=5, cost_usd=0.5)
 
 
 def run_loop(repo, proposer, **options):

@@ -1,0 +1,229 @@
+"""
+`autoresearch swarm`: one campaign, several experiments in flight, the local backend.
+
+A stand-in train.py prints its summary (its val_bpb a function of its knobs) after sleeping SLEEP
+seconds, or hangs from its Nth run on, so the tests can order the workers' results and stop them.
+The Ray backend has its own tests (test_swarm_ray.py).
+"""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch import sandbox, swarm
+from autoresearch.ledger import Ledger
+from standins.scripted import Scripted
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the knobs sit apart (a merge of two changes to different knobs is clean)
+STANDIN_TRAIN = textwrap.dedent("""\
+    import os, time
+    MATRIX_LR = 0.04          # Muon
+
+    # model
+    DEPTH = 4                 # layers
+
+    # how long it takes
+    SLEEP = 0.0
+    counter = os.environ.get("STANDIN_COUNTER")
+    if counter:
+        with open(counter, "a") as f:
+            f.write(f"{os.getpid()}\\n")
+        if len(open(counter).read().split()) >= int(os.environ["STANDIN_HANG_FROM"]):
+            print("step 00001 (1.0%) | loss: 9.000000", flush=True)
+            time.sleep(600)
+    time.sleep(SLEEP)
+    seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
+    val = 1.0 + (MATRIX_LR - 0.05) ** 2 * 100 + 0.01 * abs(DEPTH - 5) + 0.001 * (seed - 42)
+    print(f"threads {os.environ.get('OMP_NUM_THREADS')}")
+    print("---")
+    print(f"val_bpb:          {val:.6f}")
+    for line in ["training_seconds: 1.0", "total_seconds:    1.5", "peak_vram_mb:     100.0",
+                 "mfu_percent:      1.00", "total_tokens_M:   0.1", "num_steps:        2",
+                 "num_params_M:     1.0", f"depth:            {DEPTH}", "profile:          smoke",
+                 "device:           cpu", "device_name:      stand-in cpu", f"seed:             {seed}"]:
+        print(line)
+    """)
+
+
+def git(repo, *args):
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(campaign_repo, printed_metric):
+    (campaign_repo / "train.py").write_text(STANDIN_TRAIN)
+    git(campaign_repo, "commit", "-qam", "stand-in train.py")
+    return campaign_repo
+
+
+def rows(repo, tag="t"):
+    return Ledger(repo=repo).experiments(tag=tag)
+
+
+def run_swarm(repo, script, workers=2, **options):
+    options.setdefault("baseline_repeats", 1)
+    out = io.StringIO()
+    code = swarm.Swarm(str(repo), "t", "search", workers=workers, proposer=Scripted(script), out=out,
+                       backoff=0.01, **options).main()
+    return code, out.getvalue()
+
+
+def cli(repo, *args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "autoresearch.cli", "swarm", *args], cwd=repo,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, **kw)
+
+
+def start(repo, *args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "swarm", *args], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def hang_env(tmp_path, from_run):
+    return {"STANDIN_COUNTER": str(tmp_path / "runs"), "STANDIN_HANG_FROM": str(from_run),
+            "AUTORESEARCH_PASS_ENV": "STANDIN_COUNTER,STANDIN_HANG_FROM"}
+
+
+def wait_for(condition, seconds=90, proc=None):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return
+        assert proc is None or proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")
+
+
+def alive(pid):
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def assert_consistent(repo, tag="t"):
+    """Tree clean on the branch's last keep, nothing left running, results.tsv row for row."""
+    experiments = rows(repo, tag)
+    assert git(repo, "status", "--porcelain") == ""
+    keeps = [r for r in experiments if r["status"] == "keep"]
+    assert git(repo, "rev-parse", "HEAD") == keeps[-1]["commit_sha"]
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == f"autoresearch/{tag}"
+    assert not [r for r in experiments if r["status"] == "running"]
+    tsv = (repo / "results.tsv").read_text().splitlines()[1:]
+    assert [line.split("\t")[0] for line in tsv] == [r["commit_sha"][:7] for r in experiments]
+    return experiments
+
+
+# ------------------------------------------------------------------------------------------ workers
+
+def test_cpu_workers_split_the_cores_equally():
+    if sandbox.gpu_count():
+        pytest.skip("a GPU machine places one worker per GPU")
+    slots = swarm.placements(2)
+    share = str(max(1, (os.cpu_count() or 1) // 2))
+    assert slots == [{"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}] * 2
+
+
+def test_devices_on_a_machine_without_gpus_is_a_one_line_error(repo):
+    if sandbox.gpu_count():
+        pytest.skip("this machine has GPUs")
+    proc = cli(repo, "--tag", "t", "--workers", "2", "--devices", "0,1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --devices names GPUs, and this machine has none; use --workers alone on a CPU"]
+
+
+def test_two_workers_run_two_experiments_at_once_each_on_its_share_of_the_cores(repo):
+    code, out = run_swarm(repo, [("slow a", {"SLEEP": 3.0}), ("slow b", {"SLEEP": 3.0, "DEPTH": 5})],
+                          max_experiments=3)
+    assert code == 0
+    experiments = assert_consistent(repo)
+    a, b = experiments[1], experiments[2]
+    assert a["started_at"] < b["ended_at"] and b["started_at"] < a["ended_at"]  # in flight together
+    assert {a["worker"], b["worker"]} == {"w1", "w2"}
+    share = max(1, (os.cpu_count() or 1) // 2)
+    assert all(f"threads {share}" in Path(r["log_path"]).read_text() for r in experiments)
+
+
+def test_every_experiment_starts_from_the_best_at_its_dispatch(repo):
+    run_swarm(repo, [("gain", {"MATRIX_LR": 0.05}), ("after it", {"SLEEP": 0.1}), ("and more", {"DEPTH": 5})],
+              workers=1, max_experiments=4)
+    experiments = assert_consistent(repo)
+    assert experiments[2]["parent_commit"] == experiments[1]["commit_sha"]
+    assert "MATRIX_LR = 0.05" in git(repo, "show", f"{experiments[3]['commit_sha']}:train.py")
+
+
+# ------------------------------------------------------------------------------------- the keep rule
+
+def test_a_result_that_beat_its_start_after_another_keep_landed_is_run_again_on_the_new_best(repo):
+    script = [("lr", {"MATRIX_LR": 0.05}), ("depth", {"DEPTH": 5, "SLEEP": 4.0}), ("other", {"SLEEP": 0.1})]
+    code, out = run_swarm(repo, script, max_experiments=5)
+    experiments = assert_consistent(repo)
+    by = {r["description"]: r for r in experiments}
+    assert by["lr"]["status"] == "keep"
+    assert by["depth"]["status"] == "discard"
+    assert by["depth"]["cause"] == f"beat its start (1.020000) but #{by['lr']['id']} was kept meanwhile: re-run on it"
+    merged = by[f"depth [on #{by['lr']['id']}]"]
+    assert merged["retry_of"] == by["depth"]["id"] and merged["parent_commit"] == by["lr"]["commit_sha"]
+    assert merged["status"] == "keep" and merged["val_bpb"] == pytest.approx(1.0)
+    train = (repo / "train.py").read_text()
+    assert "MATRIX_LR = 0.05" in train and "DEPTH = 5" in train
+
+
+def test_a_change_that_does_not_merge_onto_the_new_best_is_discarded_with_the_reason(repo):
+    script = [("lr", {"MATRIX_LR": 0.05}), ("lr too", {"MATRIX_LR": 0.045, "SLEEP": 4.0}), ("other", {"SLEEP": 0.1})]
+    run_swarm(repo, script, max_experiments=4)
+    experiments = assert_consistent(repo)
+    by = {r["description"]: r for r in experiments}
+    assert by["lr too"]["status"] == "discard" and by["lr too"]["cause"].endswith("does not merge onto that")
+    assert not [r for r in experiments if r.get("retry_of")]
+
+
+# ------------------------------------------------------------------------------------ stop and resume
+
+def test_ctrl_c_stops_every_worker_and_the_same_command_runs_them_again(repo, tmp_path):
+    args = ["--tag", "t", "--workers", "2", "--max-experiments", "4", "--baseline-repeats", "1"]
+    first = start(repo, *args, env=hang_env(tmp_path, 2))
+    wait_for(lambda: sum(r["status"] == "running" for r in rows(repo)) == 2 and
+             len((tmp_path / "runs").read_text().split()) == 3, proc=first)
+    pids = [int(p) for p in (tmp_path / "runs").read_text().split()[1:]]
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 130, err
+    cut = rows(repo)[1:]
+    assert [(r["status"], r["cause"]) for r in cut] == [("crash", "interrupted (SIGINT)")] * 2
+    assert not any(alive(pid) for pid in pids)
+
+    again = cli(repo, *args, timeout=300)
+    assert again.returncode == 0, again.stderr
+    experiments = assert_consistent(repo)
+    retried = [r["retry_of"] for r in experiments if r.get("retry_of")]
+    assert sorted(retried) == sorted(r["id"] for r in cut)  # each once
+    assert len([r for r in experiments if not r["cause"] or not r["cause"].startswith("interrupted")]) == 4
+
+
+def test_a_killed_swarm_is_recovered_and_its_experiments_run_again(repo, tmp_path):
+    args = ["--tag", "t", "--workers", "2", "--max-experiments", "4", "--baseline-repeats", "1"]
+    first = start(repo, *args, env=hang_env(tmp_path, 2))
+    wait_for(lambda: sum(r["status"] == "running" for r in rows(repo)) == 2 and
+             len((tmp_path / "runs").read_text().split()) == 3, proc=first)
+    pids = [int(p) for p in (tmp_path / "runs").read_text().split()[1:]]
+    first.kill()  # kill -9: no handler runs; the trainings live on in their own process groups
+    first.wait()
+    assert all(alive(pid) for pid in pids)
+
+    again = cli(repo, *args, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert not any(alive(pid) for pid in pids)  # stopped by the recovery
+    experiments = assert_consistent(repo)
+    cut = [r for r in experiments if r["cause"] and r["cause"].startswith("interrupted")]
+    assert len(cut) == 2 and sorted(r["retry_of"] for r in experiments if r.get("retry_of")) == [r["id"] for r in cut]
