@@ -220,19 +220,40 @@ def source_sotu(workdir):
     return _write_docs(train, workdir, "train.parquet"), _write_docs(val, workdir, "val.parquet")
 
 
+def split_at_blank_lines(text):
+    """The documents of a .txt or .md file: its blocks of lines between blank lines, indentation kept."""
+    text = "\n" + text.replace("\r\n", "\n")  # the "\n" in front: blank lines at the top separate too
+    blocks = re.split(r"\n(?:[ \t]*\n)+", text)
+    return [block.lstrip("\n").rstrip() for block in blocks if block.strip()]
+
+
+def _read_text(path):
+    """A local file's text; PrepareError for anything else (another encoding, a binary file)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        problem = f"byte 0x{data[e.start]:02x} at offset {e.start}"
+    else:
+        if "\0" not in text:
+            return text
+        problem = f"NUL byte at offset {data.index(0)}"
+    raise PrepareError(f"{path} is not UTF-8 text ({problem}); convert it to UTF-8 "
+                       f"or leave it out of the files: pattern")
+
+
 def _local_documents(path):
     if path.endswith((".txt", ".md")):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return [f.read()]
+        return split_at_blank_lines(_read_text(path))
     if path.endswith(".jsonl"):
         docs = []
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        docs.append(json.loads(line)["text"])
-                    except (ValueError, KeyError, TypeError):
-                        raise PrepareError(f"{path}:{n}: each line must be a JSON object with a \"text\" field")
+        for n, line in enumerate(_read_text(path).split("\n"), 1):
+            if line.strip():
+                try:
+                    docs.append(json.loads(line)["text"])
+                except (ValueError, KeyError, TypeError):
+                    raise PrepareError(f"{path}:{n}: each line must be a JSON object with a \"text\" field")
         return docs
     if path.endswith(".parquet"):
         try:
@@ -244,7 +265,9 @@ def _local_documents(path):
 
 
 def source_files(pattern, workdir):
-    """Local .txt/.md/.jsonl/.parquet: documents are files or records; the last 10% are validation."""
+    """Local .txt/.md/.jsonl/.parquet: documents are the paragraphs of text files and the records of the
+    others, in file name order; the last 10% of them are validation. Every file is read and checked
+    before anything is written."""
     pattern = os.path.expanduser(pattern)
     if os.path.isdir(pattern):
         pattern = os.path.join(pattern, "**", "*")
@@ -255,7 +278,7 @@ def source_files(pattern, workdir):
     docs = [d for p in paths for d in _local_documents(p) if d.strip()]
     if len(docs) < 2:
         raise PrepareError(f"{pattern!r} holds {len(docs)} non-empty document(s); at least 2 are needed "
-                           f"(one to train on, one to validate on)")
+                           f"(one to train on, one to validate on): separate them by blank lines")
     n_val = max(1, math.ceil(len(docs) * FILES_VAL_FRACTION))
     train, val = docs[:-n_val], docs[-n_val:]
     random.Random(0).shuffle(train)

@@ -29,17 +29,29 @@ from prepare import (MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, data_source, device_na
 t_start = time.time()
 DEVICE_TYPE = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
 
+
+def by_device(cuda, mps, cpu):
+    """The value of a per-device hyper-parameter on this machine's device."""
+    return {"cuda": cuda, "mps": mps, "cpu": cpu}[DEVICE_TYPE]
+
+
 # ---------------------------------------------------------------------------
-# Hyper-parameters. The reference values, tuned for one H100 in 5 minutes:
+# Hyper-parameters, one line each. by_device(...) holds a value per device; a run uses the one for the
+# device it prints (`device:`). On CUDA: the reference values, tuned for one H100 in 5 minutes. A CPU does
+# about a thousandth of an H100's work in the same time: a tiny model that sees more tokens does best
+# there, and 4-row micro-batches keep the logits in cache (tuned on the `cpu` profile, see BENCHMARKS.md).
+# On a GPU with much less memory than an H100, lower DEVICE_BATCH_SIZE: gradient accumulation keeps
+# TOTAL_BATCH_SIZE, so the results stay the same, only slower.
 
 # Model
-DEPTH = 8                 # number of transformer layers
-ASPECT_RATIO = 64         # model width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
-HEAD_DIM = 128            # width of one attention head
-WINDOW_PATTERN = "SSSL"   # per-layer attention window, cycled: S = half the context, L = all of it
+DEPTH = by_device(cuda=8, mps=4, cpu=4)                    # number of transformer layers
+ASPECT_RATIO = by_device(cuda=64, mps=64, cpu=16)          # width = DEPTH * ASPECT_RATIO rounded up to a multiple of HEAD_DIM
+HEAD_DIM = by_device(cuda=128, mps=64, cpu=64)             # width of one attention head
+WINDOW_PATTERN = by_device(cuda="SSSL", mps="L", cpu="L")  # attention window per layer, cycled: S = half the context, L = all
+# Batch
+TOTAL_BATCH_SIZE = by_device(cuda=2**19, mps=2**15, cpu=2**12)  # tokens per optimizer step
+DEVICE_BATCH_SIZE = by_device(cuda=128, mps=32, cpu=4)          # rows per forward/backward (gradients accumulate)
 # Optimization
-TOTAL_BATCH_SIZE = 2**19  # tokens per optimizer step
-DEVICE_BATCH_SIZE = 128   # rows per forward/backward; gradients accumulate up to TOTAL_BATCH_SIZE
 EMBEDDING_LR = 0.6        # AdamW, token embedding and value embeddings
 UNEMBEDDING_LR = 0.004    # AdamW, output head
 MATRIX_LR = 0.04          # Muon, every matrix inside the blocks
@@ -49,25 +61,6 @@ ADAM_BETAS = (0.8, 0.95)
 WARMUP_RATIO = 0.0        # fraction of the budget spent warming the learning rate up
 WARMDOWN_RATIO = 0.5      # fraction of the budget spent decaying it linearly...
 FINAL_LR_FRAC = 0.0       # ...to this fraction of the peak
-
-# On a GPU with much less memory than an H100, lower DEVICE_BATCH_SIZE: gradient accumulation keeps
-# TOTAL_BATCH_SIZE, so the results stay the same, only slower.
-# A CPU does about a thousandth of an H100's work in the same 5 minutes: a tiny model that sees more
-# tokens does best there, and 4-row micro-batches keep the logits in cache (tuned on the `cpu`
-# profile, see BENCHMARKS.md).
-if DEVICE_TYPE == "cpu":
-    DEPTH = 4
-    ASPECT_RATIO = 16
-    HEAD_DIM = 64
-    WINDOW_PATTERN = "L"
-    TOTAL_BATCH_SIZE = 2**12
-    DEVICE_BATCH_SIZE = 4
-elif DEVICE_TYPE == "mps":
-    DEPTH = 4
-    HEAD_DIM = 64
-    WINDOW_PATTERN = "L"
-    TOTAL_BATCH_SIZE = 2**15
-    DEVICE_BATCH_SIZE = 32
 
 # ---------------------------------------------------------------------------
 # Model: GPT with rotary embeddings, QK-norm, ReLU^2 MLP, value embeddings, sliding windows

@@ -3,6 +3,8 @@
 import http.server
 import json
 import os
+import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -137,7 +139,7 @@ def test_long_paragraphs_are_cut_at_sentence_ends():
 def write_local_corpus(folder):
     folder.mkdir()
     (folder / "a.txt").write_text("The first plain text document. " * 40)
-    (folder / "b.md").write_text("# Notes\n\nMarkdown is text too. " * 30)
+    (folder / "b.md").write_text("# Notes\n\nMarkdown is text too.\n\n\n  \nA second paragraph\n    of two lines.\n")
     (folder / "c.jsonl").write_text("\n".join(json.dumps({"text": f"Record {i} of a json lines file. " * 10})
                                               for i in range(20)) + "\n")
     pq.write_table(pa.table({"text": [f"Parquet row {i}, some words." * 8 for i in range(20)]}), folder / "d.parquet")
@@ -149,9 +151,68 @@ def test_files_source_reads_txt_md_jsonl_and_parquet(tmp_path):
     manifest = json.load(open(os.path.join(final, "manifest.json")))
     texts = lambda split: [t for b in prepare.iter_texts(manifest[split], final) for t in b]
     train, val = texts("train"), texts("val")
-    assert len(train) + len(val) == 42 and len(val) == 5
+    assert len(train) + len(val) == 44 and len(val) == 5
     assert any("plain text document" in t for t in train + val)
     assert manifest["source"].startswith("files:")
+
+
+def prepared_texts(final):
+    manifest = json.load(open(os.path.join(final, "manifest.json")))
+    return [[t for b in prepare.iter_texts(manifest[split], final) for t in b] for split in ("train", "val")]
+
+
+def test_text_files_are_split_into_documents_at_blank_lines():
+    text = "\n  \nTitle\n\nOne line,\n    an indented one.\n\n\n \t \n\nLast paragraph.  \n"
+    assert prepare.split_at_blank_lines(text) == ["Title", "One line,\n    an indented one.", "Last paragraph."]
+    assert prepare.split_at_blank_lines("Windows\r\n\r\nlines\r\n") == ["Windows", "lines"]
+
+
+def test_a_single_text_file_is_a_corpus_of_its_paragraphs(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    paragraphs = [f"Paragraph {i} of one long book. " * 5 for i in range(100)]
+    (corpus / "book.txt").write_text("\n\n".join(paragraphs))
+    train, val = prepared_texts(prepare.prepare("smoke", f"files:{corpus}", cache_dir=str(tmp_path / "cache")))
+    assert sorted(train + val) == sorted(p.strip() for p in paragraphs)
+    assert val == [p.strip() for p in paragraphs[-10:]]
+
+
+def test_files_source_validates_on_the_last_tenth_of_documents_not_whole_files(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("a.md", "b.md"):
+        (corpus / name).write_text("\n\n".join(f"{name} paragraph {i}, some words." for i in range(10)))
+    train, val = prepared_texts(prepare.prepare("smoke", f"files:{corpus}", cache_dir=str(tmp_path / "cache")))
+    assert val == ["b.md paragraph 8, some words.", "b.md paragraph 9, some words."]
+    assert len(train) == 18
+
+
+def snapshot(folder):
+    """Every file under folder with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name, data, problem", [
+    ("random.txt", random.Random(0).randbytes(4096), "not UTF-8"),
+    ("latin1.md", "Caf\u00e9 cr\u00e8me\n\nSecond paragraph.\n".encode("latin-1"), "byte 0xe9 at offset 3"),
+    ("binary.txt", b"looks like text\n\n\x00\x00\x01\x02 until it does not\n", "NUL byte at offset 17"),
+    ("records.jsonl", b'{"text": "fine"}\n{"text": "na\xefve"}\n', "byte 0xef at offset 29"),
+], ids=["random-bytes", "latin-1", "nul-bytes", "latin-1-jsonl"])
+def test_files_that_are_not_utf8_text_are_refused_and_the_prepared_profile_is_kept(tmp_path, smoke_cache, name,
+                                                                                   data, problem):
+    cache = tmp_path / "cache"
+    shutil.copytree(os.path.join(smoke_cache, "smoke"), cache / "smoke")
+    (cache / "last_profile").write_text("smoke\n")
+    before = snapshot(cache)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "fine.txt").write_text("A good first document.\n\nAnd a second one.\n")
+    (corpus / name).write_bytes(data)
+    r = run_prepare("--profile", "smoke", "--source", f"files:{corpus}", cache=cache)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {corpus / name} is not UTF-8 text") and problem in line
+    assert snapshot(cache) == before  # byte-identical, and no half-written folder beside it
 
 
 @pytest.mark.parametrize("content, message", [

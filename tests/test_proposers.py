@@ -38,60 +38,74 @@ def repo(tmp_path):
 
 # ---------------------------------------------------------------------------------------- search
 
-def test_search_changes_one_or_two_knobs_and_describes_each_change():
-    proposer = get_proposer("search", seed=1, device="cuda")
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_search_changes_one_or_two_knobs_one_line_each_and_describes_each_change(device):
+    proposer = get_proposer("search", seed=1, device=device)
     for n in range(20):
         proposal = proposer.propose(TRAIN_PY, "", [{}] * n, None)
         changes = changed_lines(TRAIN_PY, proposal.train_py)
         assert 1 <= len(changes) <= 2
-        assert len(proposal.description.split(", ")) == len(changes)
-        for part in proposal.description.split(", "):
-            name, old, arrow, new = part.split(" ")
+        described = [part.split(" ") for part in proposal.description.split(", ")]
+        assert sorted(name for name, *_ in described) == sorted(new.split(" = ")[0] for _, new in changes)
+        knobs = search.find_knobs(proposal.train_py, device)
+        for name, old, arrow, new in described:
             assert arrow == "->" and old != new
-            assert any(line.startswith(f"{name} = {new}") for _, line in changes)
-        ast.parse(proposal.train_py)
+            assert search.format_value(knobs[name].kind, knobs[name].value) == new
 
 
-def test_search_edits_the_assignment_in_effect_on_the_device():
-    cpu = search.find_knobs(TRAIN_PY, "cpu")
-    cuda = search.find_knobs(TRAIN_PY, "cuda")
-    assert cpu["DEPTH"].value == 4 and cuda["DEPTH"].value == 8          # the cpu block overrides
-    assert cpu["MATRIX_LR"].value == cuda["MATRIX_LR"].value == 0.04     # no override: the top-level one
-    edited = search.apply_changes(TRAIN_PY, cpu, {"DEPTH": 5})
-    assert changed_lines(TRAIN_PY, edited) == [("    DEPTH = 4", "    DEPTH = 5")]
+def test_search_finds_every_knob_with_its_value_on_each_device():
+    from test_train import PER_DEVICE
+    for device, values in PER_DEVICE.items():
+        knobs = search.find_knobs(TRAIN_PY, device)
+        assert {name: knobs[name].value for name in values} == values
+        assert knobs["MATRIX_LR"].value == 0.04 and knobs["WARMDOWN_RATIO"].value == 0.5
+        assert "DEVICE_TYPE" not in knobs
+
+
+def test_search_edits_the_devices_value_on_the_knobs_line():
+    edited = search.apply_changes(TRAIN_PY, search.find_knobs(TRAIN_PY, "cpu"), {"DEPTH": 5})
+    [(old, new)] = changed_lines(TRAIN_PY, edited)
+    assert old.startswith("DEPTH = by_device(cuda=8, mps=4, cpu=4)")
+    assert new.startswith("DEPTH = by_device(cuda=8, mps=4, cpu=5)") and len(new) == len(old)
     assert search.find_knobs(edited, "cpu")["DEPTH"].value == 5
     assert search.find_knobs(edited, "cuda")["DEPTH"].value == 8
 
 
-def test_search_honours_elif_and_else_device_blocks():
-    source = ('DEVICE_TYPE = "cpu"\nLR = 0.1\nN = 2**4\nif DEVICE_TYPE == "cuda":\n    LR = 0.2\n'
-              'elif DEVICE_TYPE in ("mps", "xpu"):\n    LR = 0.3\nelse:\n    N = 2**2\n'
-              'if USE_OTHER:\n    LR = 9.9\n\ndef f():\n    pass\nLATE = 1\n')
-    assert search.find_knobs(source, "cuda")["LR"].value == 0.2
-    assert search.find_knobs(source, "mps")["LR"].value == 0.3
-    assert search.find_knobs(source, "cpu")["LR"].value == 0.1
-    assert search.find_knobs(source, "cpu")["N"].value == 4 and search.find_knobs(source, "cuda")["N"].value == 16
-    assert "LATE" not in search.find_knobs(source, "cpu")   # after the first def: not a hyper-parameter
+def test_search_reads_by_device_with_keywords_or_in_order_and_plain_literals():
+    source = ('DEVICE_TYPE = "cpu"\n\n\ndef by_device(cuda, mps, cpu):\n    return {"cpu": cpu}[DEVICE_TYPE]\n\n\n'
+              'LR = by_device(cuda=0.2, mps=0.3, cpu=0.1)\nN = by_device(2**4, 2**3, 2**2)\nM = 7\n'
+              'GONE = by_device(cuda=1, mps=1)\nWIDTH = N * 2\n\ndef f():\n    pass\nLATE = 1\n')
+    assert {name: k.value for name, k in search.find_knobs(source, "mps").items()} == {"LR": 0.3, "N": 8, "M": 7,
+                                                                                      "GONE": 1}
+    assert {name: k.value for name, k in search.find_knobs(source, "cpu").items()} == {"LR": 0.1, "N": 4, "M": 7}
 
 
 def test_search_takes_the_device_from_the_campaigns_last_experiment():
-    source = 'LR = 0.1\nif DEVICE_TYPE == "cpu":\n    LR = 0.2\n'
+    source = "LR = by_device(cuda=0.1, mps=0.1, cpu=0.2)\n"
+    lr = lambda proposal: [search.find_knobs(proposal.train_py, d)["LR"].value for d in ("cuda", "mps", "cpu")]
     proposer = get_proposer("search", seed=3)
-    on_cpu = proposer.propose(source, "", [{"device": "cuda"}, {"device": "cpu"}], None)
-    assert changed_lines(source, on_cpu.train_py)[0][0] == "    LR = 0.2"
-    on_gpu = proposer.propose(source, "", [{"device": "cpu"}, {"device": "NVIDIA H100 80GB HBM3"}], None)
-    assert changed_lines(source, on_gpu.train_py)[0][0] == "LR = 0.1"
+    on_cpu = lr(proposer.propose(source, "", [{"device": "cuda"}, {"device": "cpu"}], None))
+    assert on_cpu[:2] == [0.1, 0.1] and on_cpu[2] != 0.2
+    on_gpu = lr(proposer.propose(source, "", [{"device": "cpu"}, {"device": "NVIDIA H100 80GB HBM3"}], None))
+    assert on_gpu[0] != 0.1 and on_gpu[1:] == [0.1, 0.2]
     summary = "val_bpb: 1.0\ndevice:           cpu\ndevice_name:      Intel(R) Xeon(R) Processor"
-    from_log = proposer.propose(source, "", [{"device": "Intel(R) Xeon(R) Processor", "log_tail": summary}], None)
-    assert changed_lines(source, from_log.train_py)[0][0] == "    LR = 0.2"
+    from_log = lr(proposer.propose(source, "", [{"device": "Intel(R) Xeon(R) Processor", "log_tail": summary}], None))
+    assert from_log[:2] == [0.1, 0.1] and from_log[2] != 0.2
 
 
 def test_search_keeps_formatting_comments_and_powers_of_two():
     knobs = search.find_knobs(TRAIN_PY, "cuda")
     edited = search.apply_changes(TRAIN_PY, knobs, {"TOTAL_BATCH_SIZE": 2**20, "UNEMBEDDING_LR": 0.0032})
     assert changed_lines(TRAIN_PY, edited) == [
-        ("TOTAL_BATCH_SIZE = 2**19  # tokens per optimizer step", "TOTAL_BATCH_SIZE = 2**20  # tokens per optimizer step"),
+        ("TOTAL_BATCH_SIZE = by_device(cuda=2**19, mps=2**15, cpu=2**12)  # tokens per optimizer step",
+         "TOTAL_BATCH_SIZE = by_device(cuda=2**20, mps=2**15, cpu=2**12)  # tokens per optimizer step"),
         ("UNEMBEDDING_LR = 0.004    # AdamW, output head", "UNEMBEDDING_LR = 0.0032   # AdamW, output head")]
+
+
+def test_search_keeps_the_comment_column_of_a_per_device_knob():
+    source = "N = by_device(cuda=128, mps=32, cpu=4)    # rows\nM = 1\n"
+    edited = search.apply_changes(source, search.find_knobs(source, "cpu"), {"N": 16})
+    assert edited == "N = by_device(cuda=128, mps=32, cpu=16)   # rows\nM = 1\n"
 
 
 def test_search_steps_are_sensible_for_each_type():
@@ -174,7 +188,7 @@ def test_reply_with_search_replace_blocks_is_applied():
     ("```python\ndef broken(:\n" + TRAIN_PY + "```", "not valid Python"),
     ("```python\n" + TRAIN_PY + "```", "identical"),
     ("<<<<<<< SEARCH\nnot in the file\n=======\nx = 1\n>>>>>>> REPLACE", "does not match"),
-    ("<<<<<<< SEARCH\n    DEPTH = 4\n=======\n    DEPTH = 5\n>>>>>>> REPLACE", "matches 2 places"),
+    ("<<<<<<< SEARCH\n    sync()\n=======\n    pass\n>>>>>>> REPLACE", "matches 2 places"),
     ("<<<<<<< SEARCH\nDEPTH = 8\n=======\nDEPTH = 9\n", "not closed"),
     ("```python\nimport torch\n```", "less than half"),
 ])

@@ -1,14 +1,17 @@
 """train.py end to end on the smoke profile: the output contract the harness and agents rely on."""
 
+import ast
 import os
 import pty
 import re
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
 from conftest import ROOT
+from trainpy import load_definitions
 
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "depth"]
@@ -109,3 +112,57 @@ def test_nan_loss_fails_fast_with_a_clear_message(smoke_cache, tmp_path):
     assert r.returncode == 1
     assert re.search(r"^FAIL: loss is nan at step \d+", r.stdout, re.M)
     assert "val_bpb:" not in r.stdout
+
+
+# --- the hyper-parameter block -----------------------------------------------------------------
+
+# the values in effect on each device (the cpu ones are the tuned profile of BENCHMARKS.md)
+PER_DEVICE = {
+    "cuda": {"DEPTH": 8, "ASPECT_RATIO": 64, "HEAD_DIM": 128, "WINDOW_PATTERN": "SSSL",
+             "TOTAL_BATCH_SIZE": 2**19, "DEVICE_BATCH_SIZE": 128},
+    "mps": {"DEPTH": 4, "ASPECT_RATIO": 64, "HEAD_DIM": 64, "WINDOW_PATTERN": "L",
+            "TOTAL_BATCH_SIZE": 2**15, "DEVICE_BATCH_SIZE": 32},
+    "cpu": {"DEPTH": 4, "ASPECT_RATIO": 16, "HEAD_DIM": 64, "WINDOW_PATTERN": "L",
+            "TOTAL_BATCH_SIZE": 2**12, "DEVICE_BATCH_SIZE": 4},
+}
+
+
+def module_assignments(tree):
+    """How often each name is assigned by module-level code (inside if/else blocks too, not in a def or class)."""
+    counts = Counter()
+    def visit(statements):
+        for stmt in statements:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            if isinstance(stmt, ast.Assign):
+                counts.update(t.id for t in stmt.targets if isinstance(t, ast.Name))
+            for block in ("body", "orelse", "finalbody", "handlers"):
+                visit(getattr(stmt, block, []))
+    visit(tree.body)
+    return counts
+
+
+def test_each_hyper_parameter_is_assigned_once():
+    """One line per knob: no device block further down overrides the value an agent edits at the top."""
+    tree = ast.parse((ROOT / "train.py").read_text())
+    first_class = next(i for i, stmt in enumerate(tree.body) if isinstance(stmt, ast.ClassDef))
+    knobs = [t.id for stmt in tree.body[:first_class] if isinstance(stmt, ast.Assign)
+             for t in stmt.targets if isinstance(t, ast.Name) and t.id.isupper()]
+    assert set(PER_DEVICE["cpu"]) <= set(knobs)
+    counts = module_assignments(tree)
+    assert {name: counts[name] for name in knobs if counts[name] != 1} == {}
+
+
+def test_the_cpu_run_uses_the_per_device_defaults():
+    assert {name: load_definitions()[name] for name in PER_DEVICE["cpu"]} == PER_DEVICE["cpu"]
+
+
+def test_editing_a_knobs_line_changes_the_value_the_cpu_run_uses(tmp_path):
+    edits = {"DEPTH": 3, "ASPECT_RATIO": 24, "HEAD_DIM": 32, "WINDOW_PATTERN": "SL", "TOTAL_BATCH_SIZE": 2**11,
+             "DEVICE_BATCH_SIZE": 2}
+    source = (ROOT / "train.py").read_text()
+    for name, value in edits.items():
+        source, n = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", source, count=1, flags=re.M)
+        assert n == 1
+    (tmp_path / "train.py").write_text(source)
+    assert {name: load_definitions(tmp_path / "train.py")[name] for name in edits} == edits

@@ -2,15 +2,12 @@
 The `search` proposer: no LLM. It mutates the hyper-parameter block of train.py.
 
 A knob is a top-level UPPER_CASE assignment with a literal value (int, float, str, bool, or
-`2**N`) before the first def/class. A knob assigned again in a top-level device block
+`2**N`) before the first def/class (the `by_device` helper aside). A per-device knob
 
-    if DEVICE_TYPE == "cpu":
-        DEPTH = 4
-    elif DEVICE_TYPE == "mps":
-        ...
+    DEPTH = by_device(cuda=8, mps=4, cpu=4)   # number of transformer layers
 
-takes that value on the matching device, so the search edits the assignment that is in effect on
-the campaign's device, in place (formatting and comments kept). Each proposal changes one or two
+has the value named for the campaign's device, and the search edits that value only, in place
+(formatting and comments kept; the other devices' values stay). Each proposal changes one or two
 knobs by a sensible step for their type and never repeats a configuration tried before in the
 campaign (a fingerprint of the effective knob values of every experiment's train.py). The random
 choices are seeded by (seed, number of experiments so far): the same campaign proposes the same.
@@ -25,16 +22,17 @@ from autoresearch.proposers import Proposal, ProposalError, Proposer
 
 KNOB_NAME = re.compile(r"[A-Z][A-Z0-9_]*$")
 NEVER_MUTATED = ("SEED", "DEVICE_TYPE")  # a seed change is noise, not research
+DEVICE_HELPER, DEVICES = "by_device", ("cuda", "mps", "cpu")  # train.py's by_device(cuda, mps, cpu)
 WINDOW_PATTERNS = ["L", "SL", "SSL", "SSSL", "SSLL", "SLSL"]
 FLOAT_FACTORS = [1.25, 1.5, 2.0]
 ATTEMPTS = 600  # random draws before giving up; the step radius widens every 100
 
 
 class Knob:
-    """One knob: its effective value on the device and where that value's source text is."""
+    """One knob: its value on the device, the expression of that value, and the statement it is in."""
 
-    def __init__(self, name, value, kind, node):
-        self.name, self.value, self.kind, self.node = name, value, kind, node
+    def __init__(self, name, value, kind, node, stmt):
+        self.name, self.value, self.kind, self.node, self.stmt = name, value, kind, node, stmt
 
     def __repr__(self):
         return f"Knob({self.name}={self.value!r}, {self.kind})"
@@ -66,65 +64,36 @@ def literal(node):
     return None
 
 
-def device_test(test, device):
-    """True/False: whether a top-level `DEVICE_TYPE == "cpu"`-style test holds on `device`;
-    None when the test is not about DEVICE_TYPE alone."""
-    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.left, ast.Name)
-            and test.left.id == "DEVICE_TYPE"):
-        return None
-    op, right = test.ops[0], test.comparators[0]
-    if isinstance(op, (ast.Eq, ast.NotEq)) and isinstance(right, ast.Constant) and isinstance(right.value, str):
-        return (device == right.value) == isinstance(op, ast.Eq)
-    if (isinstance(op, (ast.In, ast.NotIn)) and isinstance(right, (ast.Tuple, ast.List, ast.Set))
-            and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in right.elts)):
-        return (device in {e.value for e in right.elts}) == isinstance(op, ast.In)
-    return None
-
-
-def _assignments(statements):
-    for stmt in statements:
-        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
-                and KNOB_NAME.match(stmt.targets[0].id)):
-            yield stmt.targets[0].id, stmt.value
-
-
-def _device_branch(stmt, device):
-    """The statements of a device block that apply on `device` ([] if none); None if not a device block."""
-    if device_test(stmt.test, device) is None:
-        return None
-    branch = stmt
-    while True:
-        if device_test(branch.test, device):
-            return branch.body
-        if len(branch.orelse) == 1 and isinstance(branch.orelse[0], ast.If) \
-                and device_test(branch.orelse[0].test, device) is not None:
-            branch = branch.orelse[0]
-            continue
-        return branch.orelse  # the else: block, or nothing
+def device_value(node, device):
+    """The expression of a knob's value on `device`: the matching argument of `by_device(cuda=, mps=, cpu=)`
+    (keywords, or positional in that order), else the expression itself; None when by_device lacks it."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == DEVICE_HELPER):
+        return node
+    arguments = dict(zip(DEVICES, node.args))
+    arguments.update((k.arg, k.value) for k in node.keywords)
+    return arguments.get(device)
 
 
 def find_knobs(source, device):
-    """{name: Knob} of the knobs in effect on `device` (raises SyntaxError for invalid Python)."""
-    tree = ast.parse(source)
+    """{name: Knob} of the knobs, with their values on `device` (raises SyntaxError for invalid Python)."""
     knobs = {}
-    for stmt in tree.body:
+    for stmt in ast.parse(source).body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            break  # the hyper-parameter block ends where the code starts
-        if isinstance(stmt, ast.Assign):
-            pairs = _assignments([stmt])
-        elif isinstance(stmt, ast.If):
-            body = _device_branch(stmt, device)
-            pairs = _assignments(body) if body is not None else ()
-        else:
-            continue
-        for name, node in pairs:
-            if any(word in name for word in NEVER_MUTATED):
+            if stmt.name == DEVICE_HELPER:
                 continue
-            lit = literal(node)
-            if lit is None:
-                knobs.pop(name, None)  # a computed value overrides the literal: not a knob any more
-            else:
-                knobs[name] = Knob(name, lit[0], lit[1], node)
+            break  # the hyper-parameter block ends where the code starts
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                and KNOB_NAME.match(stmt.targets[0].id)):
+            continue
+        name = stmt.targets[0].id
+        if any(word in name for word in NEVER_MUTATED):
+            continue
+        node = device_value(stmt.value, device)
+        lit = literal(node)  # None as well where by_device gives the device no value
+        if lit is None:
+            knobs.pop(name, None)  # a computed value overrides the literal: not a knob any more
+        else:
+            knobs[name] = Knob(name, lit[0], lit[1], node, stmt)
     return knobs
 
 
@@ -181,20 +150,20 @@ def apply_changes(source, knobs, changes):
     line_starts = [0]
     for line in data.splitlines(keepends=True):
         line_starts.append(line_starts[-1] + len(line))
+    offset = lambda line, col: line_starts[line - 1] + col  # ast offsets are UTF-8 bytes
     spans = []
     for name, value in changes.items():
-        node = knobs[name].node
-        start = line_starts[node.lineno - 1] + node.col_offset  # ast offsets are UTF-8 bytes
-        end = line_starts[node.end_lineno - 1] + node.end_col_offset
-        spans.append((start, end, format_value(knobs[name].kind, value).encode()))
-    for start, end, text in sorted(spans, reverse=True):
-        rest = data[end:]
+        node, stmt = knobs[name].node, knobs[name].stmt
+        spans.append((offset(node.lineno, node.col_offset), offset(node.end_lineno, node.end_col_offset),
+                      offset(stmt.end_lineno, stmt.end_col_offset), format_value(knobs[name].kind, value).encode()))
+    for start, end, stmt_end, text in sorted(spans, reverse=True):
+        rest = data[stmt_end:]
         gap = re.match(rb" +(?=#)", rest)  # keep an inline comment in its column where there is room
-        if gap:
+        if gap and b"\n" not in data[start:stmt_end]:
             old_gap = gap.end()
             new_gap = max(min(2, old_gap), old_gap - (len(text) - (end - start)))
             rest = b" " * new_gap + rest[old_gap:]
-        data = data[:start] + text + rest
+        data = data[:start] + text + data[end:stmt_end] + rest
     return data.decode()
 
 
