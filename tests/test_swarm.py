@@ -37,7 +37,8 @@ STANDIN_TRAIN = textwrap.dedent("""\
     if counter:
         with open(counter, "a") as f:
             f.write(f"{os.getpid()}\\n")
-        if len(open(counter).read().split()) >= int(os.environ["STANDIN_HANG_FROM"]):
+        runs = len(open(counter).read().split())
+        if int(os.environ["STANDIN_HANG_FROM"]) <= runs <= int(os.environ.get("STANDIN_HANG_UNTIL", "999")):
             print("step 00001 (1.0%) | loss: 9.000000", flush=True)
             time.sleep(600)
     time.sleep(SLEEP)
@@ -83,13 +84,24 @@ def cli(repo, *args, env=None, **kw):
 
 
 def start(repo, *args, env=None):
+    """The swarm in a process group of its own (what it leaves behind when killed can be cleaned up)."""
     return subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "swarm", *args], cwd=repo,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                            start_new_session=True)
 
 
-def hang_env(tmp_path, from_run):
+def clean_up_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def hang_env(tmp_path, from_run, until_run=999):
+    """The stand-in's runs from_run..until_run (counted in tmp_path/runs, one pid a line) hang."""
     return {"STANDIN_COUNTER": str(tmp_path / "runs"), "STANDIN_HANG_FROM": str(from_run),
-            "AUTORESEARCH_PASS_ENV": "STANDIN_COUNTER,STANDIN_HANG_FROM"}
+            "STANDIN_HANG_UNTIL": str(until_run),
+            "AUTORESEARCH_PASS_ENV": "STANDIN_COUNTER,STANDIN_HANG_FROM,STANDIN_HANG_UNTIL"}
 
 
 def wait_for(condition, seconds=90, proc=None):
