@@ -279,16 +279,19 @@ def _fmt(value, digits):
 
 
 def format_table(rows):
-    header = ["id", "tag", "commit", "status", "val_bpb", "mem_gb", "seconds", "proposer", "description"]
+    header = ["id", "tag", "commit", "status", "val_bpb", "mem_gb", "seconds", "steps", "tok/s", "proposer",
+              "description"]
     lines = [header]
     for r in rows:
         seconds = r["ended_at"] - r["started_at"] if r.get("ended_at") and r.get("started_at") else None
         desc = _clean(r["description"])
-        if r.get("cause") and r["status"] not in ("keep", "discard"):
+        if r.get("cause") and r["status"] != "keep":
             desc += f" [{_clean(r['cause'])}]"
+        elif r.get("starved"):
+            desc += " [starved]"
         lines.append([str(r["id"]), r["tag"] or "", gitutil.short(r["commit_sha"]), r["status"] or "",
-                      _fmt(r["val_bpb"], 6), _fmt(_memory_gb(r), 1), _fmt(seconds, 0), r["proposer"] or "",
-                      desc[:100]])
+                      _fmt(r["val_bpb"], 6), _fmt(_memory_gb(r), 1), _fmt(seconds, 0), _fmt(r.get("num_steps"), 0),
+                      _fmt(r.get("tokens_per_second"), 0), r["proposer"] or "", desc[:100]])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1]
                      for line in lines)

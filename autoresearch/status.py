@@ -88,11 +88,15 @@ def running_line(row, now):
 
 
 def result_line(row):
+    """One finished experiment: status, val_bpb, commit, how much it trained, what it was."""
     val = "   crashed" if is_failed(row) else f"{row['val_bpb']:.6f}"
     who = f" ({row['worker']})" if row.get("worker") else ""
-    cause = f" [{short(row['cause'], 40)}]" if row.get("cause") and is_failed(row) else ""
-    return (f"    #{row['id']:<4} {row['status']:<8} {val}  {(row.get('commit_sha') or '')[:7]:<7}  "
-            f"{short(row.get('description'), 50)}{who}{cause}")
+    cause = f" [{short(row['cause'], 40)}]" if row.get("cause") and is_failed(row) else \
+        " [starved]" if row.get("starved") else ""
+    steps = f"{row['num_steps']:>6} steps" if row.get("num_steps") is not None else " " * 12
+    speed = f"{row['tokens_per_second'] / 1000:>6.1f}k tok/s" if row.get("tokens_per_second") else " " * 13
+    return (f"    #{row['id']:<4} {row['status']:<8} {val}  {(row.get('commit_sha') or '')[:7]:<7} {steps} {speed}  "
+            f"{short(row.get('description'), 36)}{who}{cause}")
 
 
 def campaign_lines(tag, rows, campaign, now):

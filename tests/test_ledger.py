@@ -197,6 +197,18 @@ def test_log_table_shows_one_line_per_experiment(repo, monkeypatch, capsys):
     assert "OOM: out of memory" in lines[2] and "1.250000" in lines[1]
 
 
+def test_log_table_shows_how_much_each_run_trained_and_which_were_starved(repo, monkeypatch, capsys):
+    ledger = Ledger(repo=repo)
+    for starved in (0, 1):
+        exp_id = ledger.start_experiment(tag="a", commit_sha="a" * 40, description=f"run {starved}")
+        ledger.finish_experiment(exp_id, status="discard", val_bpb=1.0, num_steps=1234, tokens_per_second=9457.4,
+                                 starved=starved)
+    code, out, _ = run_log(repo, monkeypatch, capsys)
+    header, quiet, busy = out.splitlines()
+    assert header.split()[7:9] == ["steps", "tok/s"] and quiet.split()[7:9] == ["1234", "9457"]
+    assert busy.endswith("run 1 [starved]") and not quiet.endswith("]")
+
+
 def test_log_unknown_tag_is_a_one_line_error(repo, monkeypatch, capsys):
     add_rows(Ledger(repo=repo))
     code, out, err = run_log(repo, monkeypatch, capsys, "--tag", "nope")

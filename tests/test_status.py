@@ -59,7 +59,8 @@ def test_status_shows_the_progress_bar_of_a_running_smoke_campaign(campaign_repo
     assert run.returncode == 0, output
     after = run_status(cwd=campaign_repo)
     assert "No campaign is running. The last results:" in after.stdout
-    assert re.search(r"#1 +keep +\d\.\d{6} +[0-9a-f]{7} +baseline <as is>", after.stdout), after.stdout
+    assert re.search(r"#1 +keep +\d\.\d{6} +[0-9a-f]{7} +\d+ steps +[\d.]+k tok/s +baseline <as is>",
+                     after.stdout), after.stdout
 
 
 def test_status_with_nothing_running_says_so_and_shows_the_last_results(tmp_path):
@@ -72,6 +73,15 @@ def test_status_with_nothing_running_says_so_and_shows_the_last_results(tmp_path
     assert "campaign night [smoke / cpu]: 3 done, 2 kept, best 1.400000" in result.stdout
     assert "crash       crashed" in result.stdout and "[NaN loss]" in result.stdout
     assert "better <lr>" in result.stdout
+
+
+def test_status_shows_how_much_each_run_trained_and_which_were_starved(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, [exp("keep", 1.5, "baseline", t=0, num_steps=812, tokens_per_second=9457.0),
+                        exp("discard", 1.6, "busy box", t=1, num_steps=301, tokens_per_second=3120.0, starved=1)])
+    out = run_status(cwd=repo).stdout
+    assert re.search(r"#1 +keep +1\.500000 +[0-9a-f]{7} +812 steps +9\.5k tok/s +baseline", out), out
+    assert "301 steps" in out and "busy box" in out and "[starved]" in out
 
 
 def test_status_without_a_ledger_is_one_clear_line_and_exit_2(tmp_path):
