@@ -20,6 +20,7 @@ import pytest
 from autoresearch import sandbox, swarm
 from autoresearch.ledger import Ledger
 from standins.scripted import Scripted
+from standins.summary import SUMMARY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,14 +46,7 @@ STANDIN_TRAIN = textwrap.dedent("""\
     seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
     val = 1.0 + (MATRIX_LR - 0.05) ** 2 * 100 + 0.01 * abs(DEPTH - 5) + 0.001 * (seed - 42)
     print(f"threads {os.environ.get('OMP_NUM_THREADS')}")
-    print("---")
-    print(f"val_bpb:          {val:.6f}")
-    for line in ["training_seconds: 1.0", "total_seconds:    1.5", "peak_vram_mb:     100.0",
-                 "mfu_percent:      1.00", "total_tokens_M:   0.1", "num_steps:        2",
-                 "num_params_M:     1.0", f"depth:            {DEPTH}", "profile:          smoke",
-                 "device:           cpu", "device_name:      stand-in cpu", f"seed:             {seed}"]:
-        print(line)
-    """)
+    """) + SUMMARY
 
 
 def git(repo, *args):
