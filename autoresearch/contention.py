@@ -31,10 +31,11 @@ def _busy_seconds():
 
 
 def _ours():
-    """(CPU seconds, pids) of this process and every process it started, reaped children included."""
+    """(CPU seconds, pids) of this process and every process it started: the live ones, and those it
+    reaped already (their time moves into its children_* fields when they are reaped)."""
     me = psutil.Process()
     t = me.cpu_times()
-    total, pids = t.user + t.system, {me.pid}
+    total, pids = t.user + t.system + t.children_user + t.children_system, {me.pid}
     for child in me.children(recursive=True):
         try:
             t = child.cpu_times()
@@ -45,9 +46,9 @@ def _ours():
     return total, pids
 
 
-def _gpu_others(ours):
+def _gpu_others(ours, visible=None):
     """How many processes not of ours hold a context on our GPU (None: not a CUDA machine, or no
-    nvidia-smi). Our GPU is the first of CUDA_VISIBLE_DEVICES, else GPU 0."""
+    nvidia-smi). Our GPU is the first of `visible` (the experiment's CUDA_VISIBLE_DEVICES), else GPU 0."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return None
@@ -58,7 +59,7 @@ def _gpu_others(ours):
                               capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    visible = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
+    visible = (visible or os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
     uuids = {index.strip(): uuid.strip() for index, _, uuid in (line.partition(",") for line in gpus.splitlines())}
     ours_uuid = uuids.get(visible, visible)  # CUDA_VISIBLE_DEVICES may name a UUID
     others = 0
@@ -71,9 +72,10 @@ def _gpu_others(ours):
 
 class Watch:
     """Started when the training starts; stop() when it ends gives (CPU share of the others, number of
-    other processes on our GPU or None)."""
+    other processes on our GPU or None). gpu: the experiment's CUDA_VISIBLE_DEVICES."""
 
-    def __init__(self):
+    def __init__(self, gpu=None):
+        self.gpu = gpu
         self.wall, self.busy, (self.ours, _) = time.monotonic(), _busy_seconds(), _ours()
 
     def peek(self):
@@ -82,7 +84,7 @@ class Watch:
 
     def stop(self):
         share, pids = self._share()
-        return share, _gpu_others(pids)
+        return share, _gpu_others(pids, self.gpu)
 
     def _share(self):
         wall, busy, (ours, pids) = time.monotonic() - self.wall, _busy_seconds() - self.busy, _ours()

@@ -157,7 +157,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
             now = time.time()
             if tick and int(now * 5) % 5 == 0:
                 tick(launched)
-            watch = _watch_training(watch, channel, outcome, now, launched + startup_allowance)
+            watch = _watch_training(watch, channel, outcome, now, launched + startup_allowance, placement)
             outcome.stopped = "cancelled" if cancel is not None and cancel.is_set() else _overdue(
                 channel, now, launched, startup_allowance, time_budget, outcome.grace_s, timeout)
             if outcome.stopped == "budget" and watch is not None:  # a busy machine widens the grace
@@ -165,10 +165,11 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
                 outcome.stopped = _overdue(channel, now, launched, startup_allowance, time_budget, grace, timeout)
             if outcome.stopped:
                 break
-        _watch_training(watch, channel, outcome, time.time(), launched + startup_allowance, ended=True)
+        _watch_training(watch, channel, outcome, time.time(), launched + startup_allowance, placement, ended=True)
         kill_group(proc, grace=KILL_GRACE if outcome.stopped else 0)
         ours.shutdown(socket.SHUT_RDWR)
-        channel.join(timeout=eval_timeout + 10)
+        # a cancelled run does not wait for an evaluation in progress (the evaluator is stopped below)
+        channel.join(timeout=1 if outcome.stopped == "cancelled" else eval_timeout + 10)
         outcome.returncode = proc.returncode
         outcome.wall_s = time.time() - launched
         training_from = min(channel.training_at or float("inf"), launched + startup_allowance)
@@ -193,14 +194,14 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _watch_training(watch, channel, outcome, now, startup_ends, ended=False):
+def _watch_training(watch, channel, outcome, now, startup_ends, placement=None, ended=False):
     """Measure what other processes took from the start of the training (prepare.py's message, or the
     end of the start-up allowance) to its end (the export, or the run's end). Returns the watch while
     the training runs, else None."""
     if watch is None:
         training = channel.training_at is not None or now >= startup_ends
         if training and channel.exporting_at is None and not ended and outcome.cpu_share_others is None:
-            return contention.Watch()
+            return contention.Watch(gpu=(placement or {}).get("CUDA_VISIBLE_DEVICES"))
         return None
     if channel.exporting_at is not None or ended:
         outcome.cpu_share_others, outcome.gpu_others = watch.stop()

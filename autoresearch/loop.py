@@ -46,6 +46,7 @@ from autoresearch.proposers import REGISTRY, Proposal, ProposalError, ProposerCo
 DEFAULT_SEED = 42          # train.py's default AUTORESEARCH_SEED
 MAX_BACKOFF = 300.0        # seconds between proposer retries at most
 BASELINE_CRASH_LIMIT = 3   # a baseline that crashes this often in a row stops the loop
+CONFIG_ERROR_LIMIT = 3     # a proposer refused (key revoked, model gone) this often in a row stops the loop
 BASELINE_REPEATS = 3       # baseline runs that measure the noise, by default
 STARVED_RERUNS = 2         # a starved would-be keep is re-run at most this often before it counts
 FAILED = ("crash", "timeout", "invalid")
@@ -71,6 +72,25 @@ def interrupted(row):
     return row["status"] == "crash" and (row.get("cause") or "").startswith("interrupted")
 
 
+STARVED_RERUN = "; re-run"                  # the end of the cause of a starved would-be keep to run again
+MEANWHILE_RERUN = "was kept meanwhile: re-run on it"  # the end of the cause of a swarm result to carry over
+NOT_RERUN = " (not re-run: its change does not merge onto the best)"
+
+
+def rerun_reason(row):
+    """Why row's train.py must run again (None: it need not), from its status and cause."""
+    cause = row.get("cause") or ""
+    if cause.endswith(NOT_RERUN):
+        return None
+    if interrupted(row) or cause == UNCONFIRMED_STOP:
+        return "was cut short by a stop"
+    if row["status"] == "discard" and cause.startswith("starved") and cause.endswith(STARVED_RERUN):
+        return "was starved"
+    if row["status"] == "discard" and cause.endswith(MEANWHILE_RERUN):
+        return "beat its start while another keep landed"
+    return None
+
+
 def exit_code(signame):
     return 143 if signame == "SIGTERM" else 130
 
@@ -92,6 +112,11 @@ class _Signals:
     def uninstall(self):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+    def reclaim(self):
+        """Take SIGINT/SIGTERM back from a library that replaced the handlers (Ray does, in ray.init)."""
+        for sig in self.previous:
+            signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         self.pending = signal.Signals(signum).name
@@ -327,7 +352,7 @@ class Loop:
                 return row
             train_py = gitutil.show_bytes(self.checkout, f"{row['commit_sha']}:train.py")
             starved = runner.settle(self.checkout, row["id"], keep=False, ledger=self.ledger,
-                                    cause=f"starved: {contention.describe(row)}; re-run")
+                                    cause=f"starved: {contention.describe(row)}{STARVED_RERUN}")
             self.report(starved)
             self.note("starved", f"#{row['id']} was starved ({contention.describe(row)}): running it again")
             with open(os.path.join(self.checkout, "train.py"), "wb") as f:
@@ -390,10 +415,12 @@ class Loop:
         return [r for r in self.rows() if not r.get("is_baseline")]
 
     def last_failure(self):
-        rows = self.rows()
-        if not rows or rows[-1]["status"] not in FAILED:
+        """The newest finished experiment when it failed: its cause and log tail, for the proposer."""
+        ended = sorted((r for r in self.rows() if r["status"] != "running" and r.get("ended_at")),
+                       key=lambda r: r["ended_at"])
+        if not ended or ended[-1]["status"] not in FAILED:
             return None
-        row = rows[-1]
+        row = ended[-1]
         return (f"experiment #{row['id']} ({row['description']}) ended {row['status']}: {row.get('cause') or ''}\n"
                 + (row.get("log_tail") or ""))
 
@@ -428,9 +455,9 @@ class Loop:
         except Stop:
             raise
         except Exception as e:
-            if isinstance(e, ProposerConfigError) and not self.proposals_ok:
-                raise LoopError(str(e))
             self.failures += 1
+            if isinstance(e, ProposerConfigError) and (not self.proposals_ok or self.failures >= CONFIG_ERROR_LIMIT):
+                raise LoopError(str(e))
             wait = min(MAX_BACKOFF, self.backoff * 2 ** (self.failures - 1))
             if self.deadline is not None:
                 wait = max(0.0, min(wait, self.deadline - time.time()))
@@ -494,8 +521,10 @@ class Loop:
         return second
 
     def unfinished(self):
-        """Proposals a stop cut short and not yet run again, oldest first: interrupted ones, and would-be
-        keeps whose confirmation never finished. A re-run of the same train.py names them (retry_of)."""
+        """Experiments whose train.py must run again and has not yet (no row names them in retry_of),
+        oldest first: those a stop cut short (interrupted, or would-be keeps whose confirmation never
+        finished), starved would-be keeps, and results that beat their start while another keep
+        landed (swarm). The ledger says which: nothing else remembers them."""
         rows = self.rows()
         retried = {r["retry_of"] for r in rows if r.get("retry_of")}
         first_of = {}  # commit -> its first row (a confirmation run shares its proposal's commit)
@@ -504,22 +533,45 @@ class Loop:
             if r.get("commit_sha") and not r.get("is_baseline"):
                 first_of.setdefault(r["commit_sha"], r)
                 last_of[r["commit_sha"]] = r
-        return [first for sha, first in first_of.items() if first["id"] not in retried
-                and (interrupted(last_of[sha]) or last_of[sha].get("cause") == UNCONFIRMED_STOP)]
+        return [first for sha, first in first_of.items()
+                if first["id"] not in retried and last_of[sha]["id"] not in retried and rerun_reason(last_of[sha])]
+
+    def train_py_on_best(self, row):
+        """row's train.py as a change on the campaign's current best: as it is when the best is still the
+        commit it started from, else its change merged onto the best (git merge-file); None when that
+        does not merge (or the text cannot be read)."""
+        try:
+            text = gitutil.show_bytes(self.checkout, f"{row['commit_sha']}:train.py").decode("utf-8")
+            best = self.best_commit()
+            if row["parent_commit"] == best or not row.get("parent_commit"):
+                return text
+            base = gitutil.show_bytes(self.checkout, f"{row['parent_commit']}:train.py").decode("utf-8")
+            current = gitutil.show_bytes(self.checkout, f"{best}:train.py").decode("utf-8")
+        except (gitutil.GitError, UnicodeDecodeError):
+            return None
+        return gitutil.merge_text(base, current, text)
+
+    def rerun(self, row):
+        """(description, train_py) of row's re-run on the current best; None (noted) when it cannot be."""
+        reason = rerun_reason(row) or "was cut short by a stop"  # (the stop may show on its confirmation run)
+        train_py = self.train_py_on_best(row)
+        if train_py is None:
+            self.note("retry", f"#{row['id']} ({row['description']}) cannot run again: its change does not merge "
+                               f"onto the campaign's best any more")
+            self.ledger.update_experiment(row["id"], cause=(row.get("cause") or "") + NOT_RERUN)
+            return None
+        self.note("retry", f"#{row['id']} ({row['description']}) {reason}: running it again")
+        return f"{row['description']} [re-run of #{row['id']}]", train_py
 
     def run_unfinished(self):
-        """Run again what a stop cut short, before any new proposal (nothing the proposer paid for is lost)."""
+        """Run again what must run again (see unfinished()), before any new proposal."""
         for row in self.unfinished():
             if self.budget_left():
                 return
-            try:
-                train_py = gitutil.show_bytes(self.checkout, f"{row['commit_sha']}:train.py").decode("utf-8")
-            except (gitutil.GitError, UnicodeDecodeError):
-                self.note("retry", f"#{row['id']} was interrupted, but its train.py cannot be read any more; skipped")
-                continue
-            self.note("retry", f"#{row['id']} ({row['description']}) was cut short by a stop: running it again")
-            self.experiment(Proposal(description=f"{row['description']} [re-run of #{row['id']}]", train_py=train_py,
-                                     model=row.get("model")), retry_of=row["id"])
+            again = self.rerun(row)
+            if again:
+                self.experiment(Proposal(description=again[0], train_py=again[1], model=row.get("model")),
+                                retry_of=row["id"])
 
     # -- the loop ---------------------------------------------------------------------------------
     def main(self):

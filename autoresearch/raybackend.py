@@ -85,6 +85,9 @@ def run_task(spec, time_budget, timeout, fingerprint, env):
         log_path = os.path.join(work, "run.log")
         outcome = runner.load_executor()(spec, None, rules["profile_dir"], time_budget, log_path, timeout,
                                          placement=placement)
+        # measured from this Ray worker, the swarm's other tasks on the node count as "others": that is
+        # their fixed share, not starvation (the GPU check stands: it is per GPU)
+        outcome.cpu_share_others = None
         with open(log_path, "rb") as f:
             f.seek(max(0, os.path.getsize(log_path) - LOG_BYTES))
             log = f.read()
@@ -95,13 +98,13 @@ class RayBackend:
     """Swarm workers as Ray tasks (see the module's docstring)."""
     name = "ray"
 
-    def __init__(self, slots, repo, rules, ledger, fingerprint, address=None):
+    def __init__(self, workers, repo, rules, ledger, fingerprint, address=None):
         try:
             import ray
         except ImportError:
             raise SwarmError("the ray backend needs Ray: pip install 'autoresearch[ray]'") from None
         self.ray, self.repo, self.rules, self.ledger, self.fingerprint = ray, repo, rules, ledger, fingerprint
-        self.slots = list(range(len(slots)))
+        self.slots = list(range(workers))
         self.started_cluster = False
         if not ray.is_initialized():
             options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -110,21 +113,24 @@ class RayBackend:
                     ray.init(address=address, **options)
                 else:
                     ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=sandbox.gpu_count(), **options)
-            except (ConnectionError, RuntimeError, ValueError) as e:
+            except Exception as e:
                 raise SwarmError(f"cannot start or join the Ray cluster{f' at {address}' if address else ''}: "
-                                 f"{str(e).strip().splitlines()[0]}") from None
+                                 f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
             self.started_cluster = True
         resources = ray.cluster_resources()
         if resources.get("GPU"):
             need = dict(num_gpus=1, num_cpus=1)
-        else:
-            need = dict(num_cpus=int(slots[0].get("OMP_NUM_THREADS", "1")))
+        else:  # the cluster's CPUs shared between the workers
+            need = dict(num_cpus=max(1, int(resources.get("CPU", 1)) // workers))
         self.task = ray.remote(run_task).options(max_retries=0, **need)
         self.running = {}  # ref -> (job, slot)
         self.cancelled = False
 
     def idle(self):
         return len(self.slots)
+
+    def jobs(self):
+        return {job.exp_id for job, _ in self.running.values()}
 
     def submit(self, job):
         slot = self.slots.pop(0)
@@ -133,15 +139,19 @@ class RayBackend:
         self.running[ref] = (job, slot)
         return f"ray{slot + 1}"
 
-    def wait(self, timeout):
-        ray = self.ray
-        ready, _ = ray.wait(list(self.running), num_returns=1, timeout=timeout)
+    def ready(self, timeout):
+        if not self.running:
+            return []
+        ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        return ready
+
+    def take(self, ready):
         done = []
         for ref in ready:
             job, slot = self.running.pop(ref)
             self.slots.append(slot)
             try:
-                outcome, log, node = ray.get(ref)
+                outcome, log, node = self.ray.get(ref)
             except Exception as e:
                 done.append(self._failed(job, e))
                 continue
@@ -152,21 +162,27 @@ class RayBackend:
         return done
 
     def _failed(self, job, error):
+        """A task that returned no result: cancelled by us, lost with its worker or node (or a node that
+        cannot hold the campaign's data: another node may), or failed in the harness's own code."""
         ray = self.ray
         if self.cancelled:
             return Done(job, outcome=executor.Outcome(stopped="cancelled"))
-        lost = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.LocalRayletDiedError,
-                ray.exceptions.RaySystemError, ray.exceptions.TaskUnschedulableError)
-        if isinstance(error, lost):
-            return Done(job, lost=f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}")
         cause = getattr(error, "cause", None) or error
-        return Done(job, error=f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1][:300]}")
+        lost = tuple(getattr(ray.exceptions, name) for name in (
+            "WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "RaySystemError", "OutOfMemoryError",
+            "ObjectLostError", "OwnerDiedError", "RuntimeEnvSetupError", "TaskUnschedulableError")
+            if hasattr(ray.exceptions, name))
+        if isinstance(error, lost) or isinstance(cause, DataMismatch):
+            return Done(job, lost=f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}")
+        return Done(job, error=f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[-1][:300]}")
 
-    def cancel(self):
+    def cancel(self, force=False):
+        """Cancel every task: first by an interrupt inside it (the executor then stops its training),
+        with force=True by killing its worker process."""
         self.cancelled = True
         for ref in list(self.running):
             try:
-                self.ray.cancel(ref, force=True)
+                self.ray.cancel(ref, force=force)
             except Exception:
                 pass
 

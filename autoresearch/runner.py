@@ -719,7 +719,7 @@ class _Experiment:
                 status = "keep" if is_baseline or best is None or val < best - threshold else "discard"
         if status == "invalid" or (decide and status != "keep"):
             revert(checkout, tag, commit, start)
-        cols = result_columns(outcome, text, status)
+        cols = result_columns(outcome, text, status, seed=self.ledger.experiment(exp_id)["seed"])
         cols["log_path"] = archive_log(self.ledger, tag, exp_id, os.path.join(checkout, "run.log"))
         self.ledger.finish_experiment(exp_id, status=status, cause=cause, **cols)
         row = self.ledger.experiment(exp_id)
@@ -809,25 +809,36 @@ def outcome_metrics(outcome, claimed):
     return metrics
 
 
-def result_columns(outcome, text, status):
+def result_columns(outcome, text, status, seed=None):
     """The ledger columns of a finished run from its log and, unless it was interrupted (outcome None),
-    the executor's outcome; val_bpb only for a judged run (keep or discard)."""
+    the executor's outcome; val_bpb only for a judged run (keep or discard). seed: the one the harness
+    gave the run (the summary's is only taken when it gave none: train.py's default)."""
     summary = parse_summary(text)
     claimed = claims(text)
     cols = outcome_metrics(outcome, claimed) if outcome is not None else \
         {k: v for k, v in claimed.items() if k != "val_bpb"}
     if status not in ("keep", "discard"):
         cols["val_bpb"] = None  # only a judged run has a metric to compare
-    cols.update(log_tail=log_tail(text), device=summary.get("device_name") or summary.get("device"))
-    if isinstance(summary.get("seed"), int):
+    device = summary.get("device_name") or summary.get("device")
+    cols.update(log_tail=log_tail(text), device=str(device)[:100] if device is not None else None)
+    if seed is None and isinstance(summary.get("seed"), int) and 0 <= summary["seed"] < 2**31:
         cols["seed"] = summary["seed"]
     return cols
 
 
+MAX_CLAIM = 1e15  # a claimed number beyond this (or not finite) is dropped: SQLite's integers end at 2**63
+
+
+def _plausible(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and abs(value) < MAX_CLAIM
+
+
 def claims(text):
-    """The numbers of train.py's summary block (its claims: the harness measures its own)."""
+    """The numbers of train.py's summary block (its claims: the harness measures its own). A hostile
+    train.py prints what it likes: only finite numbers of a sane size are kept."""
     summary = parse_summary(text)
-    return {k: summary.get(k) for k in SUMMARY_COLUMNS if isinstance(summary.get(k), (int, float))}
+    return {k: summary[k] for k in SUMMARY_COLUMNS if _plausible(summary.get(k))}
 
 
 # -- autoresearch run --------------------------------------------------------------------------

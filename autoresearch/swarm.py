@@ -26,7 +26,6 @@ experiment a Ray task asking for one GPU or its share of CPUs; --ray-address joi
 otherwise a local one is started, so the same command works on a laptop). Budgets are the loop's.
 """
 
-import collections
 import concurrent.futures
 import dataclasses
 import os
@@ -35,7 +34,7 @@ import threading
 import time
 
 from autoresearch import cli, contention, executor, gitutil, loop, results, runner, sandbox
-from autoresearch.loop import Loop, LoopError, Stop
+from autoresearch.loop import Loop, LoopError
 
 WAIT = 0.5            # seconds between looks at the workers
 LOST_RETRIES = 3      # a job whose worker was lost this often is recorded as a crash
@@ -94,6 +93,10 @@ class LocalBackend:
     def idle(self):
         return len(self.free)
 
+    def jobs(self):
+        """The exp_ids this backend still runs."""
+        return {job.exp_id for job, _, _ in self.running.values()}
+
     def submit(self, job):
         """Start the job on a free slot; returns the worker's name."""
         slot = self.free.pop(0)
@@ -108,9 +111,14 @@ class LocalBackend:
         self.running[future] = (job, slot, cancel)
         return f"w{slot + 1}"
 
-    def wait(self, timeout):
+    def ready(self, timeout):
+        """Wait (interruptibly) until a run ends or timeout passes: the handles of the ended ones."""
         finished, _ = concurrent.futures.wait(list(self.running), timeout=timeout,
                                               return_when=concurrent.futures.FIRST_COMPLETED)
+        return finished
+
+    def take(self, finished):
+        """The results of the ended runs (bookkeeping only: no waiting)."""
         done = []
         for future in finished:
             job, slot, _ = self.running.pop(future)
@@ -121,7 +129,7 @@ class LocalBackend:
                 done.append(Done(job, error=f"{type(e).__name__}: {e}"))
         return done
 
-    def cancel(self):
+    def cancel(self, force=False):
         for _, _, event in self.running.values():
             event.set()
 
@@ -132,7 +140,8 @@ class LocalBackend:
 
 class Swarm(Loop):
     """The loop's campaign (budgets, baseline, noise, proposer, resume), with experiments in flight on
-    several workers at once."""
+    several workers at once. What must run again is read from the ledger (Loop.unfinished), never kept
+    only in memory: a stop at any moment loses nothing."""
 
     def __init__(self, repo, tag, proposer_name, *, workers=None, devices=None, backend="local", ray_address=None,
                  **options):
@@ -140,8 +149,8 @@ class Swarm(Loop):
         self.workers, self.devices = workers, devices
         self.backend_name, self.ray_address = backend, ray_address
         self.inflight = {}   # exp_id -> Job
-        self.queue = collections.deque()  # (description, train_py, extra ledger columns): run these first
         self.retry_at = 0.0  # no proposal before this time (the proposer is backing off)
+        self.backend = None
 
     # -- budgets: what is in flight counts too -------------------------------------------------
     def room(self):
@@ -175,8 +184,7 @@ class Swarm(Loop):
         self.ledger.update_experiment(exp_id, log_path=log_path)
         spec = sandbox.Spec(train_py=train_py, base_commit=self.ledger.campaign(self.tag)["base_commit"],
                             profile=self.rules["profile"], seed=seed)
-        job = Job(exp_id, spec, log_path, timeout)
-        self.start(job)
+        self.start(Job(exp_id, spec, log_path, timeout))
         return exp_id
 
     def start(self, job):
@@ -186,12 +194,15 @@ class Swarm(Loop):
         row = self.ledger.experiment(job.exp_id)
         self.say(f"#{job.exp_id:<4d} started  on {worker}: {row['description']}")
 
-    def next_proposal(self):
-        """Dispatch the next queued re-run or a new proposal (None: nothing was dispatched). A proposer
-        error is not waited out here: results keep coming in while it backs off."""
-        if self.queue:
-            description, train_py, cols = self.queue.popleft()
-            return self.dispatch(description, train_py, **cols)
+    def next_experiment(self):
+        """Dispatch what must run again (the ledger says, see Loop.unfinished) or a new proposal; None
+        when nothing was dispatched. A proposer error is not waited out here: results keep coming in
+        while it backs off."""
+        for row in self.unfinished():
+            again = self.rerun(row)
+            if again:
+                seed = row["seed"] if (row.get("cause") or "").startswith("starved") else None
+                return self.dispatch(*again, seed=seed, retry_of=row["id"], model=row.get("model"))
         if time.time() < self.retry_at:
             return None
         proposal = self.try_propose()  # history includes the experiments in flight (status running)
@@ -206,14 +217,27 @@ class Swarm(Loop):
 
     # -- results ------------------------------------------------------------------------------------
     def collect(self, timeout=WAIT):
-        """Record what the workers finished; returns the finished rows."""
-        self.signals.armed = True
+        """Record what the workers finished; returns the finished rows. Only the wait itself can be cut
+        by a signal: a result taken from the backend is always recorded."""
+        finished = self.signals.call(self.backend.ready, timeout)
+        rows = []
+        for done in self.backend.take(finished):
+            row = self.record_safely(done)
+            if row is not None:
+                rows.append(row)
+        return rows
+
+    def record_safely(self, done):
+        """record(), and if recording itself fails (a bug, a full disk), the row still ends: as a crash
+        whose cause says so, so that nothing is left `running`."""
         try:
-            self.signals.check()
-            done = self.backend.wait(timeout)
-        finally:
-            self.signals.armed = False
-        return [row for row in (self.record(d) for d in done) if row is not None]
+            return self.record(done)
+        except Exception as e:
+            self.inflight.pop(done.job.exp_id, None)
+            self.ledger.finish_experiment(done.job.exp_id, status="crash",
+                                          cause=f"the harness could not record its result: {type(e).__name__}: {e}")
+            results.write(self.checkout, self.ledger, self.tag)
+            return self.ledger.experiment(done.job.exp_id)
 
     def record(self, done):
         job = done.job
@@ -238,9 +262,12 @@ class Swarm(Loop):
             status, cause = "crash", f"the worker could not run it: {done.error}"
         else:
             status, cause = runner.judge_outcome(done.outcome, runner.claims(text), text, self.rules["time_budget"])
-        cols = runner.result_columns(done.outcome, text, status)
-        if done.outcome is not None and done.outcome.stopped == "cancelled":
-            cause = f"interrupted ({self.signals.pending or 'cancelled'})"
+        cols = runner.result_columns(done.outcome, text, status, seed=row["seed"])
+        if done.outcome is not None:
+            if done.outcome.stopped == "cancelled":
+                cause = f"interrupted ({self.signals.pending or 'cancelled'})"
+            if not os.environ.get(runner.EXECUTOR_ENV):  # how it really ran, wherever that was
+                cols["sandbox"] = "bwrap" if done.outcome.sandboxed else "none"
         if status == "keep":
             status, cause = self.decide(row, cols)
         self.ledger.finish_experiment(job.exp_id, status=status, cause=cause, **cols)
@@ -255,36 +282,40 @@ class Swarm(Loop):
         self.report(row)
         return row
 
+    def starved_reruns(self, row):
+        """How many times row's train.py already ran again because it was starved."""
+        n, ancestor = 0, row.get("retry_of")
+        while ancestor:
+            parent = self.ledger.experiment(ancestor)
+            if not parent or not (parent.get("cause") or "").startswith("starved"):
+                break
+            n, ancestor = n + 1, parent.get("retry_of")
+        return n
+
     def decide(self, row, cols):
-        """(status, cause) of a judged run (the swarm's keep rule, see the module's docstring)."""
+        """(status, cause) of a judged run (the swarm's keep rule, see the module's docstring). A re-run
+        it asks for is written in the cause; Loop.unfinished finds it there."""
         val, best, threshold = cols["val_bpb"], self.ledger.best(self.tag), self.threshold()
+        starved = cols.get("starved") and self.starved_reruns(row) < loop.STARVED_RERUNS
         if row["is_baseline"]:
-            if best is None and not cols.get("starved"):
+            starved_before = sum(r.get("is_baseline") and (r.get("cause") or "").startswith("starved")
+                                 for r in self.rows())
+            starved = cols.get("starved") and starved_before < loop.STARVED_RERUNS
+            if best is None and not starved:
                 return "keep", None
-            if best is None:
-                self.queue.appendleft(("baseline", self.best_train_py(), dict(is_baseline=True, retry_of=row["id"])))
-                return "discard", f"starved: {contention.describe(cols)}; re-run"
+            if best is None:  # not a noise sample either; run_baseline runs another baseline
+                return "discard", f"starved: {contention.describe(cols)}"
             return "discard", f"baseline repeat on seed {row['seed']}: measures the noise"
         start = row["best_before"]
         if start is None or not val < start - threshold:
             return "discard", None
-        train_py = gitutil.show_bytes(self.checkout, f"{row['commit_sha']}:train.py").decode("utf-8")
-        current = self.best_commit()
-        if row["parent_commit"] == current:
-            if not cols.get("starved"):
+        if row["parent_commit"] == self.best_commit():
+            if not starved:
                 return "keep", None
-            self.queue.appendleft((f"{row['description']} [re-run: #{row['id']} was starved]", train_py,
-                                   dict(seed=row["seed"], retry_of=row["id"])))
-            return "discard", f"starved: {contention.describe(cols)}; re-run"
-        # another worker's keep landed while this one ran: carry its change over to the new best
-        base = gitutil.show_bytes(self.checkout, f"{row['parent_commit']}:train.py").decode("utf-8")
-        merged = gitutil.merge_text(base, self.best_train_py(), train_py)
+            return "discard", f"starved: {contention.describe(cols)}{loop.STARVED_RERUN}"
+        # another worker's keep landed while this one ran: its change is carried over to the new best
         newer = self.ledger.experiments(tag=self.tag, status="keep")[-1]
-        if merged is None:
-            return "discard", (f"beat its start ({start:.6f}) but #{newer['id']} was kept meanwhile, and its "
-                               f"change does not merge onto that")
-        self.queue.appendleft((f"{row['description']} [on #{newer['id']}]", merged, dict(retry_of=row["id"])))
-        return "discard", f"beat its start ({start:.6f}) but #{newer['id']} was kept meanwhile: re-run on it"
+        return "discard", f"beat its start ({start:.6f}) but #{newer['id']} {loop.MEANWHILE_RERUN}"
 
     # -- phases ---------------------------------------------------------------------------------------
     def drain(self):
@@ -298,10 +329,7 @@ class Swarm(Loop):
         while self.ledger.best(self.tag) is None:
             if not self.room():
                 return False
-            if not self.queue:
-                self.dispatch("baseline", self.best_train_py(), is_baseline=True)
-            else:
-                self.next_proposal()
+            self.dispatch("baseline", self.best_train_py(), is_baseline=True)
             self.drain()
             last = self.rows()[-1]
             crashes = crashes + 1 if last["status"] not in ("keep", "discard") else 0
@@ -328,34 +356,25 @@ class Swarm(Loop):
         self.ensure_baseline()  # measures the noise from the runs (nothing left to run)
         return True
 
-    def unfinished_to_queue(self):
-        for row in self.unfinished():
-            try:
-                train_py = gitutil.show_bytes(self.checkout, f"{row['commit_sha']}:train.py").decode("utf-8")
-            except (gitutil.GitError, UnicodeDecodeError):
-                continue
-            self.note("retry", f"#{row['id']} ({row['description']}) was cut short by a stop: running it again")
-            self.queue.append((f"{row['description']} [re-run of #{row['id']}]", train_py,
-                               dict(retry_of=row["id"], model=row.get("model"))))
-
     def _main(self):
         self.check_preconditions()
-        self.slots = placements(self.workers, self.devices)
+        if self.backend_name == "local":
+            self.slots = placements(self.workers, self.devices)  # a bad --devices: before anything changes
         with loop._LoopLock(self.checkout):
             self.open()
             with runner._CheckoutLock(self.checkout):  # no `autoresearch run` here meanwhile
                 return self._swarm()
 
     def _swarm(self):
-        self.backend = make_backend(self)
         try:
-            self.say(f"swarm: {len(self.slots)} workers ({self.backend.name} backend)")
-            self.unfinished_to_queue()
+            self.backend = make_backend(self)
+            self.signals.reclaim()  # (Ray's init takes SIGTERM for itself)
+            self.say(f"swarm: {self.backend.idle()} workers ({self.backend.name} backend)")
             if self.run_baseline():
                 while True:
                     while self.backend.idle() and self.room():
                         self.signals.check()
-                        if self.next_proposal() is None and time.time() < self.retry_at:
+                        if self.next_experiment() is None and time.time() < self.retry_at:
                             break
                     if not self.inflight:
                         if not self.room():
@@ -363,12 +382,13 @@ class Swarm(Loop):
                         self.signals.sleep(max(0.0, self.retry_at - time.time()))
                         continue
                     self.collect()
-        except (Stop, KeyboardInterrupt):
-            self.stop_all()
+        except BaseException:
+            self.stop_all()  # whatever stopped the swarm, nothing it started is left running or unrecorded
             raise
         finally:
             self.proposer.close()
-            self.backend.close()
+            if self.backend is not None:
+                self.backend.close()
         self.finish(self.budget_left() or "budget spent")
         return 0
 
@@ -377,20 +397,30 @@ class Swarm(Loop):
         super().open()
 
     def stop_all(self):
-        """Cancel every run in flight and record each as interrupted."""
+        """Cancel every run in flight and record each as interrupted (Loop.unfinished runs them again)."""
+        if self.backend is None:
+            return
         self.signals.armed = False
         self.backend.cancel()
+        forced_at = time.time() + 15
         while self.inflight:
-            for done in self.backend.wait(WAIT):
+            orphans = set(self.inflight) - self.backend.jobs()  # taken from the backend, not yet recorded
+            for exp_id in orphans:
+                self.record_safely(Done(self.inflight[exp_id], outcome=executor.Outcome(stopped="cancelled")))
+            for done in self.backend.take(self.backend.ready(WAIT)):
                 done.lost = None
-                self.record(done)
+                if done.outcome is None:
+                    done.outcome = executor.Outcome(stopped="cancelled")
+                self.record_safely(done)
+            if time.time() > forced_at:
+                self.backend.cancel(force=True)
 
 
 def make_backend(swarm):
-    if swarm.backend_name == "ray":
+    if swarm.backend_name == "ray":  # Ray places the work: one GPU a task, or the cluster's CPUs shared
         from autoresearch import raybackend
-        return raybackend.RayBackend(swarm.slots, swarm.checkout, swarm.rules, swarm.ledger, swarm.fingerprint,
-                                     address=swarm.ray_address)
+        return raybackend.RayBackend(swarm.workers or 1, swarm.checkout, swarm.rules, swarm.ledger,
+                                     swarm.fingerprint, address=swarm.ray_address)
     return LocalBackend(swarm.slots, swarm.checkout, swarm.rules, swarm.ledger)
 
 

@@ -23,11 +23,17 @@ def burners(n, seconds, foreign):
     return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
 
 
-def share_while(n, foreign, seconds=2.0):
-    procs = burners(n, seconds + 0.5, foreign)
-    time.sleep(0.3)  # let them start
-    watch = contention.Watch()
-    time.sleep(seconds)
+def share_while(n, foreign, seconds=2.0, reaped=False):
+    """The others' share measured while n burners run; reaped: ours end and are waited for first."""
+    watch = contention.Watch() if reaped else None
+    procs = burners(n, seconds if reaped else seconds + 0.5, foreign)
+    if reaped:
+        for p in procs:
+            p.wait()
+    else:
+        time.sleep(0.3)  # let them start
+        watch = contention.Watch()
+        time.sleep(seconds)
     share, gpu_others = watch.stop()
     for p in procs:
         p.wait()
@@ -41,6 +47,12 @@ def test_processes_of_others_count_and_our_own_children_do_not():
     ours = share_while(cpus, foreign=False)
     assert foreign is not None and ours is not None
     assert foreign > 0.5 and foreign - ours > 0.25, (foreign, ours)
+
+
+def test_our_children_that_ended_meanwhile_still_count_as_ours():
+    foreign = share_while(os.cpu_count(), foreign=True)
+    reaped = share_while(os.cpu_count(), foreign=False, reaped=True)
+    assert foreign - reaped > 0.25, (foreign, reaped)
 
 
 def test_a_run_is_starved_from_a_quarter_of_the_cpus_or_another_process_on_its_gpu(monkeypatch):

@@ -238,6 +238,23 @@ def test_each_experiments_log_is_kept_beside_the_ledger_after_run_log_is_reused(
     assert "val_bpb:          0.900000" in Path(second["log_path"]).read_text()
 
 
+def test_absurd_numbers_in_a_summary_are_dropped_and_the_run_is_recorded(repo):
+    absurd = (fake_train(0.9).replace("num_steps:        2", "num_steps:        99999999999999999999999")
+              .replace("mfu_percent:      1.50", "mfu_percent:      inf")
+              .replace('"seed:             " + os.environ.get("AUTORESEARCH_SEED", "42")',
+                       '"seed:             -99999999999999999999"'))
+    run(repo, "baseline")
+    row = run(repo, "absurd claims", absurd)
+    assert row["status"] == "keep" and row["val_bpb"] == 0.9
+    assert (row["num_steps"], row["mfu_percent"], row["seed"]) == (None, None, None)
+
+
+def test_the_seed_the_harness_gave_is_recorded_whatever_train_py_prints(repo):
+    liar = fake_train(1.0).replace('"seed:             " + os.environ.get("AUTORESEARCH_SEED", "42")',
+                                   '"seed:             42"')
+    assert run(repo, "baseline", liar, seed=7)["seed"] == 7
+
+
 def test_worse_is_discarded_reset_and_saved_under_refs(repo):
     baseline = run(repo, "baseline")
     row = run(repo, "worse", fake_train(1.1))

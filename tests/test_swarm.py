@@ -12,12 +12,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from autoresearch import sandbox, swarm
+from autoresearch import loop, sandbox, swarm
 from autoresearch.ledger import Ledger
 from standins.scripted import Scripted
 from standins.summary import SUMMARY
@@ -178,7 +179,7 @@ def test_a_result_that_beat_its_start_after_another_keep_landed_is_run_again_on_
     assert by["lr"]["status"] == "keep"
     assert by["depth"]["status"] == "discard"
     assert by["depth"]["cause"] == f"beat its start (1.020000) but #{by['lr']['id']} was kept meanwhile: re-run on it"
-    merged = by[f"depth [on #{by['lr']['id']}]"]
+    merged = by[f"depth [re-run of #{by['depth']['id']}]"]
     assert merged["retry_of"] == by["depth"]["id"] and merged["parent_commit"] == by["lr"]["commit_sha"]
     assert merged["status"] == "keep" and merged["val_bpb"] == pytest.approx(1.0)
     train = (repo / "train.py").read_text()
@@ -186,15 +187,43 @@ def test_a_result_that_beat_its_start_after_another_keep_landed_is_run_again_on_
 
 
 def test_a_change_that_does_not_merge_onto_the_new_best_is_discarded_with_the_reason(repo):
-    script = [("lr", {"MATRIX_LR": 0.05}), ("lr too", {"MATRIX_LR": 0.045, "SLEEP": 4.0}), ("other", {"SLEEP": 0.1})]
-    run_swarm(repo, script, max_experiments=4)
+    script = [("lr", {"MATRIX_LR": 0.05}), ("lr too", {"MATRIX_LR": 0.045, "SLEEP": 4.0}), ("other", {"SLEEP": 8.0}),
+              ("more", {"SLEEP": 0.2})]
+    run_swarm(repo, script, max_experiments=5)
     experiments = assert_consistent(repo)
     by = {r["description"]: r for r in experiments}
-    assert by["lr too"]["status"] == "discard" and by["lr too"]["cause"].endswith("does not merge onto that")
+    assert by["lr too"]["status"] == "discard"
+    assert by["lr too"]["cause"] == (f"beat its start (1.020000) but #{by['lr']['id']} was kept meanwhile: re-run on "
+                                     f"it (not re-run: its change does not merge onto the best)")
     assert not [r for r in experiments if r.get("retry_of")]
 
 
 # ------------------------------------------------------------------------------------ stop and resume
+
+def test_an_interrupted_result_runs_again_on_the_best_that_moved_meanwhile(repo, tmp_path, monkeypatch):
+    for name, value in hang_env(tmp_path, 3, 4).items():  # the 3rd and 4th runs hang until the stop
+        monkeypatch.setenv(name, value)
+    script = [("lr", {"MATRIX_LR": 0.05}), ("depth", {"DEPTH": 5, "SLEEP": 2.0}), ("other", {"SLEEP": 0.1})]
+    def interrupt_when_both_hang():
+        wait_for(lambda: len((tmp_path / "runs").read_text().split()) == 4 if (tmp_path / "runs").exists() else False)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    stop = threading.Thread(target=interrupt_when_both_hang, daemon=True)
+    stop.start()
+    with pytest.raises(loop.Stop):
+        run_swarm(repo, script, max_experiments=6)
+    by = {r["description"]: r for r in rows(repo)}
+    assert by["lr"]["status"] == "keep" and by["depth"]["cause"] == "interrupted (SIGINT)"
+    assert by["depth"]["parent_commit"] != by["lr"]["commit_sha"]  # it started before lr was kept
+
+    run_swarm(repo, [("more", {"SLEEP": 0.1})], max_experiments=5)
+    experiments = assert_consistent(repo)
+    again = [r for r in experiments if r.get("retry_of") == by["depth"]["id"]]
+    assert len(again) == 1 and again[0]["parent_commit"] == by["lr"]["commit_sha"]
+    text = git(repo, "show", f"{again[0]['commit_sha']}:train.py")
+    assert "MATRIX_LR = 0.05" in text and "DEPTH = 5" in text  # lr's kept change is not undone
+
+
 
 def test_ctrl_c_stops_every_worker_and_the_same_command_runs_them_again(repo, tmp_path):
     args = ["--tag", "t", "--workers", "2", "--max-experiments", "4", "--baseline-repeats", "1"]
