@@ -502,8 +502,12 @@ class _Progress:
                 lines = _lines(f.read().decode("utf-8", "replace"))
         except OSError:
             return "starting"
+        if not lines:
+            return "starting"
+        steps = [line for line in lines if line.startswith("step ")]
+        latest = steps[-1] if steps else lines[-1]  # the training's progress, not the summary after it
         # train.py's output is untrusted: no escape sequence reaches the terminal
-        return "".join(c for c in lines[-1].strip() if c.isprintable()) if lines else "starting"
+        return "".join(c for c in latest.strip() if c.isprintable())
 
     def tick(self, since):
         now = time.time()

@@ -37,8 +37,11 @@ def installed(wheel, tmp_path_factory):
                              text=True).stdout.strip()
     with open(os.path.join(purelib, "dependencies.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
+    # without conftest's PYTHONPATH: pip would find the checkout's own metadata (an editable install's
+    # autoresearch.egg-info) there, call the package installed already, and install nothing
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True, text=True)
+                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True, text=True, env=env)
     return venv / "bin"
 
 
@@ -64,8 +67,10 @@ def test_installed_wheel_runs_the_cli(installed, tmp_path):
     run = outside_the_checkout(tmp_path)
     r = subprocess.run([installed / "autoresearch", "--help"], **run)
     assert r.returncode == 0, r.stderr
-    for command in ("run", "loop", "log", "report", "status"):
+    for command in ("run", "loop", "swarm", "log", "report", "status"):
         assert command in r.stdout
+    r = subprocess.run([installed / "autoresearch", "--version"], **run)
+    assert r.returncode == 0 and r.stdout.strip() == "autoresearch 0.1.0", r.stderr
     r = subprocess.run([installed / "autoresearch", "loop", "--help"], **run)
     assert r.returncode == 0 and "--proposer" in r.stdout, r.stderr
     r = subprocess.run([installed / "python", "-c", "import autoresearch.proposers as p; print(p.__file__)"], **run)

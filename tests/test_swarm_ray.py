@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch import sandbox
 from autoresearch.ledger import Ledger
 from test_swarm import alive, assert_consistent, clean_up_group, cli, hang_env, repo, rows, start, wait_for  # noqa: F401 (repo: the fixture)
 
@@ -40,6 +41,19 @@ def test_a_ray_swarm_runs_the_campaign_as_tasks_on_a_local_cluster(repo):
     assert len(experiments) == 4
     assert {r["worker"] for r in experiments[1:]} <= {"ray1", "ray2"} and all(r["host"] for r in experiments)
     assert all(r["status"] in ("keep", "discard") for r in experiments), [r["cause"] for r in experiments]
+
+
+def test_the_real_train_py_runs_sandboxed_and_trusted_in_ray_tasks(campaign_repo, monkeypatch):
+    if sandbox.bwrap_problem():
+        pytest.skip(sandbox.bwrap_problem())
+    monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "3")
+    proc = cli(campaign_repo, "--tag", "t", "--backend", "ray", "--workers", "2", "--max-experiments", "3",
+               "--baseline-repeats", "1", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    experiments = assert_consistent(campaign_repo)
+    assert all(r["status"] in ("keep", "discard") for r in experiments), [r["cause"] for r in experiments]
+    assert all(r["sandbox"] == "bwrap" and abs(r["val_bpb"] - r["claimed_val_bpb"]) < 2e-6 and r["eval_s"] > 0
+               for r in experiments)
 
 
 def test_a_ray_worker_killed_under_an_experiment_puts_it_back_in_the_queue(repo, tmp_path):
