@@ -60,6 +60,7 @@ class Spec:
     base_commit: str    # the campaign's base commit: constants.py and prepare.py come from it
     profile: str        # the profile's rules and prepared data
     seed: int = None    # AUTORESEARCH_SEED, when not train.py's default
+    time_budget: float = None  # AUTORESEARCH_TIME_BUDGET: a screening run's share of the profile's budget
     # the base commit's fixed files, (name, git blob id, bytes) each, for a worker that has no copy of
     # the repository (a Ray node); empty: materialize() reads them from the repository
     fixed: tuple = ()
@@ -207,6 +208,8 @@ def environment(spec, cache, handoff_fd, handoff_dir, placement=None):
                AUTORESEARCH_HANDOFF_FD=str(handoff_fd), AUTORESEARCH_HANDOFF_DIR=handoff_dir)
     if spec.seed is not None:
         env["AUTORESEARCH_SEED"] = str(spec.seed)
+    if spec.time_budget is not None:
+        env["AUTORESEARCH_TIME_BUDGET"] = repr(float(spec.time_budget))
     return env
 
 

@@ -24,6 +24,7 @@ class Proposal:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    fidelity: float = 1.0  # the share of the time budget to run it with: < 1 is a screening run
 
 
 class ProposalError(Exception):
