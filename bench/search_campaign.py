@@ -66,7 +66,7 @@ def summary(repo, checkpoints):
     rows = ledger.experiments(tag=TAG)
     campaign = ledger.campaign(TAG) or {}
     baselines = [r["val_bpb"] for r in rows if r.get("is_baseline") and r["status"] in ("keep", "discard")
-                 and r.get("val_bpb") is not None]
+                 and r.get("val_bpb") is not None and not (r.get("cause") or "").startswith("starved")]
     baseline = statistics.fmean(baselines) if baselines else None
     noise = campaign.get("noise_std")
     threshold = max(campaign.get("min_delta") or 0.0, 2 * (noise or 0.0))

@@ -217,3 +217,15 @@ def test_search_and_screen_options_choose_the_sampler_and_the_fraction(tmp_path)
 def test_bad_search_flags_are_usage_errors(repo, flags, error):
     proc = cli(repo, "--tag", "t", *flags)
     assert proc.returncode == 2 and error in proc.stderr
+
+
+def test_a_screening_run_trains_for_its_share_of_the_budget_in_the_sandbox(campaign_repo, short_budget):
+    """The real train.py and the real (trusted) executor: the shorter budget reaches the training, and
+    the harness times it against that budget."""
+    from autoresearch import runner
+    git(campaign_repo, "checkout", "-qb", "autoresearch/s")
+    row = runner.run_experiment(str(campaign_repo), "screen 50%: baseline", time_budget=short_budget / 2)
+    assert row["time_budget"] == short_budget / 2
+    assert f"budget: {short_budget / 2:g}s of training (overridden: not comparable)" in open(row["log_path"]).read()
+    # judged against its own budget (a machine so busy that one step outlasts the grace is invalid)
+    assert row["status"] in ("keep", "invalid"), (row["cause"], row["log_tail"])
