@@ -171,12 +171,14 @@ def test_screening_runs_candidates_short_and_promotes_the_best_of_each_three(cam
     assert campaign.propose(screen=0.3).fidelity == 0.3  # the next rung starts
 
 
-def test_a_screened_run_in_flight_is_not_promoted_nor_counted_as_full(campaign):
+def test_a_screening_run_in_flight_or_crashed_counts_as_screened_not_full(campaign):
     measured(campaign)
-    row = campaign.row(campaign.knobs({"DEPTH": 5}), "running", time_budget=0.3 * BUDGET)
+    running = campaign.row(campaign.knobs({"DEPTH": 5}), "running", time_budget=0.3 * BUDGET)
+    crashed = campaign.row(campaign.knobs({"DEPTH": 6}), "crash", time_budget=0.3 * BUDGET, cause="OOM")
     obs = get_proposer("search", repo=campaign.repo, device="cpu").observations(campaign.history, "cpu")
-    [mine] = [o for o in obs.values() if o.rows[0]["id"] == row["id"]]
-    assert mine.pending == {"full": 0, "screened": 1}
+    by_id = {o.rows[0]["id"]: o for o in obs.values()}
+    assert by_id[running["id"]].pending == {"full": 0, "screened": 1}
+    assert by_id[crashed["id"]].failed == {"full": 0, "screened": 1}
 
 
 def test_screened_runs_are_short_never_kept_and_never_the_best(repo):

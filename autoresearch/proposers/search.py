@@ -255,10 +255,9 @@ def interrupted_or_starved(row):
 
 
 def row_fidelity(row, full_budget):
-    if row.get("status") == "screened":
-        return "screened"
+    """"screened" for a run on a share of the budget (finished, in flight or crashed), else "full"."""
     budget = row.get("time_budget")
-    if row.get("status") == "running" and full_budget and budget and budget < full_budget:
+    if row.get("status") == "screened" or (full_budget and budget and budget < full_budget):
         return "screened"
     return "full"
 
@@ -299,10 +298,6 @@ class SearchProposer(Proposer):
             except SyntaxError:
                 self._configs[key] = None
         return self._configs[key]
-
-    def tried(self, history, device):
-        """Fingerprints of the configurations of every experiment in the history."""
-        return set(self.observations(history, device)) | self._proposed
 
     def observations(self, history, device):
         """{fingerprint: Observation} of every configuration the campaign ran or is running, in order.
