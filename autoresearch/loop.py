@@ -593,6 +593,9 @@ class Loop:
                       f"noise: {repeats} baseline runs will measure it" if repeats > 1 else "noise not measured")
         self.say(f"campaign {self.tag}: {len(self.finished())} experiments so far, best "
                  f"{_fmt(self.ledger.best(self.tag))}; proposer {self.proposer_name}"
+                 + (f" ({self.proposer.sampler}" + (f", screening on {self.proposer.screen:.0%} of the budget"
+                                                    if getattr(self.proposer, "screen", None) else "") + ")"
+                    if getattr(self.proposer, "sampler", None) else "")
                  + (f" at {self.proposer.endpoint}" if self.proposer.endpoint else "")
                  + f"; {noise_text}")
         self.say(f"profile {rules['profile']}: {rules['time_budget']:g} s of training per experiment, data "

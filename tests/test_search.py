@@ -231,3 +231,8 @@ def test_a_screening_run_trains_for_its_share_of_the_budget_in_the_sandbox(campa
     assert f"budget: {short_budget / 2:g}s of training (overridden: not comparable)" in open(row["log_path"]).read()
     # judged against its own budget (a machine so busy that one step outlasts the grace is invalid)
     assert row["status"] in ("keep", "invalid"), (row["cause"], row["log_tail"])
+
+
+def test_the_loop_names_the_sampler_and_the_screening_it_runs(repo):
+    code, out = run_loop(repo, get_proposer("search", repo=str(repo), sampler="cmaes", screen=0.3), max_experiments=1)
+    assert code == 0 and "proposer search (cmaes, screening on 30% of the budget)" in out
