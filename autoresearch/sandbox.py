@@ -60,10 +60,10 @@ class Spec:
     base_commit: str    # the campaign's base commit: constants.py and prepare.py come from it
     profile: str        # the profile's rules and prepared data
     seed: int = None    # AUTORESEARCH_SEED, when not train.py's default
-    time_budget: float = None  # AUTORESEARCH_TIME_BUDGET: a screening run's share of the profile's budget
     # the base commit's fixed files, (name, git blob id, bytes) each, for a worker that has no copy of
     # the repository (a Ray node); empty: materialize() reads them from the repository
     fixed: tuple = ()
+    time_budget: float = None  # AUTORESEARCH_TIME_BUDGET: a screening run's share of the profile's budget
 
     def shipped(self, repo):
         """This spec carrying its fixed files, so that it runs where the repository is not."""
