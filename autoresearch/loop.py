@@ -466,7 +466,8 @@ class Loop:
         if proposal.fidelity < 1:
             return self.screen(proposal, retry_of)
         threshold = self.threshold()
-        first = self.measure(proposal.description, threshold=threshold, retry_of=retry_of, **cost)
+        seed = self.next_seed() if proposal.repeat else None
+        first = self.measure(proposal.description, threshold=threshold, retry_of=retry_of, seed=seed, **cost)
         if first["status"] != "keep" or not self.confirm:
             return self.settle(first, keep=first["status"] == "keep")
         # a would-be keep: out of the best (discard, pending) while a re-run on a new seed confirms it

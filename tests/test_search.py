@@ -156,6 +156,36 @@ def test_a_study_rebuilt_from_the_ledger_after_kill_9_proposes_what_the_killed_l
     assert proposal.description == running["description"]
 
 
+def test_a_near_miss_is_measured_again_on_a_new_seed_once(campaign):
+    """A result that beat the best by less than the noise threshold is where the model is least sure:
+    it is run once more (a new seed), and the model then uses the mean of the two."""
+    measured(campaign)  # the best: the baseline, 1.60
+    near = campaign.row(campaign.knobs({"DEPTH": 5}), "discard", 1.595, threshold=0.01)
+    again = campaign.propose()
+    assert again.repeat and values(again.train_py)["DEPTH"] == 5
+    assert again.description.startswith(f"re-measure #{near['id']} on a new seed: DEPTH 4 -> 5")
+    campaign.row(again.train_py, "discard", 1.605, threshold=0.01)
+    following = campaign.propose()
+    assert not following.repeat and values(following.train_py) != values(again.train_py)
+    proposer = get_proposer("search", repo=campaign.repo, device="cpu")
+    [obs] = [o for o in proposer.observations(campaign.history, "cpu").values() if o.rows[0]["id"] == near["id"]]
+    assert obs.value("full", None) == pytest.approx(1.60)
+
+
+def test_the_loop_runs_a_repeat_on_a_new_seed(repo):
+    from standins.scripted import Scripted
+
+    class Again(Scripted):
+        def propose(self, *args):
+            proposal = super().propose(*args)
+            proposal.repeat = True
+            return proposal
+
+    code, out = run_loop(repo, Again([("DEPTH 4 -> 5", {"DEPTH": 5})]), max_experiments=2)
+    assert code == 0, out
+    assert [r["seed"] for r in rows(repo)] == [42, 43]
+
+
 # --------------------------------------------------------------------------------------- screening
 
 def test_screening_runs_candidates_short_and_promotes_the_best_of_each_three(campaign):

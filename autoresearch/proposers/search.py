@@ -17,6 +17,7 @@ The model (space.py, study.py beside this file): every knob gets a typed range a
 the campaign's base train.py, the Optuna study is rebuilt from the ledger's rows at every proposal
 (the ledger is the only store: a killed loop resumes with the same model), and the sampler proposes
 a whole configuration. The first STARTUP proposals are random local steps (the `random` sampler's).
+A near miss (beat the best by less than the keep threshold) is measured again on a new seed, once.
 With screening, candidates first run at a fraction of the budget and the best of them earn a full run.
 """
 
@@ -350,6 +351,13 @@ class SearchProposer(Proposer):
                 ids = ", ".join(f"#{r['id']}" for r in promoted.rows if r.get("status") == "screened" and "id" in r)
                 return self.proposal(train_py, knobs, current, promoted.values, 1.0,
                                      f"full run of screened {ids or 'candidate'}: ")
+        near = self.near_miss(observations, history)
+        if near is not None:
+            row = [r for r in near.rows if r.get("val_bpb") is not None][0]
+            proposal = self.proposal(train_py, knobs, current, near.values, 1.0,
+                                     f"re-measure #{row.get('id')} on a new seed: ")
+            proposal.repeat = True
+            return proposal
         fidelity = "screened" if self.screen else "full"
         measured = [o for o in observations.values() if o.measured(fidelity)]
         rng = random.Random(f"{self.seed}:{len(history)}")
@@ -431,6 +439,18 @@ class SearchProposer(Proposer):
             if changes and fingerprint({**current, **changes}) not in tried:
                 return changes
         return None
+
+    def near_miss(self, observations, history):
+        """The best configuration that beat the campaign's best by less than the keep threshold, measured
+        once: the model is least sure there, so it is measured again (once) rather than left to chance."""
+        keeps = [r["val_bpb"] for r in history if r.get("status") == "keep" and r.get("val_bpb") is not None]
+        thresholds = [r["threshold"] for r in history if r.get("threshold")]
+        if not keeps or not thresholds:
+            return None
+        best, threshold = min(keeps), thresholds[-1]
+        near = [o for o in observations.values() if not o.baseline and len(o.full) == 1 and not o.pending["full"]
+                and not any(r.get("status") == "keep" for r in o.rows) and best - threshold <= o.full[0] < best]
+        return min(near, key=lambda o: o.full[0]) if near else None
 
     def promotion(self, observations, current):
         """Successive halving: once ETA screened candidates per full run so far are in, the best screened
