@@ -459,6 +459,7 @@ th { background: #f6f6f6; cursor: pointer; user-select: none; white-space: nowra
 th[data-dir=asc]::after { content: " \\25B2"; } th[data-dir=desc]::after { content: " \\25BC"; }
 td.num { text-align: right; font-family: ui-monospace, monospace; }
 tr.keep td { background: #eef8ee; } tr.crash td, tr.timeout td, tr.invalid td { color: #a33; }
+tr.screened td { color: #1f5f99; font-style: italic; }
 details { margin: .4em 0; border: 1px solid #ddd; border-radius: 4px; padding: .3em .6em; }
 details.keep { border-left: 4px solid #2ca02c; } details.crash, details.timeout, details.invalid { border-left: 4px solid #d62728; }
 summary { cursor: pointer; } .add { color: #1a7f37; } .del { color: #cf222e; } pre.diff { overflow-x: auto; font-size: 12px; background: #fafafa; padding: .5em; }

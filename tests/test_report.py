@@ -508,3 +508,7 @@ def test_screened_runs_are_counted_apart_never_kept_and_never_the_best(tmp_path)
     assert s["keep_rate"] == pytest.approx(1 / 2)  # the screening run is not a proposal judged for keeping
     assert "1 screened (short runs, not compared)" in report.counts_text(s)
     assert "the baseline and screening runs not counted" in report.keep_rate_text(s)
+    result = run_cli("--tag", "night", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    page = (repo / "reports" / "night" / "report.html").read_text()
+    assert '<tr class="screened">' in page and "1 screened (short runs, not compared)" in page
