@@ -18,7 +18,8 @@ the campaign's base train.py, the Optuna study is rebuilt from the ledger's rows
 (the ledger is the only store: a killed loop resumes with the same model), and the sampler proposes
 a whole configuration. The first STARTUP proposals are random local steps (the `random` sampler's).
 A near miss (beat the best by less than the keep threshold) is measured again on a new seed, once.
-With screening, candidates first run at a fraction of the budget and the best of them earn a full run.
+With screening, candidates first run at a fraction of the budget and the best of them earn a full run;
+the model then learns from the screened results (every candidate has one), compared only with each other.
 """
 
 import ast
