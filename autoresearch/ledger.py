@@ -54,7 +54,7 @@ CAMPAIGN_COLUMNS = {
 EVENT_COLUMNS = {"id": "INTEGER PRIMARY KEY", "ts": "REAL", "tag": "TEXT", "worker": "TEXT",
                  "kind": "TEXT", "message": "TEXT"}
 TABLES = {"experiments": EXPERIMENT_COLUMNS, "campaigns": CAMPAIGN_COLUMNS, "events": EVENT_COLUMNS}
-STATUSES = ("running", "keep", "discard", "crash", "timeout", "invalid")
+STATUSES = ("running", "keep", "discard", "crash", "timeout", "invalid", "screened")  # screened: a short run
 BUSY_TIMEOUT_MS = 60_000
 
 

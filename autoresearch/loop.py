@@ -159,7 +159,7 @@ def _fmt(value):
 class Loop:
     def __init__(self, repo, tag, proposer_name, *, max_experiments=None, hours=None, max_cost=None,
                  model=None, base_url=None, baseline_repeats=BASELINE_REPEATS, min_delta=None, confirm=False,
-                 timeout=None, search_seed=0, worker=None, price_input=None, price_output=None, proposer_timeout=1800.0,
+                 timeout=None, search_seed=0, search="tpe", screen=None, worker=None, price_input=None, price_output=None, proposer_timeout=1800.0,
                  backoff=5.0, out=sys.stdout, proposer=None, progress=False):
         self.repo = repo
         self.tag = tag
@@ -176,7 +176,8 @@ class Loop:
         self.timeout = timeout
         self.worker = worker
         self.proposer_options = dict(model=model, base_url=base_url, seed=search_seed, price_input=price_input,
-                                     price_output=price_output, cli_timeout=proposer_timeout)
+                                     price_output=price_output, cli_timeout=proposer_timeout, sampler=search,
+                                     screen=screen)
         self.backoff = backoff
         self.out = out
         self.proposer = proposer  # tests may hand one in
@@ -489,8 +490,11 @@ class Loop:
             f.write(proposal.train_py)
         cost = dict(model=proposal.model, prompt_tokens=proposal.prompt_tokens,
                     completion_tokens=proposal.completion_tokens, cost_usd=proposal.cost_usd)
+        if proposal.fidelity < 1:
+            return self.screen(proposal, retry_of)
         threshold = self.threshold()
-        first = self.measure(proposal.description, threshold=threshold, retry_of=retry_of, **cost)
+        seed = self.next_seed() if proposal.repeat else None
+        first = self.measure(proposal.description, threshold=threshold, retry_of=retry_of, seed=seed, **cost)
         if first["status"] != "keep" or not self.confirm:
             return self.settle(first, keep=first["status"] == "keep")
         # a would-be keep: out of the best (discard, pending) while a re-run on a new seed confirms it
@@ -519,6 +523,21 @@ class Loop:
             self.ledger.update_experiment(first["id"], cause=cause)
         self.report(second)
         return second
+
+    def screen(self, proposal, retry_of=None):
+        """A candidate run on a share of the budget: recorded as `screened`, never kept and never compared
+        with a full run (the proposer decides which screened candidates earn one)."""
+        budget = proposal.fidelity * float(self.rules["time_budget"])
+        row = self.run(proposal.description, threshold=self.threshold(), retry_of=retry_of, time_budget=budget,
+                       model=proposal.model, prompt_tokens=proposal.prompt_tokens,
+                       completion_tokens=proposal.completion_tokens, cost_usd=proposal.cost_usd)
+        row = runner.settle(self.checkout, row["id"], keep=False, ledger=self.ledger)
+        if row["status"] == "discard":
+            self.ledger.update_experiment(row["id"], status="screened")
+            results.write(self.checkout, self.ledger, self.tag)
+            row = self.ledger.experiment(row["id"])
+        self.report(row)
+        return row
 
     def unfinished(self):
         """Experiments whose train.py must run again and has not yet (no row names them in retry_of),
@@ -570,8 +589,10 @@ class Loop:
                 return
             again = self.rerun(row)
             if again:
-                self.experiment(Proposal(description=again[0], train_py=again[1], model=row.get("model")),
-                                retry_of=row["id"])
+                full = float(self.rules["time_budget"])
+                fidelity = min(1.0, (row.get("time_budget") or full) / full)  # a screening run stays one
+                self.experiment(Proposal(description=again[0], train_py=again[1], model=row.get("model"),
+                                         fidelity=fidelity), retry_of=row["id"])
 
     # -- the loop ---------------------------------------------------------------------------------
     def main(self):
@@ -625,6 +646,9 @@ class Loop:
                       f"noise: {repeats} baseline runs will measure it" if repeats > 1 else "noise not measured")
         self.say(f"campaign {self.tag}: {len(self.finished())} experiments so far, best "
                  f"{_fmt(self.ledger.best(self.tag))}; proposer {self.proposer_name}"
+                 + (f" ({self.proposer.sampler}" + (f", screening on {self.proposer.screen:.0%} of the budget"
+                                                    if getattr(self.proposer, "screen", None) else "") + ")"
+                    if getattr(self.proposer, "sampler", None) else "")
                  + (f" at {self.proposer.endpoint}" if self.proposer.endpoint else "")
                  + f"; {noise_text}")
         self.say(f"profile {rules['profile']}: {rules['time_budget']:g} s of training per experiment, data "
@@ -663,7 +687,8 @@ def cmd_loop(args):
     loop = Loop(".", args.tag, args.proposer, max_experiments=args.max_experiments, hours=args.hours,
                 max_cost=args.max_cost, model=args.model, base_url=args.base_url,
                 baseline_repeats=args.baseline_repeats, min_delta=args.min_delta, confirm=args.confirm,
-                timeout=args.timeout, search_seed=args.search_seed, worker=args.worker, price_input=args.price_input,
+                timeout=args.timeout, search_seed=args.search_seed, search=args.search, screen=args.screen,
+                worker=args.worker, price_input=args.price_input,
                 price_output=args.price_output, proposer_timeout=args.proposer_timeout, backoff=args.backoff,
                 progress=True)
     return run_cli(loop)
@@ -700,6 +725,17 @@ def register(subparsers):
     p.set_defaults(func=cmd_loop)
 
 
+def _fraction(text):
+    """An argparse type: a number strictly between 0 and 1."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise ValueError(text)
+    return value
+
+
+_fraction.__name__ = "fraction between 0 and 1"
+
+
 def add_campaign_arguments(p, confirm=True):
     """The options a campaign has whoever runs it (loop, swarm): proposer, budgets, noise."""
     p.add_argument("--proposer", choices=list(REGISTRY), default="search",
@@ -725,6 +761,12 @@ def add_campaign_arguments(p, confirm=True):
                    help="kill a training run after S seconds (default: 2 x the budget + 120)")
     p.add_argument("--search-seed", type=int, default=0, metavar="N",
                    help="seed of the search proposer's choices (default 0); training seeds are 42, 43, ...")
+    p.add_argument("--search", choices=["tpe", "cmaes", "random"], default="tpe",
+                   help="the search proposer's sampler: tpe (default: a model of the campaign's results), "
+                        "cmaes, or random one- or two-knob steps")
+    p.add_argument("--screen", type=_fraction, metavar="FRACTION",
+                   help="search proposer: run each candidate first on FRACTION of the time budget (recorded "
+                        "as `screened`, never kept); the best third of them earn a full run")
     p.add_argument("--price-input", type=cli.non_negative, metavar="USD",
                    help="USD per million prompt tokens, for a model missing from the price table")
     p.add_argument("--price-output", type=cli.non_negative, metavar="USD",

@@ -135,7 +135,7 @@ class RayBackend:
     def submit(self, job):
         slot = self.slots.pop(0)
         spec = job.spec.shipped(self.repo)
-        ref = self.task.remote(spec, float(self.rules["time_budget"]), job.timeout, self.fingerprint, forwarded_env())
+        ref = self.task.remote(spec, job.time_budget, job.timeout, self.fingerprint, forwarded_env())
         self.running[ref] = (job, slot)
         return f"ray{slot + 1}"
 

@@ -151,7 +151,8 @@ def tokens_per_second(row):
 
 def summarize(tag, rows, campaign):
     """The numbers of one campaign, as a dict that the terminal, the page, --json and the tests share."""
-    after = [r for r in rows if not r.get("is_baseline")]
+    screened = [r for r in rows if r["status"] == "screened"]  # short runs: never kept, never the best
+    after = [r for r in rows if not r.get("is_baseline") and r["status"] != "screened"]
     keeps = [r for r in after if r["status"] == "keep" and not is_failed(r)]
     baseline = baseline_of(rows)
     best_row = min(keeps, key=lambda r: r["val_bpb"]) if keeps else None
@@ -163,7 +164,8 @@ def summarize(tag, rows, campaign):
     starts = [r["started_at"] for r in rows if r.get("started_at")]
     ends = [r["ended_at"] for r in rows if r.get("ended_at")]
     hours = (max(ends) - min(starts)) / 3600 if starts and ends and max(ends) > min(starts) else None
-    s = dict(tag=tag, experiments=len(rows), baseline_runs=len(rows) - len(after), kept=len(keeps),
+    s = dict(tag=tag, experiments=len(rows), baseline_runs=sum(bool(r.get("is_baseline")) for r in rows),
+             kept=len(keeps), screened=len(screened),
              failed=sum(is_failed(r) for r in rows), baseline=baseline, best=best, best_row=best_row,
              keep_rate=len(keeps) / len(after) if after else None,
              crash_causes=dict(causes.most_common()),
@@ -188,7 +190,8 @@ def fmt(value, spec=".6f", missing="n/a"):
 def counts_text(s):
     baseline = f" ({s['baseline_runs']} baseline run{'s' if s['baseline_runs'] != 1 else ''})" \
         if s["baseline_runs"] else ""
-    return f"{s['experiments']} experiments{baseline}, {s['kept']} kept"
+    screened = f", {s['screened']} screened (short runs, not compared)" if s.get("screened") else ""
+    return f"{s['experiments']} experiments{baseline}, {s['kept']} kept{screened}"
 
 
 def best_text(s):
@@ -202,7 +205,9 @@ def best_text(s):
 def keep_rate_text(s):
     if s["keep_rate"] is None:
         return "n/a (only the baseline so far)"
-    return f"{100 * s['keep_rate']:.0f}% ({s['kept']}/{s['experiments'] - s['baseline_runs']}, the baseline not counted)"
+    full = s["experiments"] - s["baseline_runs"] - s.get("screened", 0)
+    not_counted = "the baseline and screening runs" if s.get("screened") else "the baseline"
+    return f"{100 * s['keep_rate']:.0f}% ({s['kept']}/{full}, {not_counted} not counted)"
 
 
 def noise_text(s, unknown):
@@ -325,7 +330,8 @@ def plot_progress(rows, path):
         xs = lambda some: [number[id(r)] for r in some]
         ok = [r for r in mine if not is_failed(r)]
         keeps = [r for r in ok if r["status"] == "keep"]
-        discards = [r for r in ok if r["status"] != "keep"]
+        screened = [r for r in ok if r["status"] == "screened" and r["val_bpb"] <= top]
+        discards = [r for r in ok if r["status"] not in ("keep", "screened")]
         inside = [r for r in discards if r["val_bpb"] <= top]
         above = [r for r in discards if r["val_bpb"] > top]
         failed = [r for r in mine if is_failed(r)]
@@ -334,6 +340,9 @@ def plot_progress(rows, path):
         if above:
             ax.scatter(xs(above), [top - 0.01 * (top - bottom)] * len(above), c="#aaaaaa", marker="^", s=20,
                        label="discard (off the top)", zorder=2)
+        if screened:  # on a shorter budget: not comparable with the full runs, drawn apart
+            ax.scatter(xs(screened), [r["val_bpb"] for r in screened], facecolors="none", edgecolors="#1f77b4",
+                       marker="s", s=16, label="screened (short run, not compared)", zorder=2)
         if failed:
             ax.scatter(xs(failed), [bottom + 0.02 * (top - bottom)] * len(failed), c="#d62728", marker="x",
                        s=24, label="crash / timeout / invalid", zorder=2)
@@ -450,6 +459,7 @@ th { background: #f6f6f6; cursor: pointer; user-select: none; white-space: nowra
 th[data-dir=asc]::after { content: " \\25B2"; } th[data-dir=desc]::after { content: " \\25BC"; }
 td.num { text-align: right; font-family: ui-monospace, monospace; }
 tr.keep td { background: #eef8ee; } tr.crash td, tr.timeout td, tr.invalid td { color: #a33; }
+tr.screened td { color: #1f5f99; font-style: italic; }
 details { margin: .4em 0; border: 1px solid #ddd; border-radius: 4px; padding: .3em .6em; }
 details.keep { border-left: 4px solid #2ca02c; } details.crash, details.timeout, details.invalid { border-left: 4px solid #d62728; }
 summary { cursor: pointer; } .add { color: #1a7f37; } .del { color: #cf222e; } pre.diff { overflow-x: auto; font-size: 12px; background: #fafafa; padding: .5em; }

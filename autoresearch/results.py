@@ -39,10 +39,11 @@ def _clean(text):
 
 def cells(row):
     """The five reference cells of a ledger row."""
-    status = row["status"] if row["status"] in ("keep", "discard") else "crash"
+    status = row["status"] if row["status"] in ("keep", "discard") else "discard" if row["status"] == "screened" \
+        else "crash"  # a screening run, never kept, is a discard to the reference's tools
     ok = status != "crash" and row.get("val_bpb") is not None
     description = _clean(row.get("description"))
-    if row["status"] in ("timeout", "invalid"):
+    if row["status"] in ("timeout", "invalid", "screened"):
         description += f" [{row['status']}]"
     memory = row["peak_vram_mb"] / 1024 if ok and row.get("peak_vram_mb") is not None else 0.0
     return [gitutil.short(row.get("commit_sha")), f"{row['val_bpb'] if ok else 0.0:.6f}", f"{memory:.1f}",

@@ -535,11 +535,12 @@ class _Progress:
 
 def run_experiment(repo, description, *, timeout=None, proposer="manual", model=None, prompt_tokens=None,
                    completion_tokens=None, cost_usd=None, seed=None, worker=None, threshold=None,
-                   is_baseline=None, decide=True, progress=False, ledger=None, retry_of=None):
+                   is_baseline=None, decide=True, progress=False, ledger=None, retry_of=None, time_budget=None):
     """Run one experiment in the checkout holding repo; returns its finished ledger row (a dict).
 
     RunError for user mistakes (nothing recorded); Interrupted after recording when a signal came.
-    progress=True prints a start line and, on a terminal, the live progress line."""
+    progress=True prints a start line and, on a terminal, the live progress line. time_budget: seconds
+    of training instead of the profile's (a screening run: its val_bpb compares with no full run)."""
     if not description or not description.strip():
         raise RunError('a description is required: autoresearch run -m "what this experiment changes"')
     tag = campaign_tag(repo)
@@ -550,7 +551,7 @@ def run_experiment(repo, description, *, timeout=None, proposer="manual", model=
         recover(checkout, ledger)
         experiment = _Experiment(checkout, ledger, tag, description.strip(), worker, signals, progress)
         return experiment.run(timeout=timeout, seed=seed, threshold=threshold, is_baseline=is_baseline,
-                              decide=decide, ledger_cols=dict(
+                              decide=decide, time_budget=time_budget, ledger_cols=dict(
                                   proposer=proposer, model=model, prompt_tokens=prompt_tokens,
                                   completion_tokens=completion_tokens, cost_usd=cost_usd, retry_of=retry_of))
 
@@ -568,13 +569,15 @@ class _Experiment:
             except BrokenPipeError:  # `autoresearch run | head -1`: the experiment goes on, unheard
                 cli.quiet_stdout()
 
-    def run(self, timeout, seed, threshold, is_baseline, decide, ledger_cols):
+    def run(self, timeout, seed, threshold, is_baseline, decide, ledger_cols, time_budget=None):
         checkout, ledger, tag = self.checkout, self.ledger, self.tag
         # 1. checks (Ctrl-C simply stops here; nothing changes but fixed files an index flag hid)
         self.signals.arm()
         campaign = ledger.campaign(tag) or {}
         base = campaign.get("base_commit") or gitutil.head(checkout)
         rules, fingerprint, cause = self.check_integrity(campaign, base)
+        if time_budget is not None and rules:
+            rules = dict(rules, time_budget=float(time_budget))
         self.signals.hold()
 
         # 2. campaign, commit, ledger row: held signals wait until these agree
@@ -612,7 +615,8 @@ class _Experiment:
             train_py = gitutil.show_bytes(checkout, f"{commit}:train.py").decode("utf-8", "replace")
         except gitutil.GitError:
             return self.record_invalid(cols, "train.py was deleted", commit, start)
-        spec = sandbox.Spec(train_py=train_py, base_commit=base, profile=rules["profile"], seed=seed)
+        spec = sandbox.Spec(train_py=train_py, base_commit=base, profile=rules["profile"], seed=seed,
+                            time_budget=time_budget)
         state = self.harness_state(commit)
         exp_id = ledger.start_experiment(**cols, log_path=log_path, timeout_s=timeout, best_before=best,
                                          threshold=threshold, is_baseline=int(bool(is_baseline)),

@@ -63,6 +63,7 @@ class Spec:
     # the base commit's fixed files, (name, git blob id, bytes) each, for a worker that has no copy of
     # the repository (a Ray node); empty: materialize() reads them from the repository
     fixed: tuple = ()
+    time_budget: float = None  # AUTORESEARCH_TIME_BUDGET: a screening run's share of the profile's budget
 
     def shipped(self, repo):
         """This spec carrying its fixed files, so that it runs where the repository is not."""
@@ -207,6 +208,8 @@ def environment(spec, cache, handoff_fd, handoff_dir, placement=None):
                AUTORESEARCH_HANDOFF_FD=str(handoff_fd), AUTORESEARCH_HANDOFF_DIR=handoff_dir)
     if spec.seed is not None:
         env["AUTORESEARCH_SEED"] = str(spec.seed)
+    if spec.time_budget is not None:
+        env["AUTORESEARCH_TIME_BUDGET"] = repr(float(spec.time_budget))
     return env
 
 

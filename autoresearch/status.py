@@ -109,7 +109,8 @@ def campaign_lines(tag, rows, campaign, now):
         best = f"{s['best']:.6f}" if s["best"] is not None else "n/a"
         rate = f", {s['per_hour']:.1f} experiments/hour" if s["per_hour"] else ""
         profile = f" [{s['profile']} / {s['device']}]" if s["profile"] else ""
-        lines.append(f"campaign {tag}{profile}: {s['experiments']} done, {s['kept']} kept, best {best}{rate}")
+        screened = f", {s['screened']} screened" if s.get("screened") else ""
+        lines.append(f"campaign {tag}{profile}: {s['experiments']} done, {s['kept']} kept{screened}, best {best}{rate}")
     else:
         profile = (campaign or {}).get("profile") or running[0].get("profile")
         lines.append(f"campaign {tag}{f' [{profile}]' if profile else ''}: no finished experiment yet")

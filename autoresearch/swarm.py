@@ -51,6 +51,7 @@ class Job:
     spec: sandbox.Spec
     log_path: str
     timeout: float
+    time_budget: float    # seconds of training (less than the profile's for a screening run)
     lost: int = 0         # times its worker was lost
 
 
@@ -106,7 +107,7 @@ class LocalBackend:
             self.ledger.update_experiment(job.exp_id, pgid=pgid, workdir=folder)
 
         future = self.pool.submit(runner.load_executor(), job.spec, self.repo, self.rules["profile_dir"],
-                                  float(self.rules["time_budget"]), job.log_path, job.timeout, started=started,
+                                  job.time_budget, job.log_path, job.timeout, started=started,
                                   placement=self.slots[slot], cancel=cancel)
         self.running[future] = (job, slot, cancel)
         return f"w{slot + 1}"
@@ -165,26 +166,29 @@ class Swarm(Loop):
     def best_train_py(self):
         return gitutil.show_bytes(self.checkout, f"{self.best_commit()}:train.py").decode("utf-8")
 
-    def dispatch(self, description, train_py, *, seed=None, is_baseline=False, **cols):
-        """Commit train.py on the current best (not in the working tree), open its ledger row, start it."""
+    def dispatch(self, description, train_py, *, seed=None, is_baseline=False, time_budget=None, **cols):
+        """Commit train.py on the current best (not in the working tree), open its ledger row, start it.
+        time_budget: a screening run's share of the budget (seconds)."""
+        full = float(self.rules["time_budget"])
+        budget = time_budget if time_budget is not None and time_budget < full else full
         parent = self.best_commit()
         commit = parent if is_baseline else gitutil.commit_file(self.checkout, parent, "train.py", train_py,
                                                                 description)
         if commit != parent:  # reachable whatever the outcome
             gitutil.update_ref(self.checkout, runner.discarded_ref(self.tag, commit), commit)
-        timeout = self.timeout or 2 * float(self.rules["time_budget"]) + runner.TIMEOUT_MARGIN
+        timeout = self.timeout or 2 * budget + runner.TIMEOUT_MARGIN
         exp_id = self.ledger.start_experiment(
             tag=self.tag, worker="?", branch=self.branch, worktree=self.checkout, parent_commit=parent,
             commit_sha=commit, diff=gitutil.diff(self.checkout, parent, commit), description=description,
-            profile=self.rules["profile"], time_budget=self.rules["time_budget"], seed=seed, host=self.host,
+            profile=self.rules["profile"], time_budget=budget, seed=seed, host=self.host,
             proposer=cols.pop("proposer", self.proposer_name), timeout_s=timeout, best_before=self.ledger.best(self.tag),
             threshold=self.threshold(), is_baseline=int(is_baseline), sandbox=runner.executor_name(), **cols)
         log_path = os.path.join(os.path.dirname(self.ledger.path), "logs", f"{self.tag}-{exp_id}.log")
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         self.ledger.update_experiment(exp_id, log_path=log_path)
         spec = sandbox.Spec(train_py=train_py, base_commit=self.ledger.campaign(self.tag)["base_commit"],
-                            profile=self.rules["profile"], seed=seed)
-        self.start(Job(exp_id, spec, log_path, timeout))
+                            profile=self.rules["profile"], seed=seed, time_budget=budget if budget < full else None)
+        self.start(Job(exp_id, spec, log_path, timeout, budget))
         return exp_id
 
     def start(self, job):
@@ -200,9 +204,10 @@ class Swarm(Loop):
         while it backs off."""
         for row in self.unfinished():
             again = self.rerun(row)
-            if again:
+            if again:  # on the same seed when starved; a screening run stays one
                 seed = row["seed"] if (row.get("cause") or "").startswith("starved") else None
-                return self.dispatch(*again, seed=seed, retry_of=row["id"], model=row.get("model"))
+                return self.dispatch(*again, seed=seed, retry_of=row["id"], model=row.get("model"),
+                                     time_budget=row.get("time_budget"))
         if time.time() < self.retry_at:
             return None
         proposal = self.try_propose()  # history includes the experiments in flight (status running)
@@ -213,7 +218,11 @@ class Swarm(Loop):
             return None
         cost = dict(model=proposal.model, prompt_tokens=proposal.prompt_tokens,
                     completion_tokens=proposal.completion_tokens, cost_usd=proposal.cost_usd)
-        return self.dispatch(proposal.description, proposal.train_py, **cost)
+        seed = None
+        if proposal.repeat:  # a repeated measurement: a seed no finished or running experiment used
+            seed = max([self.next_seed()] + [j.spec.seed + 1 for j in self.inflight.values() if j.spec.seed])
+        return self.dispatch(proposal.description, proposal.train_py, seed=seed,
+                             time_budget=proposal.fidelity * float(self.rules["time_budget"]), **cost)
 
     # -- results ------------------------------------------------------------------------------------
     def collect(self, timeout=WAIT):
@@ -295,6 +304,8 @@ class Swarm(Loop):
     def decide(self, row, cols):
         """(status, cause) of a judged run (the swarm's keep rule, see the module's docstring). A re-run
         it asks for is written in the cause; Loop.unfinished finds it there."""
+        if (row.get("time_budget") or 0) < float(self.rules["time_budget"]):
+            return "screened", None  # a screening run is never kept nor compared with full runs
         val, best, threshold = cols["val_bpb"], self.ledger.best(self.tag), self.threshold()
         starved = cols.get("starved") and self.starved_reruns(row) < loop.STARVED_RERUNS
         if row["is_baseline"]:
@@ -346,7 +357,7 @@ class Swarm(Loop):
             missing = repeats - len(self.baseline_runs()) - len(self.inflight)
             while missing > 0 and self.backend.idle() and self.room():
                 seed = max([self.next_seed()] + [j.spec.seed + 1 for j in self.inflight.values() if j.spec.seed])
-                n = len(self.baseline_runs()) + len(self.inflight) + 1
+                n = len(self.baseline_runs()) + len(self.inflight) + 1  # (in flight: only repeats here)
                 self.dispatch(f"baseline (repeat {n}/{repeats}, seed {seed})", self.best_train_py(), seed=seed,
                               is_baseline=True)
                 missing -= 1
@@ -430,7 +441,8 @@ def cmd_swarm(args):
                   ray_address=args.ray_address, max_experiments=args.max_experiments, hours=args.hours,
                   max_cost=args.max_cost, model=args.model, base_url=args.base_url,
                   baseline_repeats=args.baseline_repeats, min_delta=args.min_delta, timeout=args.timeout,
-                  search_seed=args.search_seed, price_input=args.price_input, price_output=args.price_output,
+                  search_seed=args.search_seed, search=args.search, screen=args.screen,
+                  price_input=args.price_input, price_output=args.price_output,
                   proposer_timeout=args.proposer_timeout, backoff=args.backoff)
     return loop.run_cli(swarm)
 

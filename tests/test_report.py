@@ -493,3 +493,22 @@ def test_results_tsv_may_have_extra_columns_like_autoresearch_log_writes(tmp_pat
                    "b2c3d4e\t0.990000\t1.0\tkeep\tlower lr\tnight\t2\n")
     rows = report.read_results_tsv(tsv)
     assert [r["description"] for r in rows] == ["baseline", "lower lr"]
+
+
+def test_screened_runs_are_counted_apart_never_kept_and_never_the_best(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, [exp("keep", 1.50, "baseline", t=0, is_baseline=1),
+                        exp("screened", 1.30, "screen 30%: DEPTH 4 -> 6", t=1, time_budget=4.5),
+                        exp("discard", 1.51, "full run of screened #2: DEPTH 4 -> 6", t=2),
+                        exp("keep", 1.45, "MATRIX_LR 0.04 -> 0.06", t=3)],
+                 [dict(tag="night", noise_std=0.001)])
+    rows, campaigns, _ = report.load_ledger(["night"], repo)
+    s = report.summarize("night", report.with_improvements(rows), campaigns["night"])
+    assert (s["screened"], s["kept"], s["best"]) == (1, 1, 1.45)
+    assert s["keep_rate"] == pytest.approx(1 / 2)  # the screening run is not a proposal judged for keeping
+    assert "1 screened (short runs, not compared)" in report.counts_text(s)
+    assert "the baseline and screening runs not counted" in report.keep_rate_text(s)
+    result = run_cli("--tag", "night", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    page = (repo / "reports" / "night" / "report.html").read_text()
+    assert '<tr class="screened">' in page and "1 screened (short runs, not compared)" in page

@@ -62,3 +62,11 @@ def test_a_results_tsv_is_one_campaign_named_after_the_file(tmp_path):
     assert [(r["tag"], r["status"], r["val_bpb"], r["is_baseline"]) for r in rows] == [
         ("results", "crash", None, None), ("results", "keep", 0.9979, None), ("results", "keep", 0.9932, None)]
     assert rows[1]["peak_vram_mb"] == pytest.approx(44.0 * 1024)
+
+
+def test_a_screened_run_is_a_discard_marked_screened(ledger, tmp_path):
+    add(ledger, "night", "keep", 1.5, "baseline", "a")
+    add(ledger, "night", "screened", 1.3, "screen 30%: DEPTH 4 -> 6", "b")
+    results.write(tmp_path, ledger, "night")
+    assert (tmp_path / "results.tsv").read_text().splitlines()[-1] == \
+        "bbbbbbb\t1.300000\t3.0\tdiscard\tscreen 30%: DEPTH 4 -> 6 [screened]"

@@ -171,7 +171,7 @@ def test_status_json_is_a_snapshot_of_every_campaign(tmp_path):
     snapshot = json.loads(result.stdout)
     night, day = (next(c for c in snapshot["campaigns"] if c["tag"] == tag) for tag in ("night", "day"))
     assert night["best"] == 1.4 and night["noise_std"] is None and day["noise_std"] == 0.0007
-    assert night["counts"] == dict(running=1, keep=2, discard=1, crash=1, timeout=0, invalid=0)
+    assert night["counts"] == dict(running=1, keep=2, discard=1, crash=1, timeout=0, invalid=0, screened=0)
     [running] = night["running"]
     assert (running["description"], running["worker"], running["timeout_s"]) == ("now", "w1", 750)
     assert 29 <= running["elapsed_s"] < 120
@@ -180,3 +180,12 @@ def test_status_json_is_a_snapshot_of_every_campaign(tmp_path):
         [("keep", "baseline"), ("crash", "oops"), ("keep", "better"), ("discard", "worse")]
     assert night["last_results"][1]["val_bpb"] is None and night["last_results"][1]["cause"] == "NaN loss"
     assert day["running"] == [] and day["best"] == 2.0
+
+
+def test_status_counts_screened_runs_apart(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    ledger = write_ledger(repo, [exp("keep", 1.5, "baseline", t=0, is_baseline=1),
+                                 exp("screened", 1.3, "screen 30%: DEPTH 4 -> 6", t=1)])
+    text = status.status_text(ledger)
+    assert "2 done, 0 kept, 1 screened, best 1.500000" in text
+    assert json.loads(status.status_json(ledger))["campaigns"][0]["counts"]["screened"] == 1

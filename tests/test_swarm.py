@@ -186,6 +186,16 @@ def test_a_result_that_beat_its_start_after_another_keep_landed_is_run_again_on_
     assert "MATRIX_LR = 0.05" in train and "DEPTH = 5" in train
 
 
+def test_a_screening_run_gets_its_share_of_the_budget_and_is_never_kept(repo):
+    script = [("screen it", {"MATRIX_LR": 0.05}, {"fidelity": 0.5}), ("repeat it", {"DEPTH": 5}, {"repeat": True})]
+    run_swarm(repo, script, workers=1, max_experiments=3)
+    experiments = assert_consistent(repo)
+    screened, repeated = experiments[1], experiments[2]
+    assert screened["status"] == "screened" and screened["time_budget"] == 7.5  # smoke: 15 s
+    assert repeated["seed"] == 43 and repeated["time_budget"] == 15 and repeated["status"] == "keep"
+    assert screened["val_bpb"] < repeated["val_bpb"] == Ledger(repo=repo).best("t")  # lower, yet never the best
+
+
 def test_a_change_that_does_not_merge_onto_the_new_best_is_discarded_with_the_reason(repo):
     script = [("lr", {"MATRIX_LR": 0.05}), ("lr too", {"MATRIX_LR": 0.045, "SLEEP": 4.0}), ("other", {"SLEEP": 8.0}),
               ("more", {"SLEEP": 0.2})]

@@ -24,6 +24,8 @@ class Proposal:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    fidelity: float = 1.0  # the share of the time budget to run it with: < 1 is a screening run
+    repeat: bool = False   # a repeated measurement: run it on a new seed
 
 
 class ProposalError(Exception):

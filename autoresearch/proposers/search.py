@@ -1,5 +1,6 @@
 """
-The `search` proposer: no LLM. It mutates the hyper-parameter block of train.py.
+The `search` proposer: no LLM. It searches the hyper-parameter block of train.py with a model of what
+the campaign measured (Optuna: TPE by default, CMA-ES, or random local steps).
 
 A knob is a top-level UPPER_CASE assignment with a literal value (int, float, str, bool, or
 `2**N`) before the first def/class (the `by_device` helper aside). A per-device knob
@@ -11,19 +12,34 @@ has the value named for the campaign's device, and the search edits that value o
 knobs by a sensible step for their type and never repeats a configuration tried before in the
 campaign (a fingerprint of the effective knob values of every experiment's train.py). The random
 choices are seeded by (seed, number of experiments so far): the same campaign proposes the same.
+
+The model (space.py, study.py beside this file): every knob gets a typed range around its value in
+the campaign's base train.py, the Optuna study is rebuilt from the ledger's rows at every proposal
+(the ledger is the only store: a killed loop resumes with the same model), and the sampler proposes
+a whole configuration. The first STARTUP proposals are random local steps (the `random` sampler's).
+A near miss (beat the best by less than the keep threshold) is measured again on a new seed, once.
+With screening, candidates first run at a fraction of the budget and the best of them earn a full run;
+the model then learns from the screened results (every candidate has one), compared only with each other.
 """
 
 import ast
+import hashlib
 import random
 import re
 import subprocess
+import warnings
 
-from autoresearch.proposers import Proposal, ProposalError, Proposer
+import optuna
+from optuna.distributions import CategoricalDistribution
+
+from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError, space
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial lines would drown the loop's
 
 KNOB_NAME = re.compile(r"[A-Z][A-Z0-9_]*$")
 NEVER_MUTATED = ("SEED", "DEVICE_TYPE")  # a seed change is noise, not research
 DEVICE_HELPER, DEVICES = "by_device", ("cuda", "mps", "cpu")  # train.py's by_device(cuda, mps, cpu)
-WINDOW_PATTERNS = ["L", "SL", "SSL", "SSSL", "SSLL", "SLSL"]
+WINDOW_PATTERNS = list(space.WINDOW_PATTERNS)
 FLOAT_FACTORS = [1.25, 1.5, 2.0]
 ATTEMPTS = 600  # random draws before giving up; the step radius widens every 100
 
@@ -203,39 +219,122 @@ def detect_device():
     return _detected[0]
 
 
+SAMPLERS = ("tpe", "cmaes", "random")
+STARTUP = 4          # random local steps before the model proposes: a handful of points teach it nothing
+ETA = 3              # successive halving: one full run per ETA screened candidates, for the best of them
+FAIL_PENALTY = 0.1   # a crash or timeout counts as the worst val_bpb of its fidelity + 10% of it
+CMA_WARM_START = 10  # results the warm start needs (it keeps the best 10%)
+CMA_SIGMA0 = 0.1     # the step of CMA-ES around the best so far, in the normalised [0, 1] space
+ASKS = 50            # model proposals to draw before falling back to a local step
+
+
+class Observation:
+    """What the campaign measured of one configuration (one fingerprint), per fidelity."""
+
+    def __init__(self, values):
+        self.values = values  # {knob: value}
+        self.rows = []
+        self.full, self.screened = [], []                  # val_bpb of finished runs
+        self.failed = {"full": 0, "screened": 0}           # crash / timeout
+        self.pending = {"full": 0, "screened": 0}          # running (a swarm's experiments in flight)
+        self.baseline = False
+
+    def results(self, fidelity):
+        return self.full if fidelity == "full" else self.screened
+
+    def measured(self, fidelity):
+        return bool(self.results(fidelity)) or self.failed[fidelity] > 0
+
+    def value(self, fidelity, penalty):
+        """The mean val_bpb at this fidelity (repeats average out the noise); penalty if it only failed."""
+        values = self.results(fidelity)
+        return sum(values) / len(values) if values else penalty
+
+
+def interrupted_or_starved(row):
+    cause = row.get("cause") or ""
+    return (row.get("status") == "crash" and cause.startswith("interrupted")) or cause.startswith("starved")
+
+
+def row_fidelity(row, full_budget):
+    """"screened" for a run on a share of the budget (finished, in flight or crashed), else "full"."""
+    budget = row.get("time_budget")
+    if row.get("status") == "screened" or (full_budget and budget and budget < full_budget):
+        return "screened"
+    return "full"
+
+
+def _seed(*parts):
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big")
+
+
 class SearchProposer(Proposer):
     name = "search"
 
-    def __init__(self, repo=".", seed=0, device=None, **_ignored):
+    def __init__(self, repo=".", seed=0, device=None, sampler="tpe", screen=None, **_ignored):
+        if sampler not in SAMPLERS:
+            raise ProposerConfigError(f"unknown search sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        if screen is not None and not 0 < screen < 1:
+            raise ProposerConfigError(f"--screen {screen:g} is not a fraction of the budget; give one in (0, 1), "
+                                      f"e.g. --screen 0.3")
         self.repo = str(repo)
         self.seed = 0 if seed is None else seed
         self.device = device
-        self._seen = {}        # commit -> fingerprint of its train.py (None if unreadable)
+        self.sampler = sampler
+        self.screen = screen
+        self._configs = {}      # (commit, device) -> {knob: value} of its train.py (None if unreadable)
         self._proposed = set()  # fingerprints proposed in this process
 
+    # -- the ledger, read ---------------------------------------------------------------------------
     def _commit_train_py(self, sha):
         out = subprocess.run(["git", "show", f"{sha}:train.py"], cwd=self.repo, capture_output=True, text=True)
         return out.stdout if out.returncode == 0 else None
 
-    def tried(self, history, device):
-        """Fingerprints of the configurations of every experiment in the history."""
-        seen = set(self._proposed)
+    def configuration(self, sha, device):
+        """{knob: value} of the train.py of a commit, or None."""
+        key = (sha, device)
+        if key not in self._configs:
+            text = self._commit_train_py(sha)
+            try:
+                self._configs[key] = {k: v.value for k, v in find_knobs(text, device).items()} if text else None
+            except SyntaxError:
+                self._configs[key] = None
+        return self._configs[key]
+
+    def observations(self, history, device):
+        """{fingerprint: Observation} of every configuration the campaign ran or is running, in order.
+        A run a stop interrupted or a starved run measured nothing about its configuration; an invalid
+        one counts as tried only."""
+        full_budget = max((r.get("time_budget") or 0 for r in history if r.get("is_baseline")), default=0)
+        seen = {}
         for row in history:
-            sha = row.get("commit_sha")
-            if not sha:
+            values = self.configuration(row["commit_sha"], device) if row.get("commit_sha") else None
+            if values is None:
                 continue
-            key = (sha, device)
-            if key not in self._seen:
-                text = self._commit_train_py(sha)
-                try:
-                    fp = fingerprint({k: v.value for k, v in find_knobs(text, device).items()}) if text else None
-                except SyntaxError:
-                    fp = None
-                self._seen[key] = fp
-            if self._seen[key] is not None:
-                seen.add(self._seen[key])
+            obs = seen.setdefault(fingerprint(values), Observation(values))
+            obs.rows.append(row)
+            obs.baseline = obs.baseline or bool(row.get("is_baseline"))
+            if interrupted_or_starved(row):
+                continue
+            fidelity, status = row_fidelity(row, full_budget), row.get("status")
+            if status == "running":
+                obs.pending[fidelity] += 1
+            elif status in ("keep", "discard", "screened") and row.get("val_bpb") is not None:
+                obs.results(fidelity).append(row["val_bpb"])
+            elif status in ("crash", "timeout"):
+                obs.failed[fidelity] += 1
         return seen
 
+    def base_values(self, history, train_py, device):
+        """The knob values the space is centred on: the campaign's first baseline's train.py."""
+        for row in history:
+            if row.get("is_baseline") and row.get("commit_sha"):
+                values = self.configuration(row["commit_sha"], device)
+                if values is not None:
+                    return values
+        return {k: v.value for k, v in find_knobs(train_py, device).items()}
+
+    # -- proposing ----------------------------------------------------------------------------------
     def propose(self, train_py, program_md, history, last_failure):
         device = self.device or device_from_history(history) or detect_device()
         try:
@@ -245,29 +344,151 @@ class SearchProposer(Proposer):
         if not knobs:
             raise ProposalError("train.py has no knobs to search: top-level UPPER_CASE constants with literal values")
         current = {name: k.value for name, k in knobs.items()}
-        tried = self.tried(history, device) | {fingerprint(current)}
+        observations = self.observations(history, device)
+        tried = set(observations) | self._proposed | {fingerprint(current)}
+        if self.screen:
+            promoted = self.promotion(observations, current)
+            if promoted is not None:
+                ids = ", ".join(f"#{r['id']}" for r in promoted.rows if r.get("status") == "screened" and "id" in r)
+                return self.proposal(train_py, knobs, current, promoted.values, 1.0,
+                                     f"full run of screened {ids or 'candidate'}: ")
+        near = self.near_miss(observations, history)
+        if near is not None:
+            row = [r for r in near.rows if r.get("val_bpb") is not None][0]
+            proposal = self.proposal(train_py, knobs, current, near.values, 1.0,
+                                     f"re-measure #{row.get('id')} on a new seed: ")
+            proposal.repeat = True
+            return proposal
+        fidelity = "screened" if self.screen else "full"
+        measured = [o for o in observations.values() if o.measured(fidelity)]
         rng = random.Random(f"{self.seed}:{len(history)}")
-        names = sorted(knobs)
-        for attempt in range(ATTEMPTS):
-            radius = 1 + attempt // 100
-            chosen = rng.sample(names, min(len(names), 1 if rng.random() < 0.6 else 2))
-            changes = {}
-            for name in chosen:
-                value = current[name]
-                for _ in range(radius):
-                    options = neighbours(name, knobs[name].kind, value)
-                    if not options:
-                        break
-                    value = rng.choice(options)
-                if value != current[name]:
-                    changes[name] = value
-            if not changes:
-                continue
-            fp = fingerprint({**current, **changes})
-            if fp in tried:
-                continue
-            self._proposed.add(fp)
-            description = ", ".join(f"{name} {format_value(knobs[name].kind, current[name])} -> "
-                                    f"{format_value(knobs[name].kind, value)}" for name, value in changes.items())
-            return Proposal(description=description, train_py=apply_changes(train_py, knobs, changes))
-        raise ProposalError(f"search found no untried configuration in {ATTEMPTS} draws around the current best")
+        changes = None
+        if self.sampler != "random" and len([o for o in measured if not o.baseline]) >= STARTUP:
+            space_ = self.space(history, train_py, knobs, device, observations)
+            changes = self.ask(space_, list(observations.values()), fidelity, current, tried,
+                               _seed(self.seed, len(history)))
+        if changes is None:
+            changes = local_step(knobs, current, tried, rng)
+        prefix = f"screen {self.screen:.0%}: " if self.screen else ""
+        return self.proposal(train_py, knobs, current, {**current, **changes}, self.screen or 1.0, prefix)
+
+    def proposal(self, train_py, knobs, current, values, fidelity, prefix):
+        changes = {name: v for name, v in values.items() if name in knobs and v != current[name]}
+        self._proposed.add(fingerprint({**current, **changes}))
+        description = ", ".join(f"{name} {format_value(knobs[name].kind, current[name])} -> "
+                                f"{format_value(knobs[name].kind, value)}" for name, value in changes.items())
+        return Proposal(description=prefix + description, train_py=apply_changes(train_py, knobs, changes),
+                        fidelity=fidelity)
+
+    def space(self, history, train_py, knobs, device, observations):
+        observed = {}
+        for obs in observations.values():
+            for name, value in obs.values.items():
+                observed.setdefault(name, []).append(value)
+        kinds = {name: k.kind for name, k in knobs.items()}
+        # centred on the base train.py's values; a knob an edit added since, on its value now
+        center = {**{name: k.value for name, k in knobs.items()}, **self.base_values(history, train_py, device)}
+        return space.build(center, kinds, observed)
+
+    def make_sampler(self, seed, trials):
+        if self.sampler == "cmaes":
+            # warm-started CMA-ES: its search distribution is estimated at every proposal from the best of
+            # the campaign's results (the study is rebuilt from the ledger: no optimizer state is kept). It
+            # models the numeric knobs all results share; categories are sampled independently.
+            numeric = [{n for n, d in t.distributions.items() if not isinstance(d, CategoricalDistribution)}
+                       for t in trials]
+            common = set.intersection(*numeric) if numeric else set()
+            source = [optuna.trial.create_trial(params={n: t.params[n] for n in common}, value=t.value,
+                                                distributions={n: t.distributions[n] for n in common})
+                      for t in trials]
+            warm = dict(source_trials=source) if common and len(source) >= CMA_WARM_START else {}
+            if common and not warm:  # too few to estimate a distribution: start at the best so far
+                best = min(source, key=lambda t: t.value)
+                warm = dict(x0=best.params, sigma0=CMA_SIGMA0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", FutureWarning)  # x0: deprecated in 4.9, removed in 6
+                return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=0, warn_independent_sampling=False,
+                                                    **warm)
+        # the liar: an experiment in flight counts as a bad result, so that no two run the same region
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=0, constant_liar=True)
+
+    def ask(self, space_, observations, fidelity, current, tried, seed):
+        """A configuration the model proposes (changes to `current`), untried; None if it finds none.
+        Each configuration measured at this fidelity is a trial valued at its mean val_bpb; a crash or
+        timeout is valued at a penalty (worse than anything that ran: its region is bad, not unknown)."""
+        measured = [o for o in observations if o.measured(fidelity)]
+        results = [v for o in measured for v in o.results(fidelity)]
+        worst = max(results, default=1.0)
+        penalty = worst + FAIL_PENALTY * abs(worst)
+
+        def trial(obs, **result):
+            params = space.params(space_, obs.values)
+            return optuna.trial.create_trial(params=params, distributions={n: space_[n] for n in params}, **result)
+
+        done = [trial(obs, value=obs.value(fidelity, penalty)) for obs in measured]
+        study = optuna.create_study(sampler=self.make_sampler(seed, done))
+        study.add_trials(done)
+        for obs in observations:
+            if obs.pending[fidelity]:
+                study.add_trial(trial(obs, state=optuna.trial.TrialState.RUNNING))
+        for _ in range(ASKS):
+            trial = study.ask(space_)
+            values = {name: _round(value) for name, value in trial.params.items() if name in current}
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            changes = {name: v for name, v in values.items() if v != current[name]}
+            if changes and fingerprint({**current, **changes}) not in tried:
+                return changes
+        return None
+
+    def near_miss(self, observations, history):
+        """The best configuration that beat the campaign's best by less than the keep threshold, measured
+        once: the model is least sure there, so it is measured again (once) rather than left to chance."""
+        keeps = [r["val_bpb"] for r in history if r.get("status") == "keep" and r.get("val_bpb") is not None]
+        thresholds = [r["threshold"] for r in history if r.get("threshold")]
+        if not keeps or not thresholds:
+            return None
+        best, threshold = min(keeps), thresholds[-1]
+        near = [o for o in observations.values() if not o.baseline and len(o.full) == 1 and not o.pending["full"]
+                and not any(r.get("status") == "keep" for r in o.rows) and best - threshold <= o.full[0] < best]
+        return min(near, key=lambda o: o.full[0]) if near else None
+
+    def promotion(self, observations, current):
+        """Successive halving: once ETA screened candidates per full run so far are in, the best screened
+        candidate with no full run earns one, if it ranks in the top 1/ETA of all screened results."""
+        screened = [o for o in observations.values() if o.measured("screened")]
+        promoted = [o for o in screened if o.measured("full") or o.pending["full"]]
+        candidates = [o for o in screened if not (o.measured("full") or o.pending["full"]) and o.screened
+                      and fingerprint(o.values) != fingerprint(current)]
+        if len(screened) < ETA * (len(promoted) + 1) or not candidates:
+            return None
+        ranked = sorted(o.value("screened", float("inf")) for o in screened)
+        cutoff = ranked[max(0, len(ranked) // ETA - 1)]
+        best = min(candidates, key=lambda o: o.value("screened", float("inf")))
+        return best if best.value("screened", float("inf")) <= cutoff else None
+
+
+def _round(value):
+    return _round_float(value) if isinstance(value, float) else value
+
+
+def local_step(knobs, current, tried, rng):
+    """Changes to one or two knobs by a random step each (the `random` sampler, and the start of a
+    campaign for the others), to a configuration not tried; ProposalError when none is left."""
+    names = sorted(knobs)
+    for attempt in range(ATTEMPTS):
+        radius = 1 + attempt // 100
+        chosen = rng.sample(names, min(len(names), 1 if rng.random() < 0.6 else 2))
+        changes = {}
+        for name in chosen:
+            value = current[name]
+            for _ in range(radius):
+                options = neighbours(name, knobs[name].kind, value)
+                if not options:
+                    break
+                value = rng.choice(options)
+            if value != current[name]:
+                changes[name] = value
+        if changes and fingerprint({**current, **changes}) not in tried:
+            return changes
+    raise ProposalError(f"search found no untried configuration in {ATTEMPTS} draws around the current best")

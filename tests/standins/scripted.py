@@ -4,7 +4,8 @@ from autoresearch.proposers import Proposal, Proposer
 
 
 class Scripted(Proposer):
-    """A proposer that follows a script: (description, {knob: value}) pairs or exceptions to raise."""
+    """A proposer that follows a script: (description, {knob: value}[, {Proposal field: value}]) steps,
+    or exceptions to raise."""
     name = "scripted"
 
     def __init__(self, script):
@@ -16,10 +17,10 @@ class Scripted(Proposer):
         step = self.script.pop(0)
         if isinstance(step, BaseException):
             raise step
-        description, knobs = step
+        description, knobs, *more = step
         for name, value in knobs.items():
             lines = [f"{name} = {value!r}" if line.startswith(f"{name} = ") else line
                      for line in train_py.splitlines()]
             train_py = "\n".join(lines) + "\n"
         return Proposal(description=description, train_py=train_py, model="scripted-1", prompt_tokens=10,
-                        completion_tokens=5, cost_usd=0.5)
+                        completion_tokens=5, cost_usd=0.5, **(more[0] if more else {}))
