@@ -58,6 +58,15 @@ def printed_metric(monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_EXECUTOR", f"{STANDINS / 'printed_executor.py'}:execute")
 
 
+def alive(pid):
+    """Whether process pid exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def make_repo(repo, files=PROJECT_FILES):
     """A fresh git repository at repo holding copies of the project's files, on branch main, one commit."""
     repo.mkdir(parents=True)

@@ -24,6 +24,7 @@ from autoresearch import loop as loop_module
 from autoresearch.ledger import Ledger
 from autoresearch.proposers import ProposalError, ProposerConfigError
 from standins.llm_server import LLMServer
+from conftest import alive
 from standins.scripted import Scripted
 from standins.summary import SUMMARY
 
@@ -443,14 +444,6 @@ def wait_for_running(repo, tmp_path, proc, seconds=60):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     raise AssertionError("the hanging experiment never started")
-
-
-def alive(pid):
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_loop_killed_mid_run_resumes_without_losing_or_duplicating_an_experiment(repo, tmp_path):

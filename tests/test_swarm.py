@@ -20,6 +20,7 @@ import pytest
 
 from autoresearch import loop, sandbox, swarm
 from autoresearch.ledger import Ledger
+from conftest import alive
 from standins.scripted import Scripted
 from standins.summary import SUMMARY
 
@@ -107,14 +108,6 @@ def wait_for(condition, seconds=90, proc=None):
         assert proc is None or proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     raise AssertionError("timed out waiting")
-
-
-def alive(pid):
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def assert_consistent(repo, tag="t"):
