@@ -580,3 +580,31 @@ def test_training_before_the_clock_starts_is_not_judged(campaign):
         (f"{row['status']}: {row['startup_s']:.1f} s of start-up (20 s of it training) not counted; measured "
          f"training {row['measured_training_s']:.1f} s, val_bpb {row['val_bpb']} vs baseline {campaign.baseline['val_bpb']}")
     campaign.assert_untouched()
+
+
+def test_processes_of_its_own_that_keep_the_machine_busy_buy_no_slack(campaign):
+    """A busy machine widens the slack (contention.stretch): train.py starts CPU-burning processes of
+    its own so the box looks busy, then trains 25 s before the clock as above. Its processes are
+    counted as its own, never as others: the run is not starved and the hidden training is caught."""
+    burn = textwrap.dedent("""
+        import subprocess as _sp
+        _burners = [_sp.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+        import prepare as _p
+        _tokens, _offsets = _p._train_arrays()
+        _private = _p._to_device(_p.pack_token_rows(_tokens, _offsets, device_batch_size, MAX_SEQ_LEN + 1,
+                                                    tokenizer.get_bos_token_id()), DEVICE_TYPE)
+        _until = time.time() + 25
+        while time.time() < _until:  # unclocked training on a box its own processes keep busy
+            for _ in range(grad_accum_steps):
+                _x, _y, _ = next(_private)
+                (model(_x, _y) / grad_accum_steps).backward()
+            optimizer.step()
+            model.zero_grad(set_to_none=True)
+        """)
+    anchor = "train_loader = make_dataloader("
+    hostile = REAL_TRAIN.replace(anchor, burn + anchor, 1)
+    assert hostile != REAL_TRAIN
+    row = campaign.attack(hostile, "busy box of its own")
+    assert row["status"] in ("invalid", "timeout"), (row["status"], row["cause"], row["cpu_share_others"])
+    assert not row["starved"] and (row["cpu_share_others"] or 0) < 0.25, row["cpu_share_others"]
+    campaign.assert_untouched()
