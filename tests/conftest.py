@@ -58,6 +58,11 @@ def printed_metric(monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_EXECUTOR", f"{STANDINS / 'printed_executor.py'}:execute")
 
 
+def git(repo, *args):
+    """`git <args>` in repo; its stdout."""
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
 def alive(pid):
     """Whether process pid exists and is not a zombie."""
     try:
@@ -74,12 +79,11 @@ def make_repo(repo, files=PROJECT_FILES):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, repo / name)
     (repo / ".gitignore").write_text("run.log\nresults.tsv\n.autoresearch/\n__pycache__/\n")
-    git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True, text=True)
-    git("init", "-q", "-b", "main")
-    git("config", "user.email", "test@example.com")
-    git("config", "user.name", "test")
-    git("add", "-A")
-    git("commit", "-qm", "initial")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "test@example.com")
+    git(repo, "config", "user.name", "test")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "initial")
     return repo
 
 

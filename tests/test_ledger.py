@@ -12,12 +12,9 @@ import pytest
 
 from autoresearch import cli
 from autoresearch.ledger import Ledger, LedgerError, ledger_path
+from conftest import git
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def git(repo, *args):
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from autoresearch import loop as loop_module
 from autoresearch.ledger import Ledger
 from autoresearch.proposers import ProposalError, ProposerConfigError
 from standins.llm_server import LLMServer
-from conftest import alive
+from conftest import alive, git
 from standins.scripted import Scripted
 from standins.summary import SUMMARY
 
@@ -48,10 +48,6 @@ STANDIN_TRAIN = textwrap.dedent("""\
     val = 1.0 + (MATRIX_LR - 0.05) ** 2 * 100 + 0.01 * abs(DEPTH - 5) + 0.001 * (seed - 42)
     val -= LUCKY if seed == 42 else 0.0
     """) + SUMMARY
-
-
-def git(repo, *args):
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 from autoresearch.proposers import ProposalError, ProposerConfigError, get_proposer
 from autoresearch.proposers import search
 from autoresearch.proposers.llm import PRICES, ReplyError, parse_reply
+from conftest import git
 from standins.llm_server import COMPLETION_TOKENS, PROMPT_TOKENS, LLMServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,10 +24,6 @@ def changed_lines(old, new):
     a, b = old.splitlines(), new.splitlines()
     assert len(a) == len(b)
     return [(x, y) for x, y in zip(a, b) if x != y]
-
-
-def git(repo, *args):
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture

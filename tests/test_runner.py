@@ -22,12 +22,9 @@ import pytest
 
 from autoresearch import executor, results, runner
 from autoresearch.ledger import Ledger
+from conftest import git
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def git(repo, *args):
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def fake_train(val_bpb=1.0, body=""):

@@ -20,7 +20,7 @@ import pytest
 
 from autoresearch import loop, sandbox, swarm
 from autoresearch.ledger import Ledger
-from conftest import alive
+from conftest import alive, git
 from standins.scripted import Scripted
 from standins.summary import SUMMARY
 
@@ -49,10 +49,6 @@ STANDIN_TRAIN = textwrap.dedent("""\
     val = 1.0 + (MATRIX_LR - 0.05) ** 2 * 100 + 0.01 * abs(DEPTH - 5) + 0.001 * (seed - 42)
     print(f"threads {os.environ.get('OMP_NUM_THREADS')}")
     """) + SUMMARY
-
-
-def git(repo, *args):
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture
