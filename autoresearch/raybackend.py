@@ -88,9 +88,7 @@ def run_task(spec, time_budget, timeout, fingerprint, env):
         # measured from this Ray worker, the swarm's other tasks on the node count as "others": that is
         # their fixed share, not starvation (the GPU check stands: it is per GPU)
         outcome.cpu_share_others = None
-        with open(log_path, "rb") as f:
-            f.seek(max(0, os.path.getsize(log_path) - LOG_BYTES))
-            log = f.read()
+        log = runner.file_end(log_path, LOG_BYTES) or b""
     return dataclasses.asdict(outcome), log, socket.gethostname()
 
 

@@ -127,6 +127,16 @@ def crash_cause(log_text, returncode):
     return f"exit code {returncode} without a val_bpb line"
 
 
+def file_end(path, limit):
+    """The last `limit` bytes of a file (a log can be any size); None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - limit))
+            return f.read()
+    except OSError:
+        return None
+
+
 def archive_log(ledger, tag, exp_id, log_path):
     """Keep a finished experiment's log beside the ledger (run.log is the next run's): its path, or
     log_path itself when there is nothing to keep. At most MAX_ARCHIVED_LOG bytes, the end of it."""
@@ -496,12 +506,10 @@ class _Progress:
         self.open_line = False
 
     def latest(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(max(0, os.path.getsize(self.log_path) - 4096))
-                lines = _lines(f.read().decode("utf-8", "replace"))
-        except OSError:
+        end = file_end(self.log_path, 4096)
+        if end is None:
             return "starting"
+        lines = _lines(end.decode("utf-8", "replace"))
         if not lines:
             return "starting"
         steps = [line for line in lines if line.startswith("step ")]
@@ -704,13 +712,7 @@ class _Experiment:
             return None
 
     def read_log(self):
-        path = os.path.join(self.checkout, "run.log")
-        try:
-            with open(path, "rb") as f:
-                f.seek(max(0, os.path.getsize(path) - (4 << 20)))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return (file_end(os.path.join(self.checkout, "run.log"), 4 << 20) or b"").decode("utf-8", "replace")
 
     def finish(self, exp_id, commit, start, decide, outcome, state, cause, fingerprint=None, threshold=0.0,
                best=None, is_baseline=False):

@@ -261,12 +261,7 @@ class Swarm(Loop):
             done = Done(job, error=f"its worker was lost {job.lost} times ({done.lost})")
         self.inflight.pop(job.exp_id, None)
         row = self.ledger.experiment(job.exp_id)
-        try:
-            with open(job.log_path, "rb") as f:
-                f.seek(max(0, os.path.getsize(job.log_path) - runner.MAX_ARCHIVED_LOG))
-                text = f.read().decode("utf-8", "replace")
-        except OSError:
-            text = ""
+        text = (runner.file_end(job.log_path, runner.MAX_ARCHIVED_LOG) or b"").decode("utf-8", "replace")
         if done.outcome is None:
             status, cause = "crash", f"the worker could not run it: {done.error}"
         else:
