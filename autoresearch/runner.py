@@ -731,14 +731,7 @@ class _Experiment:
             revert(checkout, tag, commit, start)
         cols = result_columns(outcome, text, status, seed=self.ledger.experiment(exp_id)["seed"])
         cols["log_path"] = archive_log(self.ledger, tag, exp_id, os.path.join(checkout, "run.log"))
-        self.ledger.finish_experiment(exp_id, status=status, cause=cause, **cols)
-        row = self.ledger.experiment(exp_id)
-        results.write(checkout, self.ledger, tag)
-        val = row["val_bpb"]
-        self.ledger.event(tag, status, f"#{exp_id} {gitutil.short(commit)} {status}"
-                          + (f" val_bpb {val:.6f}" if val is not None else "") + f": {self.description}",
-                          self.worker)
-        return row
+        return record_finish(self.ledger, checkout, exp_id, status, cause, cols)
 
     def judge(self, outcome, state, fingerprint, claimed, text):
         """(status, cause) of a finished run; "keep" stands for "judged on its trusted val_bpb"."""
@@ -842,6 +835,17 @@ MAX_CLAIM = 1e15  # a claimed number beyond this (or not finite) is dropped: SQL
 def _plausible(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
         and abs(value) < MAX_CLAIM
+
+
+def record_finish(ledger, checkout, exp_id, status, cause, cols):
+    """Finish an experiment's ledger row, rewrite the campaign's results.tsv, log the event; the row."""
+    ledger.finish_experiment(exp_id, status=status, cause=cause, **cols)
+    row = ledger.experiment(exp_id)
+    results.write(checkout, ledger, row["tag"])
+    val = row["val_bpb"]
+    ledger.event(row["tag"], status, f"#{exp_id} {gitutil.short(row['commit_sha'])} {status}"
+                 + (f" val_bpb {val:.6f}" if val is not None else "") + f": {row['description']}", row["worker"])
+    return row
 
 
 def claims(text):

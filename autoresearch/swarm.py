@@ -274,15 +274,9 @@ class Swarm(Loop):
                 cols["sandbox"] = "bwrap" if done.outcome.sandboxed else "none"
         if status == "keep":
             status, cause = self.decide(row, cols)
-        self.ledger.finish_experiment(job.exp_id, status=status, cause=cause, **cols)
         if status == "keep":
             gitutil.reset_hard(self.checkout, row["commit_sha"])  # the branch (checked out) moves to it
-        results.write(self.checkout, self.ledger, self.tag)
-        row = self.ledger.experiment(job.exp_id)
-        val = row["val_bpb"]
-        self.ledger.event(self.tag, status, f"#{job.exp_id} {gitutil.short(row['commit_sha'])} {status}"
-                          + (f" val_bpb {val:.6f}" if val is not None else "") + f": {row['description']}",
-                          row["worker"])
+        row = runner.record_finish(self.ledger, self.checkout, job.exp_id, status, cause, cols)
         self.report(row)
         return row
 
