@@ -117,15 +117,20 @@ class Evaluator:
     """The evaluator process of one experiment, started with it so that its start-up (Python, torch,
     the tokenizer, the validation rows) overlaps the training; `evaluate()` once the model is in."""
 
-    def __init__(self, experiment_dir, model_dir, profile, cache_dir, sandboxed, placement=None):
-        from autoresearch import sandbox
+    def __init__(self, experiment_dir, model_dir, profile, cache_dir, sandboxed, placement=None, compile_cache=None):
+        """compile_cache: a folder only evaluators write, where their torch.compile caches persist."""
+        from autoresearch import compilecache, sandbox
         here = os.path.dirname(os.path.abspath(__file__))
         inner = [sys.executable, "-I", os.path.join(here, "evaluator.py"), "--experiment", experiment_dir]
         env = {"AUTORESEARCH_PROFILE": profile, "AUTORESEARCH_CACHE": cache_dir}
+        if compile_cache:
+            env.update(compilecache.environment(compile_cache))
         if sandboxed:
             argv = sandbox.base_args()
             for path in (here, experiment_dir, model_dir, os.path.join(cache_dir, profile)):
                 argv += ["--ro-bind", path, path]
+            if compile_cache:
+                argv += ["--bind", compile_cache, compile_cache]
             for key, value in sorted({**sandbox.kept_environment(placement), **env}.items()):
                 argv += ["--setenv", key, value]
             argv, env = argv + ["--"] + inner, None

@@ -111,13 +111,14 @@ class _Channel(threading.Thread):
 
 
 def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=None, tick=None, sandboxed=None,
-            eval_timeout=None, placement=None, cancel=None):
+            eval_timeout=None, placement=None, cancel=None, compile_cache=None, eval_compile_cache=None):
     """Run the experiment of spec; returns an Outcome. `started(pgid, folder)` is called once the
     training's process group exists, `tick(launched)` about once a second while it runs.
     KeyboardInterrupt (or any exception) kills the group first. sandboxed=None: when bubblewrap works.
     repo may be None when the spec carries its fixed files (Spec.shipped). placement: the GPU and CPU
     threads of a swarm's worker (sandbox.PLACEMENT_ENV); cancel: a threading.Event that stops the run
-    (stopped = "cancelled") when set from another thread."""
+    (stopped = "cancelled") when set from another thread. compile_cache: the experiment's writable copy of
+    its campaign's compile cache; eval_compile_cache: the trusted evaluator's (compilecache.py)."""
     if sandboxed is None:
         sandboxed = sandbox.bwrap_problem() is None
         if not sandboxed:
@@ -135,13 +136,14 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         os.chmod(folder, 0o555)
 
         trusted = evaluator.Evaluator(folder, private, spec.profile, os.path.dirname(profile_dir), sandboxed,
-                                      placement)
+                                      placement, eval_compile_cache)
 
         def evaluate(message):
             return _evaluate(message, handoff, private, trusted, eval_timeout)
 
         ours, theirs = socket.socketpair()
-        argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed, placement)
+        argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed, placement,
+                                    compile_cache)
         launched = time.time()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

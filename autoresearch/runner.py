@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 
-from autoresearch import cli, contention, gitutil, results, sandbox
+from autoresearch import cli, compilecache, contention, gitutil, results, sandbox
 from autoresearch.executor import EXPORT_ALLOWANCE, KILL_GRACE, execute
 from autoresearch.ledger import Ledger
 
@@ -135,6 +135,11 @@ def file_end(path, limit):
             return f.read()
     except OSError:
         return None
+
+
+def compile_caches(ledger, tag):
+    """The campaign's compile caches, beside its ledger (compilecache.py says what persists)."""
+    return compilecache.CompileCaches(os.path.join(os.path.dirname(ledger.path), "compile-cache", tag))
 
 
 def archive_log(ledger, tag, exp_id, log_path):
@@ -643,23 +648,37 @@ class _Experiment:
             if progress:
                 progress.tick(since)
 
+        caches = compile_caches(ledger, tag)
+        workspace = caches.workspace()
         try:
             outcome = load_executor()(spec, checkout, rules["profile_dir"], float(rules["time_budget"]), log_path,
-                                      timeout, started=started, tick=tick)
+                                      timeout, started=started, tick=tick, compile_cache=workspace,
+                                      eval_compile_cache=caches.evaluator_cache())
             self.signals.hold()
         except Interrupted as interrupt:
             self.signals.hold()  # the executor has stopped the training's process group
+            caches.settle(workspace, adopt=False)
             if progress:
                 progress.end()
             row = self.finish(exp_id, commit, start, decide=True, outcome=None, state=state,
                               cause=f"interrupted ({self.signals.pending or 'signal'})")
             raise Interrupted(str(interrupt), row=row) from None
+        except BaseException:
+            caches.settle(workspace, adopt=False)
+            raise
         if progress:
             progress.end()
 
-        # 4. decide and record
-        row = self.finish(exp_id, commit, start, decide=decide, outcome=outcome, state=state, cause=None,
-                          fingerprint=fingerprint, threshold=threshold, best=best, is_baseline=is_baseline)
+        # 4. decide and record; only a kept run's compile cache serves the next ones
+        try:
+            row = self.finish(exp_id, commit, start, decide=decide, outcome=outcome, state=state, cause=None,
+                              fingerprint=fingerprint, threshold=threshold, best=best, is_baseline=is_baseline)
+        except BaseException:
+            caches.settle(workspace, adopt=False)
+            raise
+        adopted = caches.settle(workspace, adopt=row["status"] == "keep")
+        if adopted:
+            ledger.event(tag, "compile-cache", f"#{exp_id}: {adopted}", self.worker)
         if self.signals.pending:
             raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
         return row

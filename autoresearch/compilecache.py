@@ -1,0 +1,127 @@
+"""
+What persists from one experiment to the next: torch.compile's caches (inductor's compiled graphs,
+Triton's kernels and autotuning results). On a GPU a cold compile costs about a minute per experiment;
+a warm cache costs seconds.
+
+A cache is a channel between experiments, so what may persist is decided here, not by train.py:
+
+- every experiment gets a fresh, private, writable copy of its campaign's *adopted* cache, and nothing
+  else: what it writes there reaches no other experiment unless it is adopted;
+- a cache is adopted only from an experiment that was kept (the baseline included): its train.py is
+  on the campaign's branch for anyone to read. A discarded, crashed or invalid run's writes are thrown
+  away with its workspace, so a run can neither sabotage later runs nor leave them code to load;
+- adopting copies regular files and folders only (no links, devices or sockets: a link planted there
+  would make the harness copy a file of its choosing), and gives up on a cache over MAX_BYTES;
+- the trusted evaluator keeps a cache of its own, which only it writes; what it compiles is keyed by
+  the program's graph, which the evaluator has checked (evaluator.check_program).
+
+Inside the sandbox the workspace is INSIDE, named by TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR.
+"""
+
+import os
+import shutil
+import stat
+import tempfile
+
+INSIDE = "/autoresearch/compile-cache"
+MAX_BYTES = int(os.environ.get("AUTORESEARCH_COMPILE_CACHE_MAX", 4 << 30))  # bytes an adopted cache may hold
+
+
+def environment(path):
+    """The variables that point torch.compile's caches at `path`."""
+    return {"TORCHINDUCTOR_CACHE_DIR": path, "TRITON_CACHE_DIR": os.path.join(path, "triton")}
+
+
+class CompileCaches:
+    """The compile caches of one campaign, in `root` (.autoresearch/compile-cache/<tag>)."""
+
+    def __init__(self, root):
+        self.root = root
+        self.adopted = os.path.join(root, "train")       # from the last kept experiment
+        self.evaluator = os.path.join(root, "evaluator")  # the trusted evaluator's own
+
+    def workspace(self):
+        """A fresh folder holding a copy of the adopted cache: one experiment's to write."""
+        path = tempfile.mkdtemp(prefix="autoresearch-compile-")
+        if os.path.isdir(self.adopted):
+            shutil.copytree(self.adopted, path, dirs_exist_ok=True, symlinks=True)
+        return path
+
+    def settle(self, workspace, adopt):
+        """Adopt the workspace as the campaign's cache (when `adopt`), then remove it. Returns a line for
+        the ledger's events when the cache was adopted or refused, else None. A cache that cannot be
+        adopted (too big, a full disk) leaves the adopted one as it was: it costs a compile, nothing else."""
+        try:
+            return self._adopt(workspace) if adopt else None
+        finally:
+            shutil.rmtree(workspace, ignore_errors=True)
+
+    def _adopt(self, workspace):
+        staging = None
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=".train-", dir=self.root)
+            copied, skipped = copy_regular(workspace, staging, MAX_BYTES)
+            if copied is None:
+                return f"compile cache not adopted: over {MAX_BYTES:,} bytes"
+            old = self.adopted + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            if os.path.isdir(self.adopted):
+                os.rename(self.adopted, old)
+            os.rename(staging, self.adopted)
+            staging = None
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError as e:
+            return f"compile cache not adopted: {e}"
+        finally:
+            if staging:
+                shutil.rmtree(staging, ignore_errors=True)
+        note = f" ({skipped} links or special files left out)" if skipped else ""
+        return f"compile cache adopted: {copied / 2**20:.1f} MB{note}"
+
+    def evaluator_cache(self):
+        os.makedirs(self.evaluator, exist_ok=True)
+        return self.evaluator
+
+
+def copy_regular(source, target, limit):
+    """Copy the regular files and folders under `source` into `target`, following no links.
+    Returns (bytes copied, entries left out), or (None, None) once more than `limit` bytes."""
+    total, skipped = 0, 0
+    for folder, dirs, files in os.walk(source, followlinks=False):
+        relative = os.path.relpath(folder, source)
+        here = os.path.join(target, relative) if relative != "." else target
+        for name in list(dirs):
+            if os.path.islink(os.path.join(folder, name)):
+                dirs.remove(name)
+                skipped += 1
+            else:
+                os.makedirs(os.path.join(here, name), exist_ok=True)
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+            except OSError:  # a link (O_NOFOLLOW), or gone
+                skipped += 1
+                continue
+            with os.fdopen(fd, "rb") as src:
+                info = os.fstat(src.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    skipped += 1
+                    continue
+                total += info.st_size
+                if total > limit:
+                    return None, None
+                with open(os.path.join(here, name), "wb") as dst:
+                    copy_file(src, dst, info.st_size)
+    return total, skipped
+
+
+def copy_file(src, dst, size):
+    """Copy no more than the `size` bytes counted, should the file still grow."""
+    while size > 0:
+        chunk = src.read(min(size, 1 << 20))
+        if not chunk:
+            break
+        dst.write(chunk)
+        size -= len(chunk)
