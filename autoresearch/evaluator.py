@@ -67,13 +67,72 @@ def evaluate_program(path, batch_size, prepare, tokenizer):
     import torch
     program = check_program(torch.export.load(path))
     model, batch_size = program.module(), max(1, min(int(batch_size), 4096))
-    if next(model.parameters()).device.type == "cuda":  # TF32 matmuls and compiled kernels, as train.py has
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            return prepare.evaluate_bpb(torch.compile(model, dynamic=False), tokenizer, batch_size)
-        except Exception as e:  # a program inductor cannot compile still runs, eagerly
-            print(f"evaluator: torch.compile failed ({type(e).__name__}: {e}); evaluating eagerly", file=sys.stderr)
-    return prepare.evaluate_bpb(model, tokenizer, batch_size)
+    if next(model.parameters()).device.type != "cuda":
+        return prepare.evaluate_bpb(model, tokenizer, batch_size)
+    # on a GPU: TF32 matmuls, compiled kernels, and masked attention (train.py's sliding windows) as
+    # flex_attention, which skips the blocks a mask rules out. No autocast: the program checks its
+    # intermediate dtypes (it was exported in the model's own), so it runs in them
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        block_sparse_attention(model)
+        return prepare.evaluate_bpb(torch.compile(model, dynamic=False), tokenizer, batch_size)
+    except Exception as e:  # a program inductor cannot compile still runs, eagerly
+        print(f"evaluator: torch.compile failed ({type(e).__name__}: {e}); evaluating eagerly", file=sys.stderr)
+    return prepare.evaluate_bpb(program.module(), tokenizer, batch_size)
+
+
+def block_sparse_attention(module):
+    """Replace, in the program's module, each scaled_dot_product_attention whose mask is a constant 2-D
+    boolean tensor (no dropout, not is_causal) by flex_attention with that same mask: the same
+    function, but blocks the mask rules out entirely are skipped instead of computed and discarded.
+    Returns how many calls were replaced."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    class FlexAttention(torch.nn.Module):
+        def __init__(self, block_mask, scale, enable_gqa):
+            super().__init__()
+            self.block_mask, self.scale, self.enable_gqa = block_mask, scale, enable_gqa
+
+        def forward(self, q, k, v):
+            # in the dtype scaled_dot_product_attention would compute in: autocast's, else the query's
+            device = q.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
+            q, k, v = (t.to(dtype) for t in (q, k, v))
+            return flex_attention(q, k, v, block_mask=self.block_mask, scale=self.scale, enable_gqa=self.enable_gqa)
+
+    sdpa, replaced = torch.ops.aten.scaled_dot_product_attention.default, 0
+    for node in list(module.graph.nodes):
+        if node.op != "call_function" or node.target is not sdpa:
+            continue
+        q, k, v, *rest = node.args
+        options = dict(zip(("attn_mask", "dropout_p", "is_causal"), rest), **node.kwargs)
+        mask = options.get("attn_mask")
+        if not isinstance(mask, torch.fx.Node) or mask.op != "get_attr" or options.get("dropout_p") \
+                or options.get("is_causal"):
+            continue
+        dense = _attribute(module, mask.target)
+        if not isinstance(dense, torch.Tensor) or dense.dtype != torch.bool or dense.dim() != 2:
+            continue
+        block_mask = create_block_mask(lambda b, h, qi, ki, dense=dense: dense[qi, ki], None, None,
+                                       *dense.shape, device=dense.device)
+        name = f"block_sparse_attention_{replaced}"
+        module.add_submodule(name, FlexAttention(block_mask, options.get("scale"), options.get("enable_gqa", False)))
+        with module.graph.inserting_before(node):
+            flex = module.graph.call_module(name, (q, k, v))
+        node.replace_all_uses_with(flex)
+        module.graph.erase_node(node)
+        replaced += 1
+    if replaced:
+        module.graph.lint()
+        module.recompile()
+    return replaced
+
+
+def _attribute(module, target):
+    for name in target.split("."):
+        module = getattr(module, name)
+    return module
 
 
 def answer(request, prepare, tokenizer):

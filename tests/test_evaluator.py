@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from autoresearch.evaluator import Rejected, check_program
+from autoresearch.evaluator import Rejected, block_sparse_attention, check_program
 
 
 def exported(module, tmp_path):
@@ -55,3 +55,36 @@ def test_in_place_work_on_intermediates_is_accepted(tmp_path):
             return torch.relu_(y)
     program = check_program(exported(InPlace(), tmp_path))
     assert program.module()(torch.randint(0, 10, (2, 5))).shape == (2, 5, 10)
+
+
+class Windowed(torch.nn.Module):
+    """Attention over a sliding window (a constant boolean mask, as train.py exports it) and over the
+    whole causal context, like train.py's S and L layers."""
+
+    def __init__(self, T=256, window=64):
+        super().__init__()
+        self.e = torch.nn.Embedding(10, 4 * 32)
+        i = torch.arange(T)
+        self.mask = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)  # a constant, not a buffer
+
+    def forward(self, x):
+        B, T = x.shape
+        q = k = v = self.e(x).view(B, T, 4, 32).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        y = torch.nn.functional.scaled_dot_product_attention(y, k, v, is_causal=True)
+        return y.transpose(1, 2).reshape(B, T, -1)
+
+
+@torch.no_grad()  # as the evaluator runs it
+def test_masked_attention_runs_block_sparse_and_computes_the_same(tmp_path):
+    batch = torch.export.Dim("batch", min=1, max=64)  # as prepare.export_model exports
+    program = torch.export.export(Windowed(), (torch.randint(0, 10, (2, 256)),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "model.pt2")
+    module = check_program(torch.export.load(tmp_path / "model.pt2")).module()
+    x = torch.randint(0, 10, (3, 256))
+    before = module(x)
+    assert block_sparse_attention(module) == 1  # the causal one needs no mask
+    masks = [(node.args + (None,))[3] for node in module.graph.nodes
+             if node.target is torch.ops.aten.scaled_dot_product_attention.default]
+    assert masks == [None]
+    assert torch.allclose(module(x), before, atol=1e-5)
