@@ -100,14 +100,16 @@ def test_a_value_the_campaign_ran_outside_its_range_widens_it():
 
 # ------------------------------------------------------------------------------------------- model
 
-def test_the_model_proposes_whole_configurations_once_the_campaign_has_a_few_results(campaign):
+def test_the_model_varies_one_to_three_knobs_around_the_best_once_the_campaign_has_a_few_results(campaign):
     measured(campaign, search.STARTUP - 1)
     assert len(changed_lines(TRAIN_PY, campaign.propose().train_py)) <= 2  # the start: local steps
     campaign.row(campaign.knobs({"DEPTH": 5}), "discard", 1.62)
     for sampler in ("tpe", "cmaes"):
-        proposal = campaign.propose(sampler=sampler)
-        assert len(changed_lines(TRAIN_PY, proposal.train_py)) > 2, sampler
-        assert proposal.fidelity == 1.0
+        for seed in range(5):
+            proposal = campaign.propose(sampler=sampler, seed=seed)
+            changed = {n for n, v in values(proposal.train_py).items() if v != values(TRAIN_PY)[n]}
+            assert 1 <= len(changed) <= max(search.SUBSPACE), (sampler, changed)
+            assert proposal.fidelity == 1.0
     assert len(changed_lines(TRAIN_PY, campaign.propose(sampler="random").train_py)) <= 2
 
 
