@@ -37,7 +37,7 @@ def check_program(program):
     if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
         raise Rejected("the model changes its own state when called (mutated buffers); evaluation needs "
                        "a pure function of the input tokens")
-    for node in program.graph.nodes:
+    for node in _all_nodes(program):
         if node.op != "call_function":
             continue
         target = node.target
@@ -52,6 +52,15 @@ def check_program(program):
         if schema is not None and schema.is_mutable:
             raise Rejected(f"the model calls {qualified}, which changes its inputs or state in place")
     return program
+
+
+def _all_nodes(program):
+    """The nodes of the program's graph and of every graph inside it (the branches of a torch.cond,
+    the body of a loop, ...): an operation hidden in a subgraph runs as surely as one at the top."""
+    import torch
+    for module in program.graph_module.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            yield from module.graph.nodes
 
 
 def _may_mutate(node):
@@ -76,16 +85,18 @@ def evaluate_program(path, batch_size, prepare, tokenizer):
     try:
         block_sparse_attention(model)
         return prepare.evaluate_bpb(torch.compile(model, dynamic=False), tokenizer, batch_size)
-    except Exception as e:  # a program inductor cannot compile still runs, eagerly
+    except Exception as e:  # a program inductor cannot compile still runs, eagerly, as it was exported
         print(f"evaluator: torch.compile failed ({type(e).__name__}: {e}); evaluating eagerly", file=sys.stderr)
+    model = None
+    torch.cuda.empty_cache()
     return prepare.evaluate_bpb(program.module(), tokenizer, batch_size)
 
 
 def block_sparse_attention(module):
-    """Replace, in the program's module, each scaled_dot_product_attention whose mask is a constant 2-D
-    boolean tensor (no dropout, not is_causal) by flex_attention with that same mask: the same
-    function, but blocks the mask rules out entirely are skipped instead of computed and discarded.
-    Returns how many calls were replaced."""
+    """Replace, in the program's module, each scaled_dot_product_attention whose mask is a constant
+    boolean (Lq, Lk) matrix (no dropout, not is_causal, 4-D inputs of one dtype, every query with a key
+    to see) by flex_attention with that same mask: the same function, but blocks the mask rules out
+    entirely are skipped instead of computed and discarded. Returns how many calls were replaced."""
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -95,13 +106,9 @@ def block_sparse_attention(module):
             self.block_mask, self.scale, self.enable_gqa = block_mask, scale, enable_gqa
 
         def forward(self, q, k, v):
-            # in the dtype scaled_dot_product_attention would compute in: autocast's, else the query's
-            device = q.device.type
-            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
-            q, k, v = (t.to(dtype) for t in (q, k, v))
             return flex_attention(q, k, v, block_mask=self.block_mask, scale=self.scale, enable_gqa=self.enable_gqa)
 
-    sdpa, replaced = torch.ops.aten.scaled_dot_product_attention.default, 0
+    sdpa, replaced, block_masks = torch.ops.aten.scaled_dot_product_attention.default, 0, {}
     for node in list(module.graph.nodes):
         if node.op != "call_function" or node.target is not sdpa:
             continue
@@ -111,13 +118,19 @@ def block_sparse_attention(module):
         if not isinstance(mask, torch.fx.Node) or mask.op != "get_attr" or options.get("dropout_p") \
                 or options.get("is_causal"):
             continue
+        shapes = [getattr(n, "meta", {}).get("val") for n in (q, k, v)]
         dense = _attribute(module, mask.target)
-        if not isinstance(dense, torch.Tensor) or dense.dtype != torch.bool or dense.dim() != 2:
-            continue
-        block_mask = create_block_mask(lambda b, h, qi, ki, dense=dense: dense[qi, ki], None, None,
-                                       *dense.shape, device=dense.device)
+        if not (all(isinstance(t, torch.Tensor) and t.dim() == 4 and t.dtype == shapes[0].dtype for t in shapes)
+                and isinstance(dense, torch.Tensor) and dense.dtype == torch.bool
+                and tuple(dense.shape) == (shapes[0].shape[-2], shapes[1].shape[-2])
+                and dense.device == shapes[0].device and bool(dense.any(dim=-1).all())):
+            continue  # anything else runs as it was exported
+        if mask.target not in block_masks:
+            block_masks[mask.target] = create_block_mask(lambda b, h, qi, ki, dense=dense: dense[qi, ki], None, None,
+                                                         *dense.shape, device=dense.device)
         name = f"block_sparse_attention_{replaced}"
-        module.add_submodule(name, FlexAttention(block_mask, options.get("scale"), options.get("enable_gqa", False)))
+        module.add_submodule(name, FlexAttention(block_masks[mask.target], options.get("scale"),
+                                                 options.get("enable_gqa", False)))
         with module.graph.inserting_before(node):
             flex = module.graph.call_module(name, (q, k, v))
         node.replace_all_uses_with(flex)

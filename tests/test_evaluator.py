@@ -47,6 +47,22 @@ def test_an_operation_from_outside_aten_is_rejected(tmp_path):
         check_program(program)
 
 
+def test_an_operation_hidden_in_a_branch_of_torch_cond_is_rejected(tmp_path):
+    """The evaluator sees the validation rows: an operation in a subgraph could read them."""
+    lib = torch.library.Library("autoresearch_branch", "DEF")
+    lib.define("peek(Tensor x) -> Tensor")
+    lib.impl("peek", lambda x: x.clone(), "CompositeExplicitAutograd")
+    torch.library.register_fake("autoresearch_branch::peek", lambda x: torch.empty_like(x), lib=lib)
+
+    class Branching(Embed):
+        def forward(self, x):
+            y = self.e(x)
+            return torch.cond(y.sum() > 0, lambda t: torch.ops.autoresearch_branch.peek(t), lambda t: t * 2, (y,))
+    program = torch.export.export(Branching(), (torch.randint(0, 10, (2, 5)),))
+    with pytest.raises(Rejected, match="autoresearch_branch"):
+        check_program(program)
+
+
 def test_in_place_work_on_intermediates_is_accepted(tmp_path):
     class InPlace(Embed):
         def forward(self, x):
@@ -88,3 +104,13 @@ def test_masked_attention_runs_block_sparse_and_computes_the_same(tmp_path):
              if node.target is torch.ops.aten.scaled_dot_product_attention.default]
     assert masks == [None]
     assert torch.allclose(module(x), before, atol=1e-5)
+
+
+@torch.no_grad()
+def test_a_mask_with_a_query_that_sees_nothing_stays_as_it_was_exported(tmp_path):
+    """flex_attention and scaled_dot_product_attention disagree on a row with no key to see."""
+    model = Windowed()
+    model.mask[0] = False
+    program = torch.export.export(model, (torch.randint(0, 10, (2, 256)),))
+    module = check_program(program).module()
+    assert block_sparse_attention(module) == 0
