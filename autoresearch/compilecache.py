@@ -7,13 +7,18 @@ A cache is a channel between experiments, so what may persist is decided here, n
 
 - every experiment gets a fresh, private, writable copy of its campaign's *adopted* cache, and nothing
   else: what it writes there reaches no other experiment unless it is adopted;
-- a cache is adopted only from an experiment that was kept (the baseline included): its train.py is
-  on the campaign's branch for anyone to read. A discarded, crashed or invalid run's writes are thrown
-  away with its workspace, so a run can neither sabotage later runs nor leave them code to load;
+- a cache is adopted only from a kept run of the campaign's own train.py, the base commit's, which a
+  person committed (runner.adopts_compile_cache): the baseline. A train.py an agent wrote could leave
+  anything there under a cache file's name (its weights, for the next runs to go on training from;
+  kernels that sabotage them), and no check of the files could tell. Every other run's writes are
+  thrown away with its workspace. The price: a run whose model differs from the baseline's compiles
+  its own graphs cold;
 - adopting copies regular files and folders only (no links, devices or sockets: a link planted there
   would make the harness copy a file of its choosing), and gives up on a cache over MAX_BYTES;
 - the trusted evaluator keeps a cache of its own, which only it writes; what it compiles is keyed by
   the program's graph, which the evaluator has checked (evaluator.check_program).
+
+A cache over MAX_BYTES is not adopted, and the one adopted before stays (an event in the ledger says so).
 
 Inside the sandbox the workspace is INSIDE, named by TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR.
 """
@@ -21,10 +26,20 @@ Inside the sandbox the workspace is INSIDE, named by TORCHINDUCTOR_CACHE_DIR and
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 
 INSIDE = "/autoresearch/compile-cache"
-MAX_BYTES = int(os.environ.get("AUTORESEARCH_COMPILE_CACHE_MAX", 4 << 30))  # bytes an adopted cache may hold
+
+
+def _max_bytes():
+    try:
+        return int(float(os.environ.get("AUTORESEARCH_COMPILE_CACHE_MAX", 4 << 30)))
+    except ValueError:
+        return 4 << 30
+
+
+MAX_BYTES = _max_bytes()  # bytes a cache may hold (AUTORESEARCH_COMPILE_CACHE_MAX; 4 GiB when unset or not a number)
 
 
 def environment(path):
@@ -44,7 +59,11 @@ class CompileCaches:
         """A fresh folder holding a copy of the adopted cache: one experiment's to write."""
         path = tempfile.mkdtemp(prefix="autoresearch-compile-")
         if os.path.isdir(self.adopted):
-            shutil.copytree(self.adopted, path, dirs_exist_ok=True, symlinks=True)
+            try:
+                shutil.copytree(self.adopted, path, dirs_exist_ok=True, symlinks=True)
+            except (OSError, shutil.Error):  # a full disk: the run compiles cold, that is all
+                remove(path)
+                path = tempfile.mkdtemp(prefix="autoresearch-compile-")
         return path
 
     def settle(self, workspace, adopt):
@@ -54,7 +73,7 @@ class CompileCaches:
         try:
             return self._adopt(workspace) if adopt else None
         finally:
-            shutil.rmtree(workspace, ignore_errors=True)
+            remove(workspace)
 
     def _adopt(self, workspace):
         staging = None
@@ -80,8 +99,38 @@ class CompileCaches:
         return f"compile cache adopted: {copied / 2**20:.1f} MB{note}"
 
     def evaluator_cache(self):
+        """The trusted evaluator's cache folder."""
         os.makedirs(self.evaluator, exist_ok=True)
         return self.evaluator
+
+    def trim_evaluator_cache(self):
+        """The evaluator's cache grows with every new model: past MAX_BYTES it starts again empty.
+        Only while no evaluator runs (a campaign's start, or between the runs of a loop)."""
+        if folder_bytes(self.evaluator) > MAX_BYTES:
+            remove(self.evaluator)
+
+
+def remove(path):
+    """Delete a folder an experiment wrote, whatever it made of it (a tree too deep for Python's
+    recursion, folders without permissions): never raises."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except Exception:
+        subprocess.run(["chmod", "-R", "u+rwX", path], capture_output=True)
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], capture_output=True)
+
+
+def folder_bytes(path):
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def copy_regular(source, target, limit):

@@ -142,6 +142,20 @@ def compile_caches(ledger, tag):
     return compilecache.CompileCaches(os.path.join(os.path.dirname(ledger.path), "compile-cache", tag))
 
 
+def adopts_compile_cache(checkout, spec, status):
+    """Whether a finished run's compile cache becomes the one later runs start from: only a kept run
+    of the campaign's own train.py (the base commit's, which a person committed). Any other train.py
+    could leave more than compiled kernels there (its weights, for one, for the next runs to go on
+    training from), and no check of the files could tell."""
+    if status != "keep":
+        return False
+    try:
+        base = gitutil.show_bytes(checkout, f"{spec.base_commit}:train.py").decode("utf-8", "replace")
+    except gitutil.GitError:
+        return False
+    return spec.train_py == base
+
+
 def archive_log(ledger, tag, exp_id, log_path):
     """Keep a finished experiment's log beside the ledger (run.log is the next run's): its path, or
     log_path itself when there is nothing to keep. At most MAX_ARCHIVED_LOG bytes, the end of it."""
@@ -649,6 +663,7 @@ class _Experiment:
                 progress.tick(since)
 
         caches = compile_caches(ledger, tag)
+        caches.trim_evaluator_cache()
         workspace = caches.workspace()
         try:
             outcome = load_executor()(spec, checkout, rules["profile_dir"], float(rules["time_budget"]), log_path,
@@ -669,14 +684,14 @@ class _Experiment:
         if progress:
             progress.end()
 
-        # 4. decide and record; only a kept run's compile cache serves the next ones
+        # 4. decide and record; only the campaign's own train.py leaves a compile cache for the next runs
         try:
             row = self.finish(exp_id, commit, start, decide=decide, outcome=outcome, state=state, cause=None,
                               fingerprint=fingerprint, threshold=threshold, best=best, is_baseline=is_baseline)
         except BaseException:
             caches.settle(workspace, adopt=False)
             raise
-        adopted = caches.settle(workspace, adopt=row["status"] == "keep")
+        adopted = caches.settle(workspace, adopt=adopts_compile_cache(checkout, spec, row["status"]))
         if adopted:
             ledger.event(tag, "compile-cache", f"#{exp_id}: {adopted}", self.worker)
         if self.signals.pending:

@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 
-from autoresearch import cli, contention, executor, gitutil, loop, results, runner, sandbox
+from autoresearch import cli, compilecache, contention, executor, gitutil, loop, results, runner, sandbox
 from autoresearch.loop import Loop, LoopError
 
 WAIT = 0.5            # seconds between looks at the workers
@@ -61,6 +61,7 @@ class Done:
     outcome: executor.Outcome = None
     error: str = None     # the worker failed to run it (not the experiment: that is in the outcome)
     lost: str = None      # the worker died under it: run it again
+    compile_cache: str = None  # the run's own copy of the compile cache, adopted if it is kept (compilecache.py)
 
 
 def placements(workers, devices=None):
@@ -85,18 +86,18 @@ class LocalBackend:
     """Worker slots on this machine: a thread each, driving one sandboxed run at a time."""
     name = "local"
 
-    def __init__(self, slots, repo, rules, ledger):
-        self.slots, self.repo, self.rules, self.ledger = slots, repo, rules, ledger
+    def __init__(self, slots, repo, rules, ledger, caches=None):
+        self.slots, self.repo, self.rules, self.ledger, self.caches = slots, repo, rules, ledger, caches
         self.free = list(range(len(slots)))
         self.pool = concurrent.futures.ThreadPoolExecutor(len(slots), thread_name_prefix="worker")
-        self.running = {}  # future -> (job, slot, cancel event)
+        self.running = {}  # future -> (job, slot, cancel event, compile cache workspace)
 
     def idle(self):
         return len(self.free)
 
     def jobs(self):
         """The exp_ids this backend still runs."""
-        return {job.exp_id for job, _, _ in self.running.values()}
+        return {job.exp_id for job, *_ in self.running.values()}
 
     def submit(self, job):
         """Start the job on a free slot; returns the worker's name."""
@@ -106,10 +107,18 @@ class LocalBackend:
         def started(pgid, folder):
             self.ledger.update_experiment(job.exp_id, pgid=pgid, workdir=folder)
 
-        future = self.pool.submit(runner.load_executor(), job.spec, self.repo, self.rules["profile_dir"],
-                                  job.time_budget, job.log_path, job.timeout, started=started,
-                                  placement=self.slots[slot], cancel=cancel)
-        self.running[future] = (job, slot, cancel)
+        workspace = self.caches.workspace() if self.caches else None
+        try:
+            future = self.pool.submit(runner.load_executor(), job.spec, self.repo, self.rules["profile_dir"],
+                                      job.time_budget, job.log_path, job.timeout, started=started,
+                                      placement=self.slots[slot], cancel=cancel, compile_cache=workspace,
+                                      eval_compile_cache=self.caches.evaluator_cache() if self.caches else None)
+        except BaseException:
+            self.free.insert(0, slot)
+            if workspace:
+                compilecache.remove(workspace)
+            raise
+        self.running[future] = (job, slot, cancel, workspace)
         return f"w{slot + 1}"
 
     def ready(self, timeout):
@@ -122,16 +131,16 @@ class LocalBackend:
         """The results of the ended runs (bookkeeping only: no waiting)."""
         done = []
         for future in finished:
-            job, slot, _ = self.running.pop(future)
+            job, slot, _, workspace = self.running.pop(future)
             self.free.append(slot)
             try:
-                done.append(Done(job, outcome=future.result()))
+                done.append(Done(job, outcome=future.result(), compile_cache=workspace))
             except Exception as e:  # the executor itself failed (e.g. the spec could not be built)
-                done.append(Done(job, error=f"{type(e).__name__}: {e}"))
+                done.append(Done(job, error=f"{type(e).__name__}: {e}", compile_cache=workspace))
         return done
 
     def cancel(self, force=False):
-        for _, _, event in self.running.values():
+        for _, _, event, _ in self.running.values():
             event.set()
 
     def close(self):
@@ -242,6 +251,7 @@ class Swarm(Loop):
         try:
             return self.record(done)
         except Exception as e:
+            self.settle_cache(done, keep=False)
             self.inflight.pop(done.job.exp_id, None)
             self.ledger.finish_experiment(done.job.exp_id, status="crash",
                                           cause=f"the harness could not record its result: {type(e).__name__}: {e}")
@@ -254,6 +264,7 @@ class Swarm(Loop):
             job.lost += 1
             self.note("lost", f"#{job.exp_id}: its worker was lost ({done.lost}); "
                               + ("running it again" if job.lost < LOST_RETRIES else "recorded as crash"))
+            self.settle_cache(done, keep=False)
             if job.lost < LOST_RETRIES:
                 self.inflight.pop(job.exp_id)
                 self.start(job)
@@ -277,8 +288,17 @@ class Swarm(Loop):
         if status == "keep":
             gitutil.reset_hard(self.checkout, row["commit_sha"])  # the branch (checked out) moves to it
         row = runner.record_finish(self.ledger, self.checkout, job.exp_id, status, cause, cols)
+        self.settle_cache(done, keep=runner.adopts_compile_cache(self.checkout, job.spec, status))
         self.report(row)
         return row
+
+    def settle_cache(self, done, keep):
+        """Adopt the run's compile cache (runner.adopts_compile_cache), or throw it away."""
+        if done.compile_cache:
+            adopted = runner.compile_caches(self.ledger, self.tag).settle(done.compile_cache, adopt=keep)
+            done.compile_cache = None
+            if adopted:
+                self.note("compile-cache", f"#{done.job.exp_id}: {adopted}")
 
     def starved_reruns(self, row):
         """How many times row's train.py already ran again because it was starved."""
@@ -421,7 +441,9 @@ def make_backend(swarm):
         from autoresearch import raybackend
         return raybackend.RayBackend(swarm.workers or 1, swarm.checkout, swarm.rules, swarm.ledger,
                                      swarm.fingerprint, address=swarm.ray_address)
-    return LocalBackend(swarm.slots, swarm.checkout, swarm.rules, swarm.ledger)
+    caches = runner.compile_caches(swarm.ledger, swarm.tag)
+    caches.trim_evaluator_cache()  # now, before any of the workers' evaluators runs
+    return LocalBackend(swarm.slots, swarm.checkout, swarm.rules, swarm.ledger, caches)
 
 
 def cmd_swarm(args):

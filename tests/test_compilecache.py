@@ -2,14 +2,14 @@
 What persists between the experiments of a campaign: torch.compile's caches (compilecache.py).
 
 Every experiment writes to a fresh, private copy of the campaign's adopted cache; that copy becomes
-the campaign's cache only when the experiment is kept, and then only its regular files and folders,
-up to compilecache.MAX_BYTES. Inside the sandbox the copy is compilecache.INSIDE, named by
+the campaign's cache only when the experiment is a kept run of the campaign's own train.py (the
+baseline), and then only its regular files and folders, up to compilecache.MAX_BYTES. Inside the sandbox the copy is compilecache.INSIDE, named by
 TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR.
 
 The unit tests need no training; the runner's decision is tested with the printed-metric stand-in
 (unsandboxed, no training); the last test runs real smoke-profile experiments through the harness
 (runner.run_experiment, sandboxed, the real train.py) and checks that a discarded or crashed run's
-writes reach no later run while a kept run's do.
+writes reach no later run while the baseline's do.
 """
 
 import errno
@@ -423,9 +423,17 @@ def run_standin(repo, description, train_py, **kw):
     return runner.run_experiment(repo, description, **kw)
 
 
-def test_the_runner_adopts_a_kept_runs_cache_and_throws_away_a_discarded_or_crashed_ones(standin_repo, temp):
+def run_baseline(repo, train_py, **kw):
+    """The campaign's first run on its own train.py: committed first, so the base commit holds it."""
+    (repo / "train.py").write_text(train_py)
+    git(repo, "commit", "-qam", "the campaign's train.py")
+    return runner.run_experiment(repo, "baseline", **kw)
+
+
+def test_only_the_campaigns_own_train_py_leaves_the_cache_later_runs_start_from(standin_repo, temp):
+    """A kept change an agent wrote adopts nothing either: its train.py could leave its weights there."""
     repo = standin_repo
-    baseline = run_standin(repo, "baseline", cache_writing_train(1.0, "from-baseline"))
+    baseline = run_baseline(repo, cache_writing_train(1.0, "from-baseline"))
     worse = run_standin(repo, "worse", cache_writing_train(1.1, "from-discarded"))
     crashed = run_standin(repo, "crash", cache_writing_train(0.5, "from-crash") + "sys.exit(1)\n")
     better = run_standin(repo, "better", cache_writing_train(0.9, "from-better"))
@@ -433,17 +441,23 @@ def test_the_runner_adopts_a_kept_runs_cache_and_throws_away_a_discarded_or_cras
     assert [r["status"] for r in (baseline, worse, crashed, better, after)] == \
         ["keep", "discard", "crash", "keep", "discard"]
     assert [seen_at_start(r) for r in (baseline, worse, crashed, better, after)] == \
-        ["nothing", "from-baseline", "from-baseline", "from-baseline", "from-better"]
+        ["nothing", "from-baseline", "from-baseline", "from-baseline", "from-baseline"]
     ledger = Ledger(repo=repo)
     events = [e["message"] for e in ledger.events(tag="t") if e["kind"] == "compile-cache"]
-    assert [m.split(":", 1)[0] for m in events] == [f"#{baseline['id']}", f"#{better['id']}"]
-    assert Path(runner.compile_caches(ledger, "t").adopted, "marker").read_text() == "from-better"
+    assert [m.split(":", 1)[0] for m in events] == [f"#{baseline['id']}"]
+    assert Path(runner.compile_caches(ledger, "t").adopted, "marker").read_text() == "from-baseline"
     assert not list(temp.glob("autoresearch-compile-*"))
+
+
+def test_a_kept_run_of_an_edited_train_py_adopts_no_cache(standin_repo):
+    row = run_standin(standin_repo, "edited, then kept", cache_writing_train(1.0, "from-an-edit"))
+    assert row["status"] == "keep"
+    assert not os.path.exists(runner.compile_caches(Ledger(repo=standin_repo), "t").adopted)
 
 
 def test_a_kept_run_whose_cache_is_over_the_cap_is_kept_and_the_refusal_is_an_event(standin_repo, monkeypatch):
     monkeypatch.setattr(compilecache, "MAX_BYTES", 4)
-    row = run_standin(standin_repo, "baseline", cache_writing_train(1.0, "too big for the cap"))
+    row = run_baseline(standin_repo, cache_writing_train(1.0, "too big for the cap"))
     assert row["status"] == "keep"
     events = [e["message"] for e in Ledger(repo=standin_repo).events(tag="t") if e["kind"] == "compile-cache"]
     assert events == [f"#{row['id']}: compile cache not adopted: over 4 bytes"]
@@ -454,7 +468,7 @@ def test_a_kept_run_whose_cache_cannot_be_copied_is_still_returned_as_kept(stand
     def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(compilecache, "copy_regular", full)
-    row = run_standin(standin_repo, "baseline", cache_writing_train(1.0, "from-baseline"))
+    row = run_baseline(standin_repo, cache_writing_train(1.0, "from-baseline"))
     assert row["status"] == "keep"
 
 
@@ -500,7 +514,7 @@ def found_at_start(row):
 
 
 @needs_bwrap
-def test_only_a_kept_experiments_compile_cache_reaches_later_experiments(tmp_path, smoke_cache, temp, monkeypatch):
+def test_only_the_baselines_compile_cache_reaches_later_experiments(tmp_path, smoke_cache, temp, monkeypatch):
     """baseline (kept) writes from-baseline; a crash writes poison; a discard (the real training) must
     find the baseline's file and writes from-discarded; a last run must still find only the baseline's."""
     monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", str(BUDGET))
@@ -512,7 +526,7 @@ def test_only_a_kept_experiments_compile_cache_reaches_later_experiments(tmp_pat
         (repo / "train.py").write_text(train_py)
         return runner.run_experiment(repo, description, **kw)
 
-    baseline = run("baseline", training("from-baseline"))
+    baseline = run_baseline(repo, training("from-baseline"))
     assert (baseline["status"], baseline["sandbox"]) == ("keep", "bwrap"), baseline["log_tail"][-2000:]
     assert found_at_start(baseline) == {}
 
@@ -535,3 +549,10 @@ def test_only_a_kept_experiments_compile_cache_reaches_later_experiments(tmp_pat
     events = [e["message"] for e in ledger.events(tag="cc") if e["kind"] == "compile-cache"]
     assert len(events) == 1 and events[0].startswith(f"#{baseline['id']}: compile cache adopted: "), events
     assert not list(temp.glob("autoresearch-compile-*"))  # every workspace was thrown away
+
+
+def test_an_evaluator_cache_over_the_byte_cap_starts_again_empty(caches, monkeypatch):
+    write(caches.evaluator_cache(), {"old/graph": "x" * 64})
+    monkeypatch.setattr(compilecache, "MAX_BYTES", 16)
+    caches.trim_evaluator_cache()
+    assert os.listdir(caches.evaluator_cache()) == []

@@ -158,6 +158,23 @@ def test_every_experiment_starts_from_the_best_at_its_dispatch(repo):
     assert "MATRIX_LR = 0.05" in git(repo, "show", f"{experiments[3]['commit_sha']}:train.py")
 
 
+def test_only_the_baselines_compile_cache_reaches_the_runs_after_it(repo):
+    """Each run logs what its compile cache held at start and leaves its MATRIX_LR there; kept or not,
+    a change an agent wrote adopts nothing (compilecache.py)."""
+    probe = ('import os as _os\n_mark = _os.path.join(_os.environ["TORCHINDUCTOR_CACHE_DIR"], "marker")\n'
+             'print("CACHE AT START " + (open(_mark).read() if _os.path.exists(_mark) else "nothing"))\n')
+    (repo / "train.py").write_text(probe + STANDIN_TRAIN + 'open(_mark, "w").write(f"lr={MATRIX_LR}")\n')
+    git(repo, "commit", "-qam", "a stand-in that uses its compile cache")
+    run_swarm(repo, [("gain", {"MATRIX_LR": 0.05}), ("loss", {"MATRIX_LR": 0.09}), ("after", {"DEPTH": 5})],
+              workers=1, max_experiments=4)
+    experiments = assert_consistent(repo)
+    assert [r["status"] for r in experiments] == ["keep", "keep", "discard", "keep"]
+    seen = [Path(r["log_path"]).read_text().split("CACHE AT START ", 1)[1].split("\n", 1)[0] for r in experiments]
+    assert seen == ["nothing", "lr=0.04", "lr=0.04", "lr=0.04"]
+    events = [e["message"] for e in Ledger(repo=repo).events(tag="t") if e["kind"] == "compile-cache"]
+    assert [m.split(":")[0] for m in events] == [f"#{experiments[0]['id']}"]
+
+
 # ------------------------------------------------------------------------------------- the keep rule
 
 def test_a_result_that_beat_its_start_after_another_keep_landed_is_run_again_on_the_new_best(repo):
