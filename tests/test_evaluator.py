@@ -32,16 +32,22 @@ def test_a_model_that_counts_its_calls_is_rejected(tmp_path):
         check_program(exported(Counting(), tmp_path))
 
 
-def test_an_operation_from_outside_aten_is_rejected(tmp_path):
-    """A custom operator registered by train.py would run code the evaluator never vetted."""
-    lib = torch.library.Library("autoresearch_attack", "DEF")
+def custom_operator(namespace):
+    """A `peek` operator outside aten, as train.py could register one (the Library must stay alive)."""
+    lib = torch.library.Library(namespace, "DEF")
     lib.define("peek(Tensor x) -> Tensor")
     lib.impl("peek", lambda x: x.clone(), "CompositeExplicitAutograd")
-    torch.library.register_fake("autoresearch_attack::peek", lambda x: torch.empty_like(x), lib=lib)
+    torch.library.register_fake(f"{namespace}::peek", lambda x: torch.empty_like(x), lib=lib)
+    return lib, getattr(torch.ops, namespace).peek
+
+
+def test_an_operation_from_outside_aten_is_rejected(tmp_path):
+    """A custom operator registered by train.py would run code the evaluator never vetted."""
+    _lib, peek = custom_operator("autoresearch_attack")
 
     class Custom(Embed):
         def forward(self, x):
-            return torch.ops.autoresearch_attack.peek(self.e(x))
+            return peek(self.e(x))
     program = torch.export.export(Custom(), (torch.randint(0, 10, (2, 5)),))
     with pytest.raises(Rejected, match="autoresearch_attack"):
         check_program(program)
@@ -49,15 +55,12 @@ def test_an_operation_from_outside_aten_is_rejected(tmp_path):
 
 def test_an_operation_hidden_in_a_branch_of_torch_cond_is_rejected(tmp_path):
     """The evaluator sees the validation rows: an operation in a subgraph could read them."""
-    lib = torch.library.Library("autoresearch_branch", "DEF")
-    lib.define("peek(Tensor x) -> Tensor")
-    lib.impl("peek", lambda x: x.clone(), "CompositeExplicitAutograd")
-    torch.library.register_fake("autoresearch_branch::peek", lambda x: torch.empty_like(x), lib=lib)
+    _lib, peek = custom_operator("autoresearch_branch")
 
     class Branching(Embed):
         def forward(self, x):
             y = self.e(x)
-            return torch.cond(y.sum() > 0, lambda t: torch.ops.autoresearch_branch.peek(t), lambda t: t * 2, (y,))
+            return torch.cond(y.sum() > 0, lambda t: peek(t), lambda t: t * 2, (y,))
     program = torch.export.export(Branching(), (torch.randint(0, 10, (2, 5)),))
     with pytest.raises(Rejected, match="autoresearch_branch"):
         check_program(program)

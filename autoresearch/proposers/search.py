@@ -439,8 +439,10 @@ class SearchProposer(Proposer):
         at_best, rng = space.params(space_, current), random.Random(seed)
         for _ in range(ASKS):
             free = set(rng.sample(sorted(at_best), min(len(at_best), rng.choice(SUBSPACE))))
-            study.sampler = optuna.samplers.PartialFixedSampler(
-                {name: value for name, value in at_best.items() if name not in free}, model)
+            with warnings.catch_warnings():  # experimental since Optuna 2.4, and unchanged
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.sampler = optuna.samplers.PartialFixedSampler(
+                    {name: value for name, value in at_best.items() if name not in free}, model)
             trial = study.ask(space_)
             values = {name: _round(value) for name, value in trial.params.items() if name in current}
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
