@@ -8,7 +8,8 @@
 #       scripts/gpu_check.sh harness [BUDGET] [RUNS]  # RUNS `autoresearch run` experiments (default 2, 20 s):
 #                                               # sandbox (bwrap, if on PATH), export on CUDA, the trusted
 #                                               # evaluator, the compile cache cold then warm
-#       scripts/gpu_check.sh all [BUDGET]       # attention kernels, harness cold + warm, a profiled step
+#       scripts/gpu_check.sh all [BUDGET]       # attention kernels, evaluation variants, harness cold +
+#                                               # warm, a profiled step (8 files in $OUT)
 #
 # It prints the attention backend, checks flex_attention's sliding window against a dense reference,
 # runs train.py on the gpu profile for BUDGET seconds of training, and writes the log and the summary
@@ -66,9 +67,10 @@ PY
 fi
 
 if [ "${1:-}" = "all" ]; then
-    # the whole GPU check in one call: attention kernels, harness cold + warm, a profiled step
+    # the whole GPU check in one call: attention kernels, evaluation variants, harness cold + warm, a profiled step
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
     timeout 180 $PY bench/gpu_attention.py 2>&1 | tee "$OUT/attention.txt" || true
+    timeout 240 $PY bench/gpu_eval.py 2>&1 | tee "$OUT/eval.txt" | tail -n 6 || true
     bash "$0" harness "${2:-20}" 2 2>&1 | tee "$OUT/harness.txt" || true
     timeout 150 $PY bench/gpu_profile.py 2>&1 | tee "$OUT/profile.txt" | grep -vE '^(step|USDT)' | tail -n 45 || true
     exit 0
