@@ -535,6 +535,39 @@ raise SystemExit(5)
     assert "# persisted" not in (campaign.repo / "train.py").read_text()
 
 
+def test_nothing_one_run_writes_anywhere_reaches_the_next_run(campaign):
+    """A discarded run would pass its weights (or anything) on to the next through a folder they both
+    can write: its compile cache, /tmp, $HOME, /dev/shm, /var/tmp, /run, the hand-off. The first run
+    writes a note into every one it can; the second looks for them."""
+    note = f"hostile-note-{uuid.uuid4().hex}"
+    places = ("os.environ.get('TORCHINDUCTOR_CACHE_DIR', '/nonexistent'), os.environ.get('TRITON_CACHE_DIR', "
+              "'/nonexistent'), '/tmp', os.path.expanduser('~'), '/dev/shm', '/var/tmp', '/run', "
+              "os.environ.get('AUTORESEARCH_HANDOFF_DIR', '/nonexistent'), '/autoresearch'")
+    writer = f"""
+written = []
+for place in ({places}):
+    try:
+        os.makedirs(place, exist_ok=True)
+        with open(os.path.join(place, {note!r}), "w") as f:
+            f.write("weights")
+        written.append(place)
+    except OSError:
+        pass
+print("WROTE", written, flush=True)
+raise SystemExit(3)
+"""
+    reader = f"""
+found = [place for place in ({places}) if os.path.exists(os.path.join(place, {note!r}))]
+print("FOUND", found, flush=True)
+raise SystemExit(4)
+"""
+    first = campaign.attack(script(writer), "leave a note for the next run")
+    assert first["status"] == "crash" and "WROTE ['" in first["log_tail"], first["log_tail"]  # it did write
+    second = campaign.attack(script(reader), "look for the note")
+    assert second["status"] == "crash" and "FOUND []" in second["log_tail"], second["log_tail"]
+    campaign.assert_untouched()
+
+
 # -- attacks of our own ----------------------------------------------------------------------------
 def test_symlinked_model_file_is_refused(campaign, smoke_cache):
     """model.pt2 in the hand-off folder is a symlink (to the validation rows by their real path, which
@@ -552,6 +585,31 @@ forge(reply.get("val_bpb", 0.1))
     campaign.assert_untouched()
 
 
+def unclocked_training(seconds):
+    """train.py lines that train the model for `seconds` on a loader of their own, off the harness's clock."""
+    return textwrap.dedent(f"""
+        import prepare as _p
+        _tokens, _offsets = _p._train_arrays()
+        _private = _p._to_device(_p.pack_token_rows(_tokens, _offsets, device_batch_size, MAX_SEQ_LEN + 1,
+                                                    tokenizer.get_bos_token_id()), DEVICE_TYPE)
+        _until = time.time() + {seconds}
+        while time.time() < _until:
+            for _ in range(grad_accum_steps):
+                _x, _y, _ = next(_private)
+                (model(_x, _y) / grad_accum_steps).backward()
+            optimizer.step()
+            model.zero_grad(set_to_none=True)
+        """)
+
+
+def before_the_clock(lines):
+    """The real train.py with `lines` run just before its training loader (where the clock starts)."""
+    anchor = "train_loader = make_dataloader("
+    hostile = REAL_TRAIN.replace(anchor, lines + anchor, 1)
+    assert hostile != REAL_TRAIN
+    return hostile
+
+
 def test_training_before_the_clock_starts_is_not_judged(campaign):
     """The clock starts when train.py asks for the training loader, or at the end of the start-up
     allowance (executor.STARTUP_ALLOWANCE, 10 s on CPU) at the latest. train.py first trains for twice
@@ -559,22 +617,7 @@ def test_training_before_the_clock_starts_is_not_judged(campaign):
     from the training arrays (no "training" message), then runs its ordinary budget and prints
     training_seconds = the budget. (Training hidden inside the allowance itself is the bound the
     harness states, not something it can see.)"""
-    pretrain = textwrap.dedent("""
-        import prepare as _p
-        _tokens, _offsets = _p._train_arrays()
-        _private = _p._to_device(_p.pack_token_rows(_tokens, _offsets, device_batch_size, MAX_SEQ_LEN + 1,
-                                                    tokenizer.get_bos_token_id()), DEVICE_TYPE)
-        _until = time.time() + 35
-        while time.time() < _until:  # unclocked training
-            for _ in range(grad_accum_steps):
-                _x, _y, _ = next(_private)
-                (model(_x, _y) / grad_accum_steps).backward()
-            optimizer.step()
-            model.zero_grad(set_to_none=True)
-        """)
-    anchor = "train_loader = make_dataloader("
-    hostile = REAL_TRAIN.replace(anchor, pretrain + anchor, 1)
-    assert hostile != REAL_TRAIN
+    hostile = before_the_clock(unclocked_training(35))
     row = campaign.attack(hostile, "train before the clock")
     assert row["status"] in ("invalid", "timeout"), \
         (f"{row['status']}: {row['startup_s']:.1f} s of start-up (20 s of it training) not counted; measured "
@@ -589,21 +632,8 @@ def test_processes_of_its_own_that_keep_the_machine_busy_buy_no_slack(campaign):
     burn = textwrap.dedent("""
         import subprocess as _sp
         _burners = [_sp.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
-        import prepare as _p
-        _tokens, _offsets = _p._train_arrays()
-        _private = _p._to_device(_p.pack_token_rows(_tokens, _offsets, device_batch_size, MAX_SEQ_LEN + 1,
-                                                    tokenizer.get_bos_token_id()), DEVICE_TYPE)
-        _until = time.time() + 25
-        while time.time() < _until:  # unclocked training on a box its own processes keep busy
-            for _ in range(grad_accum_steps):
-                _x, _y, _ = next(_private)
-                (model(_x, _y) / grad_accum_steps).backward()
-            optimizer.step()
-            model.zero_grad(set_to_none=True)
         """)
-    anchor = "train_loader = make_dataloader("
-    hostile = REAL_TRAIN.replace(anchor, burn + anchor, 1)
-    assert hostile != REAL_TRAIN
+    hostile = before_the_clock(burn + unclocked_training(25))  # on a box its own processes keep busy
     row = campaign.attack(hostile, "busy box of its own")
     assert row["status"] in ("invalid", "timeout"), (row["status"], row["cause"], row["cpu_share_others"])
     assert not row["starved"] and (row["cpu_share_others"] or 0) < 0.25, row["cpu_share_others"]
