@@ -14,11 +14,10 @@ A cache is a channel between experiments, so what may persist is decided here, n
   thrown away with its workspace. The price: a run whose model differs from the baseline's compiles
   its own graphs cold;
 - adopting copies regular files and folders only (no links, devices or sockets: a link planted there
-  would make the harness copy a file of its choosing), and gives up on a cache over MAX_BYTES;
+  would make the harness copy a file of its choosing), and gives up on a cache over MAX_BYTES (the
+  one adopted before stays, and an event in the ledger says so);
 - the trusted evaluator keeps a cache of its own, which only it writes; what it compiles is keyed by
   the program's graph, which the evaluator has checked (evaluator.check_program).
-
-A cache over MAX_BYTES is not adopted, and the one adopted before stays (an event in the ledger says so).
 
 Inside the sandbox the workspace is INSIDE, named by TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR.
 """

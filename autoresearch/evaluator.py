@@ -14,6 +14,7 @@ prints one JSON line: {"val_bpb": ..., "seconds": ...} or {"error": "..."} (exit
 
 import argparse
 import json
+import operator
 import os
 import signal
 import subprocess
@@ -118,12 +119,12 @@ def block_sparse_attention(module):
         if not isinstance(mask, torch.fx.Node) or mask.op != "get_attr" or options.get("dropout_p") \
                 or options.get("is_causal"):
             continue
-        shapes = [getattr(n, "meta", {}).get("val") for n in (q, k, v)]
-        dense = _attribute(module, mask.target)
-        if not (all(isinstance(t, torch.Tensor) and t.dim() == 4 and t.dtype == shapes[0].dtype for t in shapes)
+        fakes = [getattr(n, "meta", {}).get("val") for n in (q, k, v)]  # what export traced them as
+        dense = operator.attrgetter(mask.target)(module)
+        if not (all(isinstance(t, torch.Tensor) and t.dim() == 4 and t.dtype == fakes[0].dtype for t in fakes)
                 and isinstance(dense, torch.Tensor) and dense.dtype == torch.bool
-                and tuple(dense.shape) == (shapes[0].shape[-2], shapes[1].shape[-2])
-                and dense.device == shapes[0].device and bool(dense.any(dim=-1).all())):
+                and tuple(dense.shape) == (fakes[0].shape[-2], fakes[1].shape[-2])
+                and dense.device == fakes[0].device and bool(dense.any(dim=-1).all())):
             continue  # anything else runs as it was exported
         if mask.target not in block_masks:
             block_masks[mask.target] = create_block_mask(lambda b, h, qi, ki, dense=dense: dense[qi, ki], None, None,
@@ -140,12 +141,6 @@ def block_sparse_attention(module):
         module.graph.lint()
         module.recompile()
     return replaced
-
-
-def _attribute(module, target):
-    for name in target.split("."):
-        module = getattr(module, name)
-    return module
 
 
 def answer(request, prepare, tokenizer):

@@ -664,34 +664,29 @@ class _Experiment:
 
         caches = compile_caches(ledger, tag)
         caches.trim_evaluator_cache()
-        workspace = caches.workspace()
+        workspace, adopt = caches.workspace(), False
         try:
-            outcome = load_executor()(spec, checkout, rules["profile_dir"], float(rules["time_budget"]), log_path,
-                                      timeout, started=started, tick=tick, compile_cache=workspace,
-                                      eval_compile_cache=caches.evaluator_cache())
-            self.signals.hold()
-        except Interrupted as interrupt:
-            self.signals.hold()  # the executor has stopped the training's process group
-            caches.settle(workspace, adopt=False)
+            try:
+                outcome = load_executor()(spec, checkout, rules["profile_dir"], float(rules["time_budget"]),
+                                          log_path, timeout, started=started, tick=tick, compile_cache=workspace,
+                                          eval_compile_cache=caches.evaluator_cache())
+                self.signals.hold()
+            except Interrupted as interrupt:
+                self.signals.hold()  # the executor has stopped the training's process group
+                if progress:
+                    progress.end()
+                row = self.finish(exp_id, commit, start, decide=True, outcome=None, state=state,
+                                  cause=f"interrupted ({self.signals.pending or 'signal'})")
+                raise Interrupted(str(interrupt), row=row) from None
             if progress:
                 progress.end()
-            row = self.finish(exp_id, commit, start, decide=True, outcome=None, state=state,
-                              cause=f"interrupted ({self.signals.pending or 'signal'})")
-            raise Interrupted(str(interrupt), row=row) from None
-        except BaseException:
-            caches.settle(workspace, adopt=False)
-            raise
-        if progress:
-            progress.end()
 
-        # 4. decide and record; only the campaign's own train.py leaves a compile cache for the next runs
-        try:
+            # 4. decide and record; only the campaign's own train.py leaves a compile cache for later runs
             row = self.finish(exp_id, commit, start, decide=decide, outcome=outcome, state=state, cause=None,
                               fingerprint=fingerprint, threshold=threshold, best=best, is_baseline=is_baseline)
-        except BaseException:
-            caches.settle(workspace, adopt=False)
-            raise
-        adopted = caches.settle(workspace, adopt=adopts_compile_cache(checkout, spec, row["status"]))
+            adopt = adopts_compile_cache(checkout, spec, row["status"])
+        finally:
+            adopted = caches.settle(workspace, adopt)
         if adopted:
             ledger.event(tag, "compile-cache", f"#{exp_id}: {adopted}", self.worker)
         if self.signals.pending:

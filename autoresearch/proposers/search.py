@@ -16,7 +16,8 @@ choices are seeded by (seed, number of experiments so far): the same campaign pr
 The model (space.py beside this file): every knob gets a typed range around its value in
 the campaign's base train.py, the Optuna study is rebuilt from the ledger's rows at every proposal
 (the ledger is the only store: a killed loop resumes with the same model), and the sampler proposes
-values for one to three knobs (SUBSPACE), the others staying at the current best's. The first STARTUP proposals are random local steps (the `random` sampler's).
+values for one to three knobs (SUBSPACE), the others staying at the current best's. The first STARTUP
+proposals are random local steps (the `random` sampler's).
 A near miss (beat the best by less than the keep threshold) is measured again on a new seed, once.
 With screening, candidates first run at a fraction of the budget and the best of them earn a full run;
 the model then learns from the screened results (every candidate has one), compared only with each other.
