@@ -208,6 +208,21 @@ class Ledger:
                                "AND val_bpb IS NOT NULL", (tag,)).fetchone()
         return row[0]
 
+    def reference(self, tag):
+        """The val_bpb a change must beat (by the threshold): over the campaign's kept commits, the lowest
+        mean of a commit's measurements, those being its full-budget results that other processes did
+        not starve (the baseline with its noise repeats, a keep with its confirmation). One sample would
+        let a lucky or unlucky draw set the bar: the threshold is two noise stds around the mean, and a
+        first baseline drawn one std high lets a change within the noise through. None before a keep."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT MIN(mean) FROM (SELECT AVG(val_bpb) AS mean FROM experiments WHERE tag = ? "
+                "AND status IN ('keep', 'discard') AND val_bpb IS NOT NULL "
+                "AND COALESCE(cause, '') NOT LIKE 'starved%' AND commit_sha IN "
+                "(SELECT commit_sha FROM experiments WHERE tag = ? AND status = 'keep') GROUP BY commit_sha)",
+                (tag, tag)).fetchone()
+        return row[0]
+
     # -- campaigns ------------------------------------------------------------------------------
     def campaign(self, tag):
         with self._read() as conn:

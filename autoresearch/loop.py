@@ -8,7 +8,8 @@ The harness owns the research loop. In the current checkout:
      refs/autoresearch/<tag>/leftover-<time> first): nothing is lost, nothing runs twice.
   2. The baseline, if the campaign has none: train.py unchanged, recorded as keep. It runs
      --baseline-repeats K times (default 3) on seeds 42, 43, ...; the standard deviation of the K
-     val_bpbs is the campaign's noise, and the keep threshold is max(--min-delta, 2 x noise).
+     val_bpbs is the campaign's noise, and the keep threshold is max(--min-delta, 2 x noise); a
+     change must beat the mean of the K runs by the threshold (Ledger.reference), not the first.
      K = 1 skips the measurement (status and the report then say "noise not measured").
   3. Then until a budget is spent: the proposer gets the best train.py, program.md, the history and
      the last failure's log tail and returns a new train.py; the runner commits it, trains, decides
@@ -477,7 +478,7 @@ class Loop:
             description=error.description or f"({self.proposer_name} proposal)", status="invalid",
             cause=f"proposal: {error}", proposer=self.proposer_name, model=error.model or self.model,
             prompt_tokens=error.prompt_tokens, completion_tokens=error.completion_tokens, cost_usd=error.cost_usd,
-            profile=self.rules.get("profile"), best_before=self.ledger.best(self.tag), threshold=self.threshold(),
+            profile=self.rules.get("profile"), best_before=self.ledger.reference(self.tag), threshold=self.threshold(),
             started_at=started, ended_at=time.time(), is_baseline=0)
         row = self.ledger.experiment(exp_id)
         results.write(self.checkout, self.ledger, self.tag)

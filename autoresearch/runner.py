@@ -14,8 +14,10 @@ In a checkout on the campaign branch `autoresearch/<tag>`:
      `invalid` too.
   4. Status: keep / discard / crash (cause: OOM, the FAIL line, the exception, or the exit code) /
      timeout / invalid. With no best yet (the baseline) a finished run is `keep`; otherwise keep iff
-     val_bpb < best - threshold, best being the lowest val_bpb of the campaign's `keep` rows and the
-     threshold the argument, else max(min_delta, 2 x noise_std) of the campaign, else 0.
+     val_bpb < best - threshold, best being the campaign's reference (Ledger.reference: the lowest
+     mean over its kept commits of their unstarved results, so the baseline counts as the mean of its
+     noise repeats) and the threshold the argument, else max(min_delta, 2 x noise_std) of the
+     campaign, else 0.
   5. A keep leaves the branch on the experiment's commit. Anything else resets the branch (hard) to
      the start point and saves the experiment's commit as refs/autoresearch/<tag>/<short sha>.
      The start point is the newest commit on HEAD's first-parent line that is the campaign's base or
@@ -628,7 +630,7 @@ class _Experiment:
         if cause:
             return self.record_invalid(cols, cause, commit, start)
 
-        best = ledger.best(tag)
+        best = ledger.reference(tag)
         if threshold is None:
             threshold = max(campaign.get("min_delta") or 0.0, 2 * (campaign.get("noise_std") or 0.0))
         if is_baseline is None:

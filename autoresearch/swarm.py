@@ -190,7 +190,7 @@ class Swarm(Loop):
             tag=self.tag, worker="?", branch=self.branch, worktree=self.checkout, parent_commit=parent,
             commit_sha=commit, diff=gitutil.diff(self.checkout, parent, commit), description=description,
             profile=self.rules["profile"], time_budget=budget, seed=seed, host=self.host,
-            proposer=cols.pop("proposer", self.proposer_name), timeout_s=timeout, best_before=self.ledger.best(self.tag),
+            proposer=cols.pop("proposer", self.proposer_name), timeout_s=timeout, best_before=self.ledger.reference(self.tag),
             threshold=self.threshold(), is_baseline=int(is_baseline), sandbox=runner.executor_name(), **cols)
         log_path = os.path.join(os.path.dirname(self.ledger.path), "logs", f"{self.tag}-{exp_id}.log")
         os.makedirs(os.path.dirname(log_path), exist_ok=True)

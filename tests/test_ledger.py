@@ -84,6 +84,25 @@ def test_best_is_the_lowest_keep(repo):
     assert ledger.best("a") == 1.25
 
 
+def test_the_reference_is_the_lowest_mean_of_a_kept_commits_unstarved_results(repo):
+    ledger = Ledger(repo=repo)
+    assert ledger.reference("a") is None
+
+    def result(commit, status, val, cause=None):
+        exp = ledger.start_experiment(tag="a", commit_sha=commit, description=commit)
+        ledger.finish_experiment(exp, status=status, val_bpb=val, cause=cause)
+
+    result("base", "keep", 1.30)                             # the baseline and its noise repeats
+    result("base", "discard", 1.20, cause="baseline repeat on seed 43: measures the noise")
+    result("base", "discard", 1.00, cause="starved: other processes took 60% of the CPUs")
+    result("other", "discard", 0.90)                         # never kept: not a reference
+    assert ledger.reference("a") == pytest.approx(1.25)
+    result("gain", "keep", 1.10)                             # a keep and its confirmation
+    result("gain", "keep", 1.14)
+    assert ledger.reference("a") == pytest.approx(1.12)
+    assert ledger.best("a") == 1.10
+
+
 def test_unknown_columns_are_rejected(repo):
     ledger = Ledger(repo=repo)
     with pytest.raises(ValueError, match="val_bpbb"):

@@ -185,6 +185,22 @@ def test_a_gain_within_the_threshold_is_discarded(repo):
     assert experiments[1]["threshold"] == 0.005
 
 
+def test_a_change_must_beat_the_mean_of_the_baseline_runs_not_the_first_one(repo):
+    (repo / "train.py").write_text(STANDIN_TRAIN.replace("LUCKY = 0.0 ", "LUCKY = -0.02"))  # seed 42 unlucky
+    git(repo, "commit", "-qam", "a baseline whose first run draws high")
+    script = [("within the noise", {"MATRIX_LR": 0.045, "LUCKY": 0.0}),
+              ("real gain", {"MATRIX_LR": 0.05, "DEPTH": 5, "LUCKY": 0.0})]
+    run_loop(repo, Scripted(script), baseline_repeats=3, max_experiments=5)
+    experiments = assert_consistent(repo)
+    baseline = statistics.fmean(r["val_bpb"] for r in experiments[:3])
+    threshold = 2 * statistics.stdev(r["val_bpb"] for r in experiments[:3])
+    within, real = experiments[3:]
+    assert experiments[0]["val_bpb"] - threshold > within["val_bpb"] > baseline - threshold  # beat only the 1st
+    assert (within["status"], real["status"]) == ("discard", "keep")
+    assert within["best_before"] == pytest.approx(baseline)
+    assert Ledger(repo=repo).reference("t") == real["val_bpb"]
+
+
 def test_confirm_keeps_a_gain_only_when_a_rerun_on_a_new_seed_also_beats_the_best(repo):
     script = [("lucky seed only", {"MATRIX_LR": 0.03, "LUCKY": 0.5}), ("real gain", {"MATRIX_LR": 0.05})]
     code, out = run_loop(repo, Scripted(script), confirm=True, max_experiments=5)
