@@ -646,6 +646,56 @@ def device_name(device_type):
     return "Apple Silicon (mps)" if device_type == "mps" else device_type
 
 
+# Flash Attention 3 on Hopper, loaded as the reference loads it: through the `kernels` package (`pip
+# install 'autoresearch[gpu]'). prepare.py fetches it once, with the network, into the cache; train.py
+# loads it from there offline, so an experiment in the sandbox (no network, no $HOME) has it too.
+FA3_KERNEL, FA3_REVISION = "varunneal/flash-attention-3", "main"
+KERNELS_DIR = os.path.join(CACHE_DIR, "kernels")
+
+
+def is_hopper():
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+def _kernels(offline):
+    """The kernels package with its cache in KERNELS_DIR (set before the import: it reads them then)."""
+    os.environ["KERNELS_CACHE"] = KERNELS_DIR
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    import kernels
+    return kernels
+
+
+def fetch_flash_attention_3():
+    """On a Hopper GPU, download Flash Attention 3 into KERNELS_DIR; a failure only warns."""
+    if not is_hopper():
+        return
+    fallback = "train.py will use flex_attention"
+    try:
+        kernels = _kernels(offline=False)
+    except ImportError:
+        print(f"Flash Attention 3: the kernels package is missing ({fallback}); pip install "
+              f"'autoresearch[gpu]' and run prepare.py again to fetch it")
+        return
+    try:
+        path = kernels.install_kernel(FA3_KERNEL, revision=FA3_REVISION, trust_remote_code=[FA3_KERNEL])
+        print(f"Flash Attention 3: {path}")
+    except Exception as e:
+        print(f"warning: Flash Attention 3 could not be fetched ({type(e).__name__}: {e}); {fallback}")
+
+
+def load_flash_attention_3():
+    """Flash Attention 3's interface from KERNELS_DIR, offline; None (why, on stderr) when it is not there."""
+    try:
+        kernel = _kernels(offline=True).get_kernel(FA3_KERNEL, revision=FA3_REVISION, trust_remote_code=[FA3_KERNEL])
+        return kernel.flash_attn_interface
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"Flash Attention 3 not available ({type(e).__name__}: {reason}); falling back. On this machine, "
+              f"pip install 'autoresearch[gpu]' and python prepare.py fetch it", file=sys.stderr)
+        return None
+
+
 def measure_matmul_flops(device_type, dtype, n=1024, seconds=0.5):
     """Best observed FLOP/s of an n x n matmul: the practical peak of this machine."""
     a = torch.randn(n, n, device=device_type, dtype=dtype)
@@ -975,6 +1025,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         sys.exit("interrupted: nothing half-written was kept; run prepare.py again to finish")
     print(f"prepared profile {profile} in {time.time() - t0:.1f}s: {where}")
+    fetch_flash_attention_3()
     print(f"next: AUTORESEARCH_PROFILE={profile} python train.py")
 
 

