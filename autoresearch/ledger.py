@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sqlite3
+import statistics
 import sys
 import time
 
@@ -56,6 +57,28 @@ EVENT_COLUMNS = {"id": "INTEGER PRIMARY KEY", "ts": "REAL", "tag": "TEXT", "work
 TABLES = {"experiments": EXPERIMENT_COLUMNS, "campaigns": CAMPAIGN_COLUMNS, "events": EVENT_COLUMNS}
 STATUSES = ("running", "keep", "discard", "crash", "timeout", "invalid", "screened")  # screened: a short run
 BUSY_TIMEOUT_MS = 60_000
+
+
+def reference_of(rows):
+    """The val_bpb a change must beat (by the threshold): over the kept programs (commits), the lowest
+    mean of a program's full-budget results (the baseline with its noise repeats, a keep with its
+    confirmation), leaving out runs other processes starved unless a program has no other. One sample
+    would let a lucky or unlucky draw set the bar: a first baseline drawn one std high lets a change
+    within the noise through. None before anything is kept."""
+    programs = {}
+    for r in rows:
+        if r.get("status") in ("keep", "discard") and r.get("val_bpb") is not None:
+            programs.setdefault(r.get("commit_sha") or f"row {r.get('id')}", []).append(r)
+    means = []
+    for runs in programs.values():
+        if any(r["status"] == "keep" for r in runs):
+            fair = [r["val_bpb"] for r in runs if not _starved(r)]
+            means.append(statistics.fmean(fair or [r["val_bpb"] for r in runs]))
+    return min(means, default=None)
+
+
+def _starved(row):
+    return bool(row.get("starved")) or (row.get("cause") or "").startswith("starved")
 
 
 def ledger_path(repo="."):
@@ -209,19 +232,8 @@ class Ledger:
         return row[0]
 
     def reference(self, tag):
-        """The val_bpb a change must beat (by the threshold): over the campaign's kept commits, the lowest
-        mean of a commit's measurements, those being its full-budget results that other processes did
-        not starve (the baseline with its noise repeats, a keep with its confirmation). One sample would
-        let a lucky or unlucky draw set the bar: the threshold is two noise stds around the mean, and a
-        first baseline drawn one std high lets a change within the noise through. None before a keep."""
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT MIN(mean) FROM (SELECT AVG(val_bpb) AS mean FROM experiments WHERE tag = ? "
-                "AND status IN ('keep', 'discard') AND val_bpb IS NOT NULL "
-                "AND COALESCE(cause, '') NOT LIKE 'starved%' AND commit_sha IN "
-                "(SELECT commit_sha FROM experiments WHERE tag = ? AND status = 'keep') GROUP BY commit_sha)",
-                (tag, tag)).fetchone()
-        return row[0]
+        """The val_bpb a change must beat by the threshold (reference_of the campaign's rows)."""
+        return reference_of(self.experiments(tag=tag))
 
     # -- campaigns ------------------------------------------------------------------------------
     def campaign(self, tag):

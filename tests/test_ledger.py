@@ -88,19 +88,35 @@ def test_the_reference_is_the_lowest_mean_of_a_kept_commits_unstarved_results(re
     ledger = Ledger(repo=repo)
     assert ledger.reference("a") is None
 
-    def result(commit, status, val, cause=None):
-        exp = ledger.start_experiment(tag="a", commit_sha=commit, description=commit)
-        ledger.finish_experiment(exp, status=status, val_bpb=val, cause=cause)
+    def result(commit, status, val, **cols):
+        exp = ledger.start_experiment(tag="a", commit_sha=commit, description=commit or "no commit")
+        ledger.finish_experiment(exp, status=status, val_bpb=val, **cols)
 
     result("base", "keep", 1.30)                             # the baseline and its noise repeats
     result("base", "discard", 1.20, cause="baseline repeat on seed 43: measures the noise")
     result("base", "discard", 1.00, cause="starved: other processes took 60% of the CPUs")
+    result("base", "discard", 1.50, starved=1, cause="baseline repeat on seed 44: measures the noise")
     result("other", "discard", 0.90)                         # never kept: not a reference
     assert ledger.reference("a") == pytest.approx(1.25)
     result("gain", "keep", 1.10)                             # a keep and its confirmation
     result("gain", "keep", 1.14)
     assert ledger.reference("a") == pytest.approx(1.12)
     assert ledger.best("a") == 1.10
+
+
+def test_a_kept_program_measured_only_on_a_starved_machine_still_sets_the_reference(repo):
+    ledger = Ledger(repo=repo)
+    exp = ledger.start_experiment(tag="a", commit_sha="base", description="baseline")
+    ledger.finish_experiment(exp, status="keep", val_bpb=1.3, starved=1)
+    assert ledger.reference("a") == 1.3
+
+
+def test_a_kept_row_without_a_commit_is_a_reference_of_its_own(repo):
+    ledger = Ledger(repo=repo)
+    for commit, val in ((None, 1.3), (None, 1.1), ("c", 1.2)):
+        exp = ledger.start_experiment(tag="a", commit_sha=commit, description="kept")
+        ledger.finish_experiment(exp, status="keep", val_bpb=val)
+    assert ledger.reference("a") == 1.1
 
 
 def test_unknown_columns_are_rejected(repo):

@@ -174,6 +174,18 @@ def test_a_near_miss_is_measured_again_on_a_new_seed_once(campaign):
     assert obs.value("full", None) == pytest.approx(1.60)
 
 
+def test_a_near_miss_is_one_that_beat_the_mean_of_the_baseline_runs_by_less_than_the_threshold(campaign):
+    baseline = campaign.row(TRAIN_PY, "keep", 1.64, is_baseline=True)  # its first run drew high
+    for val in (1.58, 1.60):  # its noise repeats, same commit: the reference is their mean, 1.6067
+        campaign.history.append(dict(baseline, id=len(campaign.history) + 1, status="discard", val_bpb=val))
+    for lr in (0.02, 0.05, 0.06, 0.08):
+        campaign.row(campaign.knobs({"MATRIX_LR": lr}), "discard", 1.62 + abs(lr - 0.03), threshold=0.04)
+    campaign.row(campaign.knobs({"DEPTH": 3}), "discard", 1.615, threshold=0.04)  # beat the first run only
+    near = campaign.row(campaign.knobs({"DEPTH": 5}), "discard", 1.59, threshold=0.04)
+    again = campaign.propose()
+    assert again.repeat and again.description.startswith(f"re-measure #{near['id']} on a new seed")
+
+
 def test_the_loop_runs_a_repeat_on_a_new_seed(repo):
     from standins.scripted import Scripted
 

@@ -33,6 +33,7 @@ import warnings
 import optuna
 from optuna.distributions import CategoricalDistribution
 
+from autoresearch.ledger import reference_of
 from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError, space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial lines would drown the loop's
@@ -453,13 +454,14 @@ class SearchProposer(Proposer):
         return None
 
     def near_miss(self, observations, history):
-        """The best configuration that beat the campaign's best by less than the keep threshold, measured
-        once: the model is least sure there, so it is measured again (once) rather than left to chance."""
-        keeps = [r["val_bpb"] for r in history if r.get("status") == "keep" and r.get("val_bpb") is not None]
+        """The best configuration that beat the campaign's reference (the bar the keep rule compares with)
+        by less than the keep threshold, measured once: the model is least sure there, so it is measured
+        again (once) rather than left to chance."""
+        best = reference_of(history)
         thresholds = [r["threshold"] for r in history if r.get("threshold")]
-        if not keeps or not thresholds:
+        if best is None or not thresholds:
             return None
-        best, threshold = min(keeps), thresholds[-1]
+        threshold = thresholds[-1]
         near = [o for o in observations.values() if not o.baseline and len(o.full) == 1 and not o.pending["full"]
                 and not any(r.get("status") == "keep" for r in o.rows) and best - threshold <= o.full[0] < best]
         return min(near, key=lambda o: o.full[0]) if near else None
