@@ -673,9 +673,9 @@ def fetch_flash_attention_3():
     fallback = "train.py will use flex_attention"
     try:
         kernels = _kernels(offline=False)
-    except ImportError:
-        print(f"Flash Attention 3: the kernels package is missing ({fallback}); pip install "
-              f"'autoresearch[gpu]' and run prepare.py again to fetch it")
+    except Exception as e:
+        print(f"Flash Attention 3: the kernels package cannot be imported ({type(e).__name__}; {fallback}); "
+              f"pip install 'autoresearch[gpu]' and run prepare.py again to fetch it")
         return
     try:
         path = kernels.install_kernel(FA3_KERNEL, revision=FA3_REVISION, trust_remote_code=[FA3_KERNEL])
@@ -684,11 +684,24 @@ def fetch_flash_attention_3():
         print(f"warning: Flash Attention 3 could not be fetched ({type(e).__name__}: {e}); {fallback}")
 
 
+def _probe(fa3):
+    """Flash Attention 3 forward and backward on a small bf16 batch, called as train.py calls it."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q, k, v = (torch.randn(2, 256, 2, 64, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    y = fa3.flash_attn_func(q, k, v, causal=True, window_size=(127, 0))
+    if not isinstance(y, torch.Tensor) or y.shape != q.shape:
+        raise RuntimeError(f"flash_attn_func returned {type(y).__name__}, not one (B, T, H, D) tensor")
+    y.float().sum().backward()
+
+
 def load_flash_attention_3():
-    """Flash Attention 3's interface from KERNELS_DIR, offline; None (why, on stderr) when it is not there."""
+    """Flash Attention 3's interface from KERNELS_DIR, offline, once it ran here; None (why, on stderr)
+    when it is not there or does not run: a kernel that fails falls back instead of failing every run."""
     try:
-        kernel = _kernels(offline=True).get_kernel(FA3_KERNEL, revision=FA3_REVISION, trust_remote_code=[FA3_KERNEL])
-        return kernel.flash_attn_interface
+        fa3 = _kernels(offline=True).get_kernel(FA3_KERNEL, revision=FA3_REVISION,
+                                                trust_remote_code=[FA3_KERNEL]).flash_attn_interface
+        _probe(fa3)
+        return fa3
     except Exception as e:
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         print(f"Flash Attention 3 not available ({type(e).__name__}: {reason}); falling back. On this machine, "

@@ -21,11 +21,14 @@ pytest.importorskip("kernels")
 
 FAKE_FA3 = textwrap.dedent("""\
     import types
-    flash_attn_interface = types.SimpleNamespace(flash_attn_func=lambda *a, **k: "flash attention 3 ran")
+    def flash_attn_func(q, k, v, causal=False, window_size=(-1, -1)):
+        return (q + v) / 2
+    flash_attn_interface = types.SimpleNamespace(flash_attn_func=flash_attn_func, name="flash attention 3")
     """)
+BROKEN_FA3 = FAKE_FA3.replace("return (q + v) / 2", "return (q + v) / 2, None  # (out, lse): not train.py's")
 
 
-def lay_out_kernel(cache, repo="varunneal/flash-attention-3", commit="0" * 40):
+def lay_out_kernel(cache, repo="varunneal/flash-attention-3", commit="0" * 40, code=FAKE_FA3):
     """A kernel in <cache>/kernels as the `kernels` package stores what it downloaded (revision main)."""
     folder = os.path.join(cache, "kernels", "kernels--" + repo.replace("/", "--"))
     build = os.path.join(folder, "snapshots", commit, "build", "torch-universal")
@@ -37,12 +40,11 @@ def lay_out_kernel(cache, repo="varunneal/flash-attention-3", commit="0" * 40):
         json.dump({"id": "fa3", "name": "flash-attention-3", "version": 1, "license": "BSD-3-Clause",
                    "python-depends": [], "backend": {"type": "cpu"}}, f)
     with open(os.path.join(build, "__init__.py"), "w") as f:
-        f.write(FAKE_FA3)
+        f.write(code)
     return os.path.join(cache, "kernels")
 
 
-LOAD = ("import prepare; fa3 = prepare.load_flash_attention_3(); "
-        "print(fa3.flash_attn_func(None, None, None) if fa3 else None)")
+LOAD = "import prepare; fa3 = prepare.load_flash_attention_3(); print(fa3.name if fa3 else None)"
 
 
 def python(code, cache):
@@ -52,11 +54,19 @@ def python(code, cache):
                           timeout=120)
 
 
-def test_train_py_loads_flash_attention_3_offline_from_the_cache_prepare_py_filled(tmp_path):
+def test_flash_attention_3_loads_offline_from_the_cache_prepare_py_filled(tmp_path):
     lay_out_kernel(str(tmp_path))
     proc = python(LOAD, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "flash attention 3 ran"
+    assert proc.stdout.strip() == "flash attention 3"
+
+
+def test_a_kernel_that_does_not_run_as_train_py_calls_it_falls_back_saying_why(tmp_path):
+    lay_out_kernel(str(tmp_path), code=BROKEN_FA3)
+    proc = python(LOAD, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "None"
+    assert "flash_attn_func returned tuple, not one (B, T, H, D) tensor" in proc.stderr
 
 
 def test_without_the_kernel_in_the_cache_train_py_falls_back_saying_how_to_fetch_it(tmp_path):
@@ -71,6 +81,34 @@ def test_prepare_py_fetches_no_kernel_on_a_machine_without_a_hopper_gpu(tmp_path
     proc = python("import prepare; prepare.fetch_flash_attention_3()", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and not os.path.exists(tmp_path / "kernels")
+
+
+def test_prepare_py_on_hopper_asks_the_hub_for_the_kernel_and_only_warns_when_it_cannot(tmp_path):
+    """The download path as far as it goes without a network: the kernels package takes prepare.py's
+    arguments (a revision, the publisher trusted) and the unreachable Hub is one warning line."""
+    code = "import prepare; prepare.is_hopper = lambda: True; prepare.fetch_flash_attention_3()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "AUTORESEARCH_CACHE": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9",
+                               "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"})
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()
+    assert line.startswith("warning: Flash Attention 3 could not be fetched (")
+    assert "train.py will use flex_attention" in line and "TypeError" not in line
+
+
+def test_a_kernel_fetched_or_changed_during_a_campaign_changes_its_data_fingerprint(tmp_path, smoke_cache):
+    from autoresearch import runner
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink(os.path.join(smoke_cache, "smoke"), cache / "smoke")
+    without = runner.data_fingerprint("smoke", str(cache / "smoke"))
+    assert without == runner.data_fingerprint("smoke", os.path.join(smoke_cache, "smoke"))
+    kernels = lay_out_kernel(str(cache))
+    fetched = runner.data_fingerprint("smoke", str(cache / "smoke"))
+    [init] = [os.path.join(d, f) for d, _, files in os.walk(kernels) for f in files if f == "__init__.py"]
+    with open(init, "a") as f:
+        f.write("# changed\n")
+    assert len({without, fetched, runner.data_fingerprint("smoke", str(cache / "smoke"))}) == 3
 
 
 SPEC = sandbox.Spec(train_py="", base_commit="0" * 40, profile="smoke")
@@ -107,7 +145,7 @@ def test_inside_the_sandbox_train_py_loads_the_kernel_and_cannot_change_it(tmp_p
         (folder / name).write_bytes((ROOT / name).read_bytes())
     (folder / "train.py").write_text(textwrap.dedent("""\
         import glob, os, prepare
-        print(prepare.load_flash_attention_3().flash_attn_func())
+        print(prepare.load_flash_attention_3().name)
         for path in glob.glob(os.path.join(prepare.KERNELS_DIR, "**", "__init__.py"), recursive=True):
             try:
                 with open(path, "w") as f:
@@ -120,7 +158,7 @@ def test_inside_the_sandbox_train_py_loads_the_kernel_and_cannot_change_it(tmp_p
     argv, _ = sandbox.command(SPEC, str(folder), str(cache / "smoke"), str(handoff), 5, sandboxed=True)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["flash attention 3 ran", "refused OSError"]
+    assert proc.stdout.splitlines() == ["flash attention 3", "refused OSError"]
     [init] = [os.path.join(d, f) for d, _, files in os.walk(kernels) for f in files if f == "__init__.py"]
     assert open(init).read() == FAKE_FA3
 
