@@ -705,7 +705,7 @@ def load_flash_attention_3():
     except Exception as e:
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         print(f"Flash Attention 3 not available ({type(e).__name__}: {reason}); falling back. On this machine, "
-              f"pip install 'autoresearch[gpu]' and python prepare.py fetch it", file=sys.stderr)
+              f"pip install 'autoresearch[gpu]' and python prepare.py --kernels fetch it", file=sys.stderr)
         return None
 
 
@@ -1025,7 +1025,15 @@ def main(argv=None):
                                          "(default: the profile's own)")
     parser.add_argument("--num-shards", type=int, default=10, help="training shards to download (default 10)")
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads (default 8)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="only fetch Flash Attention 3 (Hopper GPUs; needs the kernels package: pip install "
+                             "'autoresearch[gpu]'), leaving the prepared data as it is")
     args = parser.parse_args(argv)
+    if args.kernels:
+        if not is_hopper():
+            print("Flash Attention 3 is for Hopper GPUs (H100, H200); this machine has none: nothing to fetch")
+        fetch_flash_attention_3()
+        return
     if args.num_shards < 1:
         parser.error("--num-shards must be at least 1")
     profile = resolve_profile(args.profile)

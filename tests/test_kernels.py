@@ -74,13 +74,21 @@ def test_without_the_kernel_in_the_cache_train_py_falls_back_saying_how_to_fetch
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "None"
     [line] = [line for line in proc.stderr.splitlines() if "Flash Attention 3" in line]
-    assert "falling back" in line and "python prepare.py" in line
+    assert "falling back" in line and "python prepare.py --kernels" in line
 
 
 def test_prepare_py_fetches_no_kernel_on_a_machine_without_a_hopper_gpu(tmp_path):
     proc = python("import prepare; prepare.fetch_flash_attention_3()", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and not os.path.exists(tmp_path / "kernels")
+
+
+def test_prepare_py_kernels_fetches_only_the_kernel_and_says_when_there_is_nothing_to_fetch(tmp_path):
+    proc = python("import prepare; prepare.main(['--kernels'])", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "Flash Attention 3 is for Hopper GPUs (H100, H200); this machine has none: nothing to fetch"]
+    assert os.listdir(tmp_path) == []  # no profile prepared, no kernel fetched
 
 
 def test_prepare_py_on_hopper_asks_the_hub_for_the_kernel_and_only_warns_when_it_cannot(tmp_path):
