@@ -667,31 +667,36 @@ def _kernels(offline):
 
 
 def fetch_flash_attention_3():
-    """On a Hopper GPU, download Flash Attention 3 into KERNELS_DIR; a failure only warns."""
+    """On a Hopper GPU, download Flash Attention 3 into KERNELS_DIR. False (and one line why) when it
+    could not: train.py then uses flex_attention."""
     if not is_hopper():
-        return
+        return False
     fallback = "train.py will use flex_attention"
     try:
         kernels = _kernels(offline=False)
     except Exception as e:
-        print(f"Flash Attention 3: the kernels package cannot be imported ({type(e).__name__}; {fallback}); "
-              f"pip install 'autoresearch[gpu]' and run prepare.py again to fetch it")
-        return
+        print(f"warning: Flash Attention 3: the kernels package cannot be imported ({type(e).__name__}; "
+              f"{fallback}); pip install 'autoresearch[gpu]', then python prepare.py --kernels fetches it")
+        return False
     try:
         path = kernels.install_kernel(FA3_KERNEL, revision=FA3_REVISION, trust_remote_code=[FA3_KERNEL])
-        print(f"Flash Attention 3: {path}")
     except Exception as e:
         print(f"warning: Flash Attention 3 could not be fetched ({type(e).__name__}: {e}); {fallback}")
+        return False
+    print(f"Flash Attention 3: {path}")
+    return True
 
 
 def _probe(fa3):
     """Flash Attention 3 forward and backward on a small bf16 batch, called as train.py calls it."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    q, k, v = (torch.randn(2, 256, 2, 64, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(2, 256, 2, 128, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     y = fa3.flash_attn_func(q, k, v, causal=True, window_size=(127, 0))
     if not isinstance(y, torch.Tensor) or y.shape != q.shape:
         raise RuntimeError(f"flash_attn_func returned {type(y).__name__}, not one (B, T, H, D) tensor")
     y.float().sum().backward()
+    if device == "cuda":
+        torch.cuda.synchronize()  # a fault in the kernel shows here, not in the middle of training
 
 
 def load_flash_attention_3():
@@ -1030,9 +1035,12 @@ def main(argv=None):
                              "'autoresearch[gpu]'), leaving the prepared data as it is")
     args = parser.parse_args(argv)
     if args.kernels:
+        if args.profile or args.source:
+            parser.error("--kernels fetches the attention kernel only; prepare a profile in another call")
         if not is_hopper():
             print("Flash Attention 3 is for Hopper GPUs (H100, H200); this machine has none: nothing to fetch")
-        fetch_flash_attention_3()
+        elif not fetch_flash_attention_3():
+            sys.exit(1)
         return
     if args.num_shards < 1:
         parser.error("--num-shards must be at least 1")

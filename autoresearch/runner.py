@@ -224,25 +224,10 @@ def file_sha256(path):
     return _HASHED[key]
 
 
-def kernels_fingerprint(folder):
-    """{path: sha256 of a file, or the target of a link} under the attention kernels prepare.py fetched
-    (sandbox.KERNELS): a kernel fetched or changed during a campaign changes what its runs run."""
-    found = {}
-    for root, dirs, files in os.walk(folder):
-        for name in sorted(dirs + files):
-            path = os.path.join(root, name)
-            if os.path.islink(path):
-                found[os.path.relpath(path, folder)] = "-> " + os.readlink(path)
-            elif name in files and os.path.isfile(path):
-                found[os.path.relpath(path, folder)] = file_sha256(path)
-    return found
-
-
 def data_fingerprint(profile, profile_dir):
     """The identity of a prepared profile: sha256 of its manifest without `prepared_at` (re-preparing
     the same data gives the same fingerprint), after checking every file the manifest lists against
-    its sha256, and of the attention kernels prepare.py fetched, if any. RunError when it is not
-    prepared or a file does not match."""
+    its sha256. RunError when it is not prepared or a file does not match."""
     path = os.path.join(profile_dir, "manifest.json")
     fix = f"run `python prepare.py --profile {profile}`"
     try:
@@ -262,9 +247,6 @@ def data_fingerprint(profile, profile_dir):
         if file_sha256(full) != expected:
             raise RunError(f"{full} does not match its sha256 in the manifest (changed after prepare.py); {fix}")
     manifest.pop("prepared_at", None)
-    kernels = kernels_fingerprint(os.path.join(os.path.dirname(profile_dir), sandbox.KERNELS))
-    if kernels:  # none on most machines: their fingerprints stay what they were
-        manifest["kernels"] = kernels
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
@@ -278,8 +260,8 @@ def check_campaign_data(campaign, rules, fingerprint):
                        f"AUTORESEARCH_PROFILE={campaign['profile']}, or start a new campaign with another tag")
     if campaign.get("fingerprint") and fingerprint != campaign["fingerprint"]:
         raise RunError(f"the prepared data of profile {profile} is not the data campaign {tag} started with "
-                       f"(prepared again from another source or version, or another attention kernel fetched?); "
-                       f"prepare the campaign's data again, or start a new campaign with another tag")
+                       f"(prepared again from another source or version?); prepare the campaign's data again, "
+                       f"or start a new campaign with another tag")
 
 
 def data_source(profile_dir):

@@ -78,45 +78,48 @@ def test_without_the_kernel_in_the_cache_train_py_falls_back_saying_how_to_fetch
 
 
 def test_prepare_py_fetches_no_kernel_on_a_machine_without_a_hopper_gpu(tmp_path):
-    proc = python("import prepare; prepare.fetch_flash_attention_3()", tmp_path)
+    proc = python("import prepare; prepare.is_hopper = lambda: False; prepare.fetch_flash_attention_3()", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "" and not os.path.exists(tmp_path / "kernels")
 
 
 def test_prepare_py_kernels_fetches_only_the_kernel_and_says_when_there_is_nothing_to_fetch(tmp_path):
-    proc = python("import prepare; prepare.main(['--kernels'])", tmp_path)
+    proc = python("import prepare; prepare.is_hopper = lambda: False; prepare.main(['--kernels'])", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "Flash Attention 3 is for Hopper GPUs (H100, H200); this machine has none: nothing to fetch"]
     assert os.listdir(tmp_path) == []  # no profile prepared, no kernel fetched
 
 
+def on_hopper_without_the_hub(code, cache):
+    """code run as on a Hopper machine whose Hub cannot be reached."""
+    return subprocess.run([sys.executable, "-c", "import prepare; prepare.is_hopper = lambda: True; " + code],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "AUTORESEARCH_CACHE": str(cache), "HF_ENDPOINT": "http://127.0.0.1:9",
+                               "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"})
+
+
 def test_prepare_py_on_hopper_asks_the_hub_for_the_kernel_and_only_warns_when_it_cannot(tmp_path):
     """The download path as far as it goes without a network: the kernels package takes prepare.py's
     arguments (a revision, the publisher trusted) and the unreachable Hub is one warning line."""
-    code = "import prepare; prepare.is_hopper = lambda: True; prepare.fetch_flash_attention_3()"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "AUTORESEARCH_CACHE": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9",
-                               "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"})
+    proc = on_hopper_without_the_hub("print(prepare.fetch_flash_attention_3())", tmp_path)
     assert proc.returncode == 0, proc.stderr
-    [line] = proc.stdout.splitlines()
-    assert line.startswith("warning: Flash Attention 3 could not be fetched (")
-    assert "train.py will use flex_attention" in line and "TypeError" not in line
+    warning, result = proc.stdout.splitlines()
+    assert warning.startswith("warning: Flash Attention 3 could not be fetched (")
+    assert "train.py will use flex_attention" in warning and "TypeError" not in warning
+    assert result == "False"
 
 
-def test_a_kernel_fetched_or_changed_during_a_campaign_changes_its_data_fingerprint(tmp_path, smoke_cache):
-    from autoresearch import runner
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    os.symlink(os.path.join(smoke_cache, "smoke"), cache / "smoke")
-    without = runner.data_fingerprint("smoke", str(cache / "smoke"))
-    assert without == runner.data_fingerprint("smoke", os.path.join(smoke_cache, "smoke"))
-    kernels = lay_out_kernel(str(cache))
-    fetched = runner.data_fingerprint("smoke", str(cache / "smoke"))
-    [init] = [os.path.join(d, f) for d, _, files in os.walk(kernels) for f in files if f == "__init__.py"]
-    with open(init, "a") as f:
-        f.write("# changed\n")
-    assert len({without, fetched, runner.data_fingerprint("smoke", str(cache / "smoke"))}) == 3
+def test_prepare_py_kernels_that_cannot_fetch_the_kernel_exits_1(tmp_path):
+    proc = on_hopper_without_the_hub("prepare.main(['--kernels'])", tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("warning: Flash Attention 3 could not be fetched (")
+
+
+def test_prepare_py_kernels_with_a_profile_is_a_usage_error(tmp_path):
+    proc = python("import prepare; prepare.main(['--kernels', '--profile', 'cpu'])", tmp_path)
+    assert proc.returncode == 2
+    assert "--kernels fetches the attention kernel only" in proc.stderr
 
 
 SPEC = sandbox.Spec(train_py="", base_commit="0" * 40, profile="smoke")
