@@ -568,6 +568,43 @@ raise SystemExit(4)
     campaign.assert_untouched()
 
 
+def test_a_kernel_one_run_plants_where_flash_attention_3_is_loaded_never_reaches_the_next_run(campaign):
+    """train.py loads FA3 from the cache prepare.py filled (prepare.KERNELS_DIR): a run lays out a kernel
+    of its own there, as the kernels package stores one, for every later run to import. The next run
+    loads from the same place and finds nothing."""
+    writer = PLANT + textwrap.dedent("""
+    plant(prepare.KERNELS_DIR)
+    print("PLANTED", prepare.load_flash_attention_3().name, flush=True)
+    raise SystemExit(3)
+    """)
+    reader = """
+    fa3 = prepare.load_flash_attention_3()
+    print("LOADED", fa3.name if fa3 else None, flush=True)
+    raise SystemExit(4)
+    """
+    first = campaign.attack(script(writer), "plant a kernel for the next run")
+    assert first["status"] == "crash" and "PLANTED planted" in first["log_tail"], first["log_tail"]  # it loads
+    second = campaign.attack(script(reader), "load the planted kernel")
+    assert second["status"] == "crash" and "LOADED None" in second["log_tail"], second["log_tail"]
+    campaign.assert_untouched()
+
+
+# a kernel laid out as the kernels package stores a download of varunneal/flash-attention-3 (revision main)
+PLANT = r"""
+def plant(cache):
+    folder = os.path.join(cache, "kernels--varunneal--flash-attention-3")
+    build = os.path.join(folder, "snapshots", "0" * 40, "build", "torch-universal")
+    os.makedirs(build)
+    os.makedirs(os.path.join(folder, "refs"))
+    open(os.path.join(folder, "refs", "main"), "w").write("0" * 40)
+    json.dump({"id": "fa3", "name": "flash-attention-3", "version": 1, "license": "x", "python-depends": [],
+               "backend": {"type": "cpu"}}, open(os.path.join(build, "metadata.json"), "w"))
+    open(os.path.join(build, "__init__.py"), "w").write(
+        "import types\nflash_attn_interface = types.SimpleNamespace(name='planted', "
+        "flash_attn_func=lambda q, k, v, causal=False, window_size=(-1, -1): (q + v) / 2)\n")
+"""
+
+
 # -- attacks of our own ----------------------------------------------------------------------------
 def test_symlinked_model_file_is_refused(campaign, smoke_cache):
     """model.pt2 in the hand-off folder is a symlink (to the validation rows by their real path, which
