@@ -21,19 +21,25 @@ BUDGET = 15.0
 
 
 class Campaign:
-    """A git repo with the real train.py and a ledger-like history of rows, each with its commit."""
+    """A git repo with the real train.py and a ledger-like history of rows, each with its commit made,
+    as the loop makes it, on the campaign's best (the newest kept row's commit)."""
 
     def __init__(self, path):
         from conftest import make_repo
         self.repo = make_repo(path, files=("train.py",))
         self.history = []
+        self.best = None
 
     def row(self, train_py, status, val=None, is_baseline=False, time_budget=BUDGET, **cols):
+        if self.best:
+            git(self.repo, "checkout", "-q", "--detach", self.best)
         (self.repo / "train.py").write_text(train_py)
         git(self.repo, "commit", "-qam", f"row {len(self.history) + 1}", "--allow-empty")
         row = dict(id=len(self.history) + 1, commit_sha=git(self.repo, "rev-parse", "HEAD"), status=status,
                    val_bpb=val, is_baseline=int(is_baseline), time_budget=time_budget, device="cpu", **cols)
         self.history.append(row)
+        if status == "keep":
+            self.best = row["commit_sha"]
         return row
 
     def knobs(self, changes, source=TRAIN_PY):
@@ -213,6 +219,33 @@ def test_screening_runs_candidates_short_and_promotes_the_best_of_each_three(cam
     assert values(promoted.train_py)["DEPTH"] == 6
     campaign.row(promoted.train_py, "discard", 1.61)
     assert campaign.propose(screen=0.3).fidelity == 0.3  # the next rung starts
+
+
+def test_candidates_screened_on_an_earlier_best_never_earn_a_full_run_after_a_keep(campaign):
+    measured(campaign)
+    for d, v in ((5, 1.70), (6, 1.65), (3, 1.72), (2, 1.75)):
+        campaign.row(campaign.knobs({"DEPTH": d}), "screened", v, time_budget=0.3 * BUDGET)
+    old = campaign.row(campaign.knobs({"MATRIX_LR": 0.045}), "screened", 1.66, time_budget=0.3 * BUDGET)
+    best = campaign.knobs({"DEPTH": 6})
+    campaign.row(best, "keep", 1.55)  # the promoted DEPTH 6 is kept
+    campaign.row(campaign.knobs({"HEAD_DIM": 32}, best), "screened", 1.69, time_budget=0.3 * BUDGET)
+    proposal = campaign.propose(best, screen=0.3)
+    # five screened on the old best, one on the new: the old rule promoted MATRIX_LR 0.045 (DEPTH back at 4)
+    assert proposal.fidelity == 0.3, f"#{old['id']} was promoted: {proposal.description}"
+
+
+def test_after_a_keep_the_best_of_three_candidates_screened_on_it_earns_a_full_run(campaign):
+    measured(campaign)
+    for d, v in ((5, 1.62), (6, 1.60), (3, 1.63)):
+        campaign.row(campaign.knobs({"DEPTH": d}), "screened", v, time_budget=0.3 * BUDGET)
+    best = campaign.knobs({"DEPTH": 6})
+    campaign.row(best, "keep", 1.55)
+    here = [campaign.row(campaign.knobs({"HEAD_DIM": h}, best), "screened", v, time_budget=0.3 * BUDGET)
+            for h, v in ((32, 1.69), (128, 1.67), (16, 1.68))]
+    # ranked among themselves: the earlier best's screened results (better, on another base) do not count
+    promoted = campaign.propose(best, screen=0.3)
+    assert promoted.fidelity == 1.0 and promoted.description.startswith(f"full run of screened #{here[1]['id']}")
+    assert values(promoted.train_py)["DEPTH"] == 6
 
 
 def test_a_screening_run_in_flight_or_crashed_counts_as_screened_not_full(campaign):

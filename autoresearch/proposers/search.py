@@ -19,8 +19,9 @@ the campaign's base train.py, the Optuna study is rebuilt from the ledger's rows
 values for one to three knobs (SUBSPACE), the others staying at the current best's. The first STARTUP
 proposals are random local steps (the `random` sampler's).
 A near miss (beat the best by less than the keep threshold) is measured again on a new seed, once.
-With screening, candidates first run at a fraction of the budget and the best of them earn a full run;
-the model then learns from the screened results (every candidate has one), compared only with each other.
+With screening, candidates first run at a fraction of the budget and the best of them earn a full run
+(successive halving among the candidates screened on the current best: a keep starts a new rung); the
+model then learns from the screened results (every candidate has one), compared only with each other.
 """
 
 import ast
@@ -352,7 +353,7 @@ class SearchProposer(Proposer):
         observations = self.observations(history, device)
         tried = set(observations) | self._proposed | {fingerprint(current)}
         if self.screen:
-            promoted = self.promotion(observations, current)
+            promoted = self.promotion(observations, current, device)
             if promoted is not None:
                 ids = ", ".join(f"#{r['id']}" for r in promoted.rows if r.get("status") == "screened" and "id" in r)
                 return self.proposal(train_py, knobs, current, promoted.values, 1.0,
@@ -466,20 +467,29 @@ class SearchProposer(Proposer):
                 and not any(r.get("status") == "keep" for r in o.rows) and best - threshold <= o.full[0] < best]
         return min(near, key=lambda o: o.full[0]) if near else None
 
-    def promotion(self, observations, current):
-        """Successive halving: once ETA screened candidates per full run so far are in, the best screened
-        candidate with no full run earns one, if it ranks in the top 1/ETA of all screened results."""
-        screened = [o for o in observations.values() if o.measured("screened")]
+    def base_of(self, row, device):
+        """The fingerprint of the configuration an experiment was proposed from: its commit's parent's
+        (the loop and the swarm commit each experiment on the campaign's best); None if unreadable."""
+        values = self.configuration(f"{row['commit_sha']}^", device) if row.get("commit_sha") else None
+        return fingerprint(values) if values is not None else None
+
+    def promotion(self, observations, current, device):
+        """Successive halving on the current best: once ETA candidates screened on it per full run so far
+        are in, the best of them with no full run earns one, if it ranks in their top 1/ETA. Candidates
+        screened on an earlier best are left out: their configurations lack the keep since (a full run
+        of one would undo it), and their short results were measured on another base."""
+        here = fingerprint(current)
+        screened = [o for o in observations.values() if o.measured("screened")
+                    and any(self.base_of(r, device) == here for r in o.rows)]
         promoted = [o for o in screened if o.measured("full") or o.pending["full"]]
         candidates = [o for o in screened if not (o.measured("full") or o.pending["full"]) and o.screened
-                      and fingerprint(o.values) != fingerprint(current)]
+                      and fingerprint(o.values) != here]
         if len(screened) < ETA * (len(promoted) + 1) or not candidates:
             return None
         ranked = sorted(o.value("screened", float("inf")) for o in screened)
         cutoff = ranked[max(0, len(ranked) // ETA - 1)]
         best = min(candidates, key=lambda o: o.value("screened", float("inf")))
         return best if best.value("screened", float("inf")) <= cutoff else None
-
 
 def _round(value):
     return _round_float(value) if isinstance(value, float) else value
