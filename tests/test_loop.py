@@ -176,6 +176,18 @@ def test_a_starved_baseline_is_run_again_and_is_no_noise_sample(repo, tmp_path, 
         statistics.stdev([experiments[1]["val_bpb"], experiments[2]["val_bpb"]]))
 
 
+def test_a_starved_baseline_repeat_is_run_again_and_is_no_noise_sample(repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_CPU_SHARE", "0,0.9,0,0")
+    monkeypatch.setenv("STANDIN_CPU_SHARE_RUNS", str(tmp_path / "runs"))
+    run_loop(repo, Scripted([("gain", {"MATRIX_LR": 0.05})]), baseline_repeats=3, max_experiments=4)
+    experiments = assert_consistent(repo)
+    assert [(r["status"], r["starved"], r["retry_of"], r["seed"]) for r in experiments] == [
+        ("keep", 0, None, 42), ("discard", 1, None, 43), ("discard", 0, 2, 43), ("discard", 0, None, 44)]
+    assert experiments[1]["cause"].startswith("starved: ")
+    assert Ledger(repo=repo).campaign("t")["noise_std"] == pytest.approx(
+        statistics.stdev([experiments[i]["val_bpb"] for i in (0, 2, 3)]))
+
+
 def test_a_gain_within_the_threshold_is_discarded(repo):
     code, out = run_loop(repo, Scripted([("tiny gain", {"MATRIX_LR": 0.0401}), ("real gain", {"MATRIX_LR": 0.05})]),
                          min_delta=0.005, max_experiments=3)
