@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,10 @@ GPU_COMPILE_ALLOWANCE = 90.0  # on a CUDA machine torch.compile runs in the firs
                               # cold on an H200 (measured); 9 s warm, but only a model the baseline's
                               # compile cache covers starts warm (compilecache.py)
 KILL_GRACE = 5.0              # seconds between SIGTERM and SIGKILL
+# what a run may leave on the host's disk, in its log, its hand-off and its compile cache (the rest of
+# what it can write is the sandbox's memory, sized there): a run past either is stopped, and invalid
+WRITE_LIMIT = 16 << 30        # bytes (the exported model and a compile cache take a few hundred MB)
+FILE_LIMIT = 100_000          # files and folders
 
 
 def allowances(time_budget, gpu=None):
@@ -53,7 +58,8 @@ def allowances(time_budget, gpu=None):
 class Outcome:
     returncode: int = None
     stopped: str = None           # None, "timeout" (the whole run), "budget" (training past budget + grace),
-                                  # "export" (the hand-off came too late) or "cancelled" (the caller's cancel)
+                                  # "export" (the hand-off came too late), "writes" (past WRITE_LIMIT or
+                                  # FILE_LIMIT on the host's disk) or "cancelled" (the caller's cancel)
     val_bpb: float = None         # the trusted evaluator's value
     eval_error: str = None        # why there is none although a model was handed over
     handed_over: bool = False
@@ -68,6 +74,7 @@ class Outcome:
     timeout_s: float = None
     cpu_share_others: float = None  # share of the CPUs other processes took during training (contention.py)
     gpu_others: int = None        # other processes on the experiment's GPU during training
+    written: tuple = None         # (bytes, files) on the host's disk when stopped = "writes"
 
 
 class _Channel(threading.Thread):
@@ -154,12 +161,18 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         channel.start()
         if started:
             started(proc.pid, folder)
-        watch = None
+        watch, writable, measured_at = None, [log_path, handoff] + ([compile_cache] if compile_cache else []), 0.0
         while proc.poll() is None:
             time.sleep(0.2)
             now = time.time()
             if tick and int(now * 5) % 5 == 0:
                 tick(launched)
+            if now - measured_at >= 1.0:
+                measured_at = now
+                written = disk_use(writable, FILE_LIMIT)
+                if written[0] > WRITE_LIMIT or written[1] > FILE_LIMIT:
+                    outcome.stopped, outcome.written = "writes", written
+                    break
             watch = _watch_training(watch, channel, outcome, now, launched + startup_allowance, placement)
             outcome.stopped = "cancelled" if cancel is not None and cancel.is_set() else _overdue(
                 channel, now, launched, startup_allowance, time_budget, outcome.grace_s, timeout)
@@ -238,6 +251,27 @@ def _evaluate(message, handoff, private, trusted, timeout):
     if "val_bpb" in reply and not isinstance(reply["val_bpb"], (int, float)):
         return {"error": "the evaluator returned no number"}
     return reply
+
+
+def disk_use(paths, most_files):
+    """(bytes allocated, files and folders) under paths, links not followed; the count stops a little
+    past most_files (a run that made millions of files is not walked through every second)."""
+    size = files = 0
+    pending = list(paths)
+    while pending and files <= most_files:
+        path = pending.pop()
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue  # gone meanwhile, or never made
+        size, files = size + st.st_blocks * 512, files + 1
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                with os.scandir(path) as entries:
+                    pending.extend(entry.path for entry in entries)
+            except OSError:
+                pass
+    return size, files
 
 
 def kill_group(proc, grace=KILL_GRACE):

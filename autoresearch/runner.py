@@ -51,7 +51,7 @@ import sys
 import threading
 import time
 
-from autoresearch import cli, compilecache, contention, gitutil, results, sandbox
+from autoresearch import cli, compilecache, contention, executor, gitutil, results, sandbox
 from autoresearch.executor import EXPORT_ALLOWANCE, KILL_GRACE, execute
 from autoresearch.ledger import Ledger
 
@@ -799,6 +799,11 @@ def judge_outcome(outcome, claimed, text, time_budget):
         return "timeout", f"timeout: killed after {outcome.timeout_s:g} s"
     if outcome.stopped == "export":
         return "timeout", f"the model's export took longer than {EXPORT_ALLOWANCE:g} s"
+    if outcome.stopped == "writes":
+        size, files = outcome.written or (0, 0)
+        return "invalid", (f"wrote {size / 2**30:.1f} GiB in {files} files to the host's disk (log, hand-off, "
+                           f"compile cache): past the limit of {executor.WRITE_LIMIT / 2**30:g} GiB or "
+                           f"{executor.FILE_LIMIT} files")
     if outcome.stopped == "budget":
         return "timeout", (f"over budget: still training {outcome.wall_s - (outcome.startup_s or 0):.0f} s after "
                            f"its first batch (budget {time_budget:g} s + {outcome.grace_s:.0f} s grace)")

@@ -47,6 +47,10 @@ ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "CUDA_VISIBLE_DE
             "PYTORCH_CUDA_ALLOC_CONF", "TRITON_PTXAS_PATH", "CUDA_HOME")
 # where a worker of a swarm places an experiment: its GPU, its share of the CPU threads
 PLACEMENT_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# the RAM an experiment may fill: each of its private /tmp and /dev/shm (tmpfs, in memory; left unsized
+# a tmpfs takes up to half the RAM, so three of them could take the whole machine down with the harness)
+SCRATCH_BYTES = 2 << 30
+CACHE_SCRATCH_BYTES = 64 << 20  # the data cache's folder: read-only binds, and prepare.py's peak-FLOPs note
 PASS_ENV = "AUTORESEARCH_PASS_ENV"  # comma-separated names of more variables to pass (e.g. WANDB_MODE)
 SANDBOX_ENV = "AUTORESEARCH_SANDBOX"  # "off": run unsandboxed (a warning; the ledger records it)
 
@@ -219,19 +223,22 @@ def environment(spec, cache, handoff_fd, handoff_dir, placement=None, compile_ca
 
 def base_args():
     """bubblewrap with no network, its own PID namespace, a clean environment, the system and Python
-    read-only, the validation text of installed packages hidden, private /tmp and $HOME."""
+    read-only, the validation text of installed packages hidden, private /tmp, $HOME and /dev/shm
+    of at most SCRATCH_BYTES each."""
     args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
     for path in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt", "/sys"):
         args += ["--ro-bind-try", path, path]
     # a private /tmp first: what is bound after it (a virtual environment under /tmp) shows through
-    args += ["--tmpfs", "/tmp", "--dir", "/tmp/home"]
+    args += ["--size", str(SCRATCH_BYTES), "--tmpfs", "/tmp", "--dir", "/tmp/home"]
     for root in _python_roots():
         args += ["--ro-bind", root, root]
     for hidden in _hidden_text():
         args += ["--tmpfs", hidden, "--remount-ro", hidden]
-    # a GPU needs the host's device nodes, which bring the host's /dev/shm: a private one over it, or
-    # it would be a folder every experiment (and every evaluator) could write and the next one read
-    args += ["--dev-bind", "/dev", "/dev", "--tmpfs", "/dev/shm"] if has_gpu() else ["--dev", "/dev"]
+    # a GPU needs the host's device nodes (a read-only remount would take them away: bwrap remounts
+    # nodev), and they bring the host's /dev/shm; without a GPU the private /dev, an unsized tmpfs, is
+    # made read-only (its device nodes still work). /dev/shm is a private, sized tmpfs over either
+    args += ["--dev-bind", "/dev", "/dev"] if has_gpu() else ["--dev", "/dev", "--remount-ro", "/dev"]
+    args += ["--size", str(SCRATCH_BYTES), "--tmpfs", "/dev/shm"]
     return args + ["--proc", "/proc"]
 
 
@@ -241,7 +248,7 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, 
     if not sandboxed:
         env = environment(spec, os.path.dirname(profile_dir), handoff_fd, handoff_dir, placement, compile_cache)
         return [sys.executable, "train.py"], env
-    args = base_args() + ["--tmpfs", INSIDE_CACHE]
+    args = base_args() + ["--size", str(CACHE_SCRATCH_BYTES), "--tmpfs", INSIDE_CACHE]
     inside_profile = f"{INSIDE_CACHE}/{os.path.basename(profile_dir)}"
     for outside, name in training_files(profile_dir):
         args += ["--ro-bind", outside, f"{inside_profile}/{name}"]

@@ -14,6 +14,7 @@ Attacks run with a huge keep threshold, so an attack that slips through shows up
 test fails) without moving the campaign's best for the tests after it.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import runner, sandbox
+from autoresearch import executor, runner, sandbox
 from autoresearch.ledger import Ledger, ledger_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -603,6 +604,63 @@ def plant(cache):
         "import types\nflash_attn_interface = types.SimpleNamespace(name='planted', "
         "flash_attn_func=lambda q, k, v, causal=False, window_size=(-1, -1): (q + v) / 2)\n")
 """
+
+
+# -- 7. the machine's memory and disk ---------------------------------------------------------------
+def test_a_run_fills_no_more_memory_than_its_scratch_space(campaign, monkeypatch):
+    """/tmp, /dev/shm and the data cache's folder are tmpfs, in RAM: unsized, each could take half the
+    machine's memory and together all of it, harness included. The run writes into each (and into
+    /dev) until it is refused; each stops at its size."""
+    monkeypatch.setattr(sandbox, "SCRATCH_BYTES", 32 << 20)
+    monkeypatch.setattr(sandbox, "CACHE_SCRATCH_BYTES", 4 << 20)
+    filler = """
+filled = {}
+for place in ("/tmp", "/dev/shm", os.environ["AUTORESEARCH_CACHE"], "/dev"):
+    filled[place] = 0
+    try:
+        with open(os.path.join(place, "filler"), "wb") as f:
+            while filled[place] < 256 << 20:
+                f.write(b"x" * (1 << 20))
+                f.flush()
+                filled[place] += 1 << 20
+    except OSError:
+        pass
+print("FILLED", json.dumps({place: n >> 20 for place, n in filled.items()}), flush=True)
+raise SystemExit(3)
+"""
+    row = campaign.attack(script(filler), "fill the memory")
+    line = [text for text in row["log_tail"].splitlines() if text.startswith("FILLED ")]
+    assert line, row["log_tail"]
+    filled = json.loads(line[0][len("FILLED "):])
+    assert filled == {"/tmp": pytest.approx(32, abs=1), "/dev/shm": pytest.approx(32, abs=1),
+                      "/autoresearch/cache": pytest.approx(4, abs=1), "/dev": 0}
+    campaign.assert_untouched()
+
+
+@pytest.mark.parametrize("flood", ["hand-off", "log", "files"])
+def test_a_run_that_floods_the_hosts_disk_is_stopped_and_invalid(campaign, monkeypatch, flood):
+    """The hand-off folder, the compile cache and the log are on the host's disk: a run writes into
+    them until the harness stops it (a full disk would take the ledger with it)."""
+    monkeypatch.setattr(executor, "WRITE_LIMIT", 64 << 20)
+    monkeypatch.setattr(executor, "FILE_LIMIT", 2000)
+    floods = {
+        "hand-off": "open(os.path.join(os.environ['AUTORESEARCH_HANDOFF_DIR'], 'big'), 'ab').write(b'x' * (8 << 20))",
+        "log": "sys.stdout.write('x' * (8 << 20) + chr(10)); sys.stdout.flush()",
+        "files": "[open(os.path.join(os.environ['AUTORESEARCH_HANDOFF_DIR'], uuid.uuid4().hex), 'w').close() "
+                 "for _ in range(500)]",
+    }
+    flooder = f"""
+import uuid
+for _ in range(1000):  # 8 GB, or 500,000 files, at most
+    {floods[flood]}
+    time.sleep(0.02)
+print("FLOODED", flush=True)
+"""
+    started = time.time()
+    row = campaign.attack(script(flooder), f"flood the disk: {flood}")
+    assert row["status"] == "invalid" and "to the host's disk" in row["cause"], (row["cause"], row["log_tail"][-500:])
+    assert "FLOODED" not in row["log_tail"] and time.time() - started < 60
+    campaign.assert_untouched()
 
 
 # -- attacks of our own ----------------------------------------------------------------------------
