@@ -22,7 +22,7 @@ BUDGET = 15.0
 
 class Campaign:
     """A git repo with the real train.py and a ledger-like history of rows, each with its commit made,
-    as the loop makes it, on the campaign's best (the newest kept row's commit)."""
+    as the loop makes it, on the campaign's best (the newest kept row's commit): its parent_commit."""
 
     def __init__(self, path):
         from conftest import make_repo
@@ -33,10 +33,12 @@ class Campaign:
     def row(self, train_py, status, val=None, is_baseline=False, time_budget=BUDGET, **cols):
         if self.best:
             git(self.repo, "checkout", "-q", "--detach", self.best)
+        parent = git(self.repo, "rev-parse", "HEAD")
         (self.repo / "train.py").write_text(train_py)
         git(self.repo, "commit", "-qam", f"row {len(self.history) + 1}", "--allow-empty")
-        row = dict(id=len(self.history) + 1, commit_sha=git(self.repo, "rev-parse", "HEAD"), status=status,
-                   val_bpb=val, is_baseline=int(is_baseline), time_budget=time_budget, device="cpu", **cols)
+        row = dict(id=len(self.history) + 1, commit_sha=git(self.repo, "rev-parse", "HEAD"), parent_commit=parent,
+                   status=status, val_bpb=val, is_baseline=int(is_baseline), time_budget=time_budget, device="cpu",
+                   **cols)
         self.history.append(row)
         if status == "keep":
             self.best = row["commit_sha"]

@@ -468,9 +468,9 @@ class SearchProposer(Proposer):
         return min(near, key=lambda o: o.full[0]) if near else None
 
     def base_of(self, row, device):
-        """The fingerprint of the configuration an experiment was proposed from: its commit's parent's
-        (the loop and the swarm commit each experiment on the campaign's best); None if unreadable."""
-        values = self.configuration(f"{row['commit_sha']}^", device) if row.get("commit_sha") else None
+        """The fingerprint of the configuration an experiment was proposed from: its parent commit's (the
+        campaign's best when it started); None if unknown or unreadable."""
+        values = self.configuration(row["parent_commit"], device) if row.get("parent_commit") else None
         return fingerprint(values) if values is not None else None
 
     def promotion(self, observations, current, device):
