@@ -323,7 +323,7 @@ class Swarm(Loop):
             starved = cols.get("starved") and starved_before < loop.STARVED_RERUNS
             if best is None and not starved:
                 return "keep", None
-            if best is None:  # not a noise sample either; run_baseline runs another baseline
+            if starved:  # not a noise sample either; run_baseline runs another baseline (or repeat)
                 return "discard", f"starved: {contention.describe(cols)}"
             return "discard", f"baseline repeat on seed {row['seed']}: measures the noise"
         start = row["best_before"]

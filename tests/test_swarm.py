@@ -9,6 +9,7 @@ The Ray backend has its own tests (test_swarm_ray.py).
 import io
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -148,6 +149,18 @@ def test_two_workers_run_two_experiments_at_once_each_on_its_share_of_the_cores(
     assert {a["worker"], b["worker"]} == {"w1", "w2"}
     share = max(1, (os.cpu_count() or 1) // 2)
     assert all(f"threads {share}" in Path(r["log_path"]).read_text() for r in experiments)
+
+
+def test_a_starved_baseline_repeat_is_run_again_and_is_no_noise_sample(repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_CPU_SHARE", "0,0.9,0,0")
+    monkeypatch.setenv("STANDIN_CPU_SHARE_RUNS", str(tmp_path / "runs"))
+    run_swarm(repo, [("gain", {"MATRIX_LR": 0.05})], workers=1, baseline_repeats=3, max_experiments=4)
+    experiments = assert_consistent(repo)
+    assert [(r["status"], r["starved"], r["is_baseline"]) for r in experiments] == [
+        ("keep", 0, 1), ("discard", 1, 1), ("discard", 0, 1), ("discard", 0, 1)]
+    assert experiments[1]["cause"].startswith("starved: ")
+    assert Ledger(repo=repo).campaign("t")["noise_std"] == pytest.approx(
+        statistics.stdev([experiments[i]["val_bpb"] for i in (0, 2, 3)]))
 
 
 def test_every_experiment_starts_from_the_best_at_its_dispatch(repo):
