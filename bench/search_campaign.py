@@ -11,6 +11,16 @@ times, which measures the noise and sets the keep threshold), then reads the cam
 baseline mean, noise std, threshold, best full-budget val_bpb kept (screened runs never count), the
 improvement in % of the baseline and whether it beats the threshold, also at the --at checkpoints
 (hours after the campaign started, screening included). --json prints the same as one object per run.
+
+To compare search variants in one sitting, name them with --variant SAMPLER[:SCREEN] (repeatable):
+
+    python bench/search_campaign.py --profile cpu --hours 2.5 --at 1,2.5 --variant random --variant tpe --pin
+
+--pin runs the variants at the same time, each pinned to a core of its own with one thread
+(OMP_NUM_THREADS=1), its own prepared-data cache, and the starved-run check off (the other variants
+keep the other cores busy by design): one variant per core, so a 2-core machine compares two. Each
+run is slower than on the whole machine, the same for every variant; compare them with each other.
+Without --pin the variants run one after another.
 """
 
 import argparse
@@ -21,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +40,7 @@ sys.path.insert(0, ROOT)
 from autoresearch.ledger import Ledger  # noqa: E402
 
 TAG = "bench"
+SAMPLERS = ("tpe", "cmaes", "random")
 
 
 def clone(workdir):
@@ -39,15 +51,16 @@ def clone(workdir):
     return repo
 
 
-def run_campaign(repo, args, env):
+def run_campaign(repo, args, env, search, screen, seed, core=None):
+    """Prepare the profile and run the loop in repo (on one core when core is given); (exit code, wall s)."""
+    pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
     if subprocess.run([sys.executable, "prepare.py", "--profile", args.profile], cwd=repo, env=env,
-                      capture_output=True, text=True).returncode != 0:
+                      capture_output=True, text=True, preexec_fn=pin).returncode != 0:
         sys.exit(f"error: prepare.py --profile {args.profile} failed; run it by hand to see why")
     command = [sys.executable, "-m", "autoresearch.cli", "loop", "--tag", TAG, "--proposer", args.proposer,
-               "--search", args.search, "--search-seed", str(args.seed),
-               "--baseline-repeats", str(args.baseline_repeats)]
-    if args.screen:
-        command += ["--screen", str(args.screen)]
+               "--search", search, "--search-seed", str(seed), "--baseline-repeats", str(args.baseline_repeats)]
+    if screen:
+        command += ["--screen", str(screen)]
     if args.hours:
         command += ["--hours", str(args.hours)]
     if args.max_experiments:
@@ -56,7 +69,8 @@ def run_campaign(repo, args, env):
         command += ["--confirm"]
     started = time.time()
     with open(os.path.join(os.path.dirname(repo), "loop.log"), "w") as log:
-        code = subprocess.run(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              preexec_fn=pin).returncode
     return code, time.time() - started
 
 
@@ -104,12 +118,85 @@ def line(result):
     return text + f"; {result['wall_s'] / 60:.1f} min"
 
 
+def parse_variant(text):
+    """(sampler, screen fraction or None) of a --variant SAMPLER[:SCREEN]."""
+    sampler, _, screen = text.partition(":")
+    if sampler not in SAMPLERS:
+        raise argparse.ArgumentTypeError(f"unknown sampler {sampler!r} in {text!r}; one of {', '.join(SAMPLERS)}")
+    try:
+        return sampler, float(screen) if screen else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the screen fraction after ':' must be a number, e.g. tpe:0.3")
+
+
+def variant_name(search, screen):
+    return f"{search} --screen {screen:g}" if screen else search
+
+
+def one_campaign(args, env, search, screen, seed, core=None):
+    """Clone, run one campaign, read its ledger; the result dict (the clone kept with --keep)."""
+    workdir = tempfile.mkdtemp(prefix="search-campaign-")
+    try:
+        repo = clone(workdir)
+        if core is not None:  # its own data cache: prepare.py writes there, the others read theirs
+            env = {**env, "AUTORESEARCH_CACHE": os.path.join(workdir, "cache"), "OMP_NUM_THREADS": "1",
+                   "MKL_NUM_THREADS": "1", "AUTORESEARCH_STARVED_SHARE": "1"}
+        code, wall = run_campaign(repo, args, env, search, screen, seed, core)
+        result = dict(summary(repo, args.checkpoints), exit_code=code, wall_s=wall, seed=seed, search=search,
+                      screen=screen, profile=args.profile, core=core)
+        if code != 0:
+            print(open(os.path.join(workdir, "loop.log")).read()[-2000:], file=sys.stderr)
+        return result
+    finally:
+        if args.keep:
+            print(f"kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def pinned(args, env, variants):
+    """The variants at once, one per core; their results in order."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(variants) > len(cores):
+        sys.exit(f"error: --pin runs one variant per core: {len(variants)} variants, {len(cores)} cores here; "
+                 f"name at most {len(cores)}, or leave out --pin to run them one after another")
+    results = [None] * len(variants)
+
+    def work(k):
+        results[k] = one_campaign(args, env, *variants[k], args.seed, core=cores[k])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(variants))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def table(results, checkpoints):
+    """A markdown table: per variant, the improvement at each checkpoint ("*" beyond the noise)."""
+    names = [f"{h:g}h" for h in checkpoints]
+    lines = ["| variant | baseline (threshold) | " + " | ".join(names + ["end"]) + " |",
+             "|---" * (len(names) + 3) + "|"]
+    for r in results:
+        cells = [r["at"][n] for n in names] + [r]
+        text = [f"{c['improvement_pct']:.2f}%{'*' if c['beats_noise'] else ''}" if c["improvement_pct"] is not None
+                else "0" for c in cells]
+        lines.append(f"| {variant_name(r['search'], r['screen'])} | {r['baseline_mean']:.4f} ({r['threshold']:.4f}) | "
+                     + " | ".join(text) + " |")
+    return "\n".join(lines) + "\n(* beyond the noise threshold)"
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="smoke")
     p.add_argument("--proposer", default="search")
-    p.add_argument("--search", default="tpe", choices=["tpe", "cmaes", "random"])
+    p.add_argument("--search", default="tpe", choices=SAMPLERS)
     p.add_argument("--screen", type=float)
+    p.add_argument("--variant", action="append", type=parse_variant, metavar="SAMPLER[:SCREEN]",
+                   help="a search variant to compare (repeatable), e.g. random, tpe, tpe:0.3; "
+                        "instead of --search/--screen")
+    p.add_argument("--pin", action="store_true", help="run the variants at once, one per core, one thread each (see above)")
     p.add_argument("--hours", type=float, help="the loop's --hours (no experiment starts after it)")
     p.add_argument("--max-experiments", type=int)
     p.add_argument("--baseline-repeats", type=int, default=3)
@@ -122,28 +209,26 @@ def main():
     args = p.parse_args()
     if not args.hours and not args.max_experiments:
         p.error("give --hours or --max-experiments (or both)")
-    checkpoints = [float(h) for h in args.at.split(",") if h.strip()]
+    if args.pin and (not args.variant or args.runs != 1):
+        p.error("--pin runs the --variant campaigns at once; name them with --variant (and no --runs)")
+    args.checkpoints = [float(h) for h in args.at.split(",") if h.strip()]
     env = {**os.environ, "AUTORESEARCH_PROFILE": args.profile, "PYTHONPATH": ROOT}
     env.pop("AUTORESEARCH_TIME_BUDGET", None)
+    if args.variant:
+        results = pinned(args, env, args.variant) if args.pin else [
+            one_campaign(args, env, search, screen, args.seed) for search, screen in args.variant]
+        for result in results:
+            print(json.dumps(result) if args.json else f"{variant_name(result['search'], result['screen'])} (seed "
+                  f"{result['seed']}{', core %d' % result['core'] if result['core'] is not None else ''}): "
+                  f"{line(result)}", flush=True)
+        if not args.json:
+            print(table(results, args.checkpoints))
+        return
     results = []
-    base_seed = args.seed
     for k in range(args.runs):
-        args.seed = base_seed + k
-        workdir = tempfile.mkdtemp(prefix="search-campaign-")
-        try:
-            repo = clone(workdir)
-            code, wall = run_campaign(repo, args, env)
-            result = dict(summary(repo, checkpoints), exit_code=code, wall_s=wall, seed=args.seed,
-                          search=args.search, screen=args.screen, profile=args.profile)
-            results.append(result)
-            print(json.dumps(result) if args.json else f"run {k + 1} (seed {args.seed}): {line(result)}", flush=True)
-            if code != 0:
-                print(open(os.path.join(workdir, "loop.log")).read()[-2000:], file=sys.stderr)
-        finally:
-            if args.keep:
-                print(f"kept {workdir}", file=sys.stderr)
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
+        result = one_campaign(args, env, args.search, args.screen, args.seed + k)
+        results.append(result)
+        print(json.dumps(result) if args.json else f"run {k + 1} (seed {result['seed']}): {line(result)}", flush=True)
     if len(results) > 1 and not args.json:
         beats = sum(r["beats_noise"] for r in results)
         pcts = [r["improvement_pct"] or 0.0 for r in results]
