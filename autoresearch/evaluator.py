@@ -200,7 +200,7 @@ class Evaluator:
                 argv += ["--bind", compile_cache, compile_cache]
             for key, value in sorted({**sandbox.kept_environment(placement), **env}.items()):
                 argv += ["--setenv", key, value]
-            argv, env = argv + ["--"] + inner, None
+            argv, env = sandbox.sealed(argv) + ["--"] + inner, None
         else:
             argv, env = inner, {**sandbox.kept_environment(placement), **env}
         self.errors = os.path.join(model_dir, "evaluator.log")  # a file: a full pipe would block it

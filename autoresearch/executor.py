@@ -17,6 +17,7 @@ the caller (runner.py, or a remote worker) does. The harness, not train.py, owns
   harness spends evaluating does not count against the experiment's timeout.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from autoresearch import contention, evaluator, sandbox
+from autoresearch import compilecache, contention, evaluator, sandbox
 
 STARTUP_ALLOWANCE = 10.0      # seconds of start-up before the training clock starts regardless (+20 on GPU)
 EXPORT_ALLOWANCE = 30.0       # seconds from the start of the export to the hand-off
@@ -42,6 +43,11 @@ KILL_GRACE = 5.0              # seconds between SIGTERM and SIGKILL
 # what it can write is the sandbox's memory, sized there): a run past either is stopped, and invalid
 WRITE_LIMIT = 16 << 30        # bytes (the exported model and a compile cache take a few hundred MB)
 FILE_LIMIT = 100_000          # files and folders
+# the experiment's command runs under this first: no file it writes (its log included) grows past
+# WRITE_LIMIT, whatever the once-a-second check sees in between (fallocate, one huge write, a sparse
+# model.pt2 for the harness to copy). A small exec, not preexec_fn: the harness has threads.
+LIMIT_FILE_SIZE = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); "
+                   "os.execvp(sys.argv[2], sys.argv[2:])")
 
 
 def allowances(time_budget, gpu=None):
@@ -74,7 +80,8 @@ class Outcome:
     timeout_s: float = None
     cpu_share_others: float = None  # share of the CPUs other processes took during training (contention.py)
     gpu_others: int = None        # other processes on the experiment's GPU during training
-    written: tuple = None         # (bytes, files) on the host's disk when stopped = "writes"
+    written: tuple = None         # when stopped = "writes": (bytes, files) in the folders it writes, and
+                                  # the bytes its disks lost meanwhile
 
 
 class _Channel(threading.Thread):
@@ -107,8 +114,12 @@ class _Channel(threading.Thread):
                 elif event == "model" and self.handoff_at is None:
                     self.handoff_at = time.time()
                     self.exporting_at = self.exporting_at or self.handoff_at
-                    self.result = self.evaluate(message)
-                    self.evaluated_at = time.time()
+                    try:
+                        self.result = self.evaluate(message)
+                    except Exception as e:  # a model file it cannot read or copy: the run's fault, said
+                        self.result = {"error": f"the model could not be taken over ({type(e).__name__}: {e})"}
+                    finally:  # the run's clock goes on again
+                        self.evaluated_at = time.time()
                     stream.write(json.dumps(self.result) + "\n")
                     stream.flush()
                 elif event == "model":
@@ -131,6 +142,9 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         sandboxed = sandbox.bwrap_problem() is None
         if not sandboxed:
             print(f"warning: running unsandboxed: {sandbox.bwrap_problem()}", file=sys.stderr)
+    elif sandbox.bwrap_limits() is not None:
+        _warn_once(f"warning: the sandbox's /tmp and /dev/shm are unsized ({sandbox.bwrap_limits()}): "
+                   f"an experiment can fill half the memory with each")
     outcome = Outcome(sandboxed=sandboxed, timeout_s=timeout)
     eval_timeout = eval_timeout or max(600.0, timeout)
     startup_allowance, outcome.slack_s, outcome.grace_s = allowances(time_budget)
@@ -152,6 +166,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         ours, theirs = socket.socketpair()
         argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed, placement,
                                     compile_cache)
+        argv = [sys.executable, "-I", "-c", LIMIT_FILE_SIZE, str(WRITE_LIMIT)] + argv
         launched = time.time()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -161,7 +176,9 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         channel.start()
         if started:
             started(proc.pid, folder)
-        watch, writable, measured_at = None, [log_path, handoff] + ([compile_cache] if compile_cache else []), 0.0
+        watch, measured_at = None, 0.0
+        writable = [log_path, handoff] + ([compile_cache] if compile_cache else [])
+        disks = {path: _free_bytes(path) for path in (work, os.path.dirname(os.path.abspath(log_path)))}
         while proc.poll() is None:
             time.sleep(0.2)
             now = time.time()
@@ -169,8 +186,11 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
                 tick(launched)
             if now - measured_at >= 1.0:
                 measured_at = now
-                written = disk_use(writable, FILE_LIMIT)
-                if written[0] > WRITE_LIMIT or written[1] > FILE_LIMIT:
+                size, files = disk_use(writable, FILE_LIMIT)
+                # what the disks lost meanwhile: files it deleted but holds open, folders it made unreadable
+                lost = max((free - _free_bytes(path) for path, free in disks.items()), default=0)
+                written = size, files, lost
+                if max(size, lost) > WRITE_LIMIT or files > FILE_LIMIT:
                     outcome.stopped, outcome.written = "writes", written
                     break
             watch = _watch_training(watch, channel, outcome, now, launched + startup_allowance, placement)
@@ -182,7 +202,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
             if outcome.stopped:
                 break
         _watch_training(watch, channel, outcome, time.time(), launched + startup_allowance, placement, ended=True)
-        kill_group(proc, grace=KILL_GRACE if outcome.stopped else 0)
+        kill_group(proc, grace=KILL_GRACE if outcome.stopped not in (None, "writes") else 0)
         ours.shutdown(socket.SHUT_RDWR)
         # a cancelled run does not wait for an evaluation in progress (the evaluator is stopped below)
         channel.join(timeout=1 if outcome.stopped == "cancelled" else eval_timeout + 10)
@@ -207,7 +227,12 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
                 s.close()
         if trusted is not None:
             trusted.close()
-        shutil.rmtree(work, ignore_errors=True)
+        compilecache.remove(work)  # whatever the run made of its hand-off (unreadable, deep) goes too
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message):
+    print(message, file=sys.stderr)
 
 
 def _watch_training(watch, channel, outcome, now, startup_ends, placement=None, ended=False):
@@ -239,18 +264,40 @@ def _overdue(channel, now, launched, startup_allowance, time_budget, grace, time
 
 def _evaluate(message, handoff, private, trusted, timeout):
     """Take the handed-over model out of the experiment's reach, then evaluate it."""
-    name, batch_size = message.get("file"), message.get("batch_size")
-    if name != "model.pt2" or not isinstance(batch_size, int) or batch_size < 1:
-        return {"error": "the hand-off must name model.pt2 and a positive batch size"}
-    source = os.path.join(handoff, name)
-    if not os.path.isfile(source) or os.path.islink(source):
-        return {"error": "no model.pt2 in the hand-off folder"}
-    model = os.path.join(private, "model.pt2")
-    shutil.copyfile(source, model)  # the experiment may still write to its copy; ours is fixed now
-    reply = trusted.evaluate(model, batch_size, timeout)
+    model, error = take_over(message, handoff, private)
+    if error:
+        return {"error": error}
+    reply = trusted.evaluate(model, message["batch_size"], timeout)
     if "val_bpb" in reply and not isinstance(reply["val_bpb"], (int, float)):
         return {"error": "the evaluator returned no number"}
     return reply
+
+
+def take_over(message, handoff, private):
+    """Copy the model a hand-off message names into the harness's private folder, where the experiment
+    can no longer change it: (path of the copy, None), or (None, what is wrong)."""
+    name, batch_size = message.get("file"), message.get("batch_size")
+    if name != "model.pt2" or not isinstance(batch_size, int) or batch_size < 1:
+        return None, "the hand-off must name model.pt2 and a positive batch size"
+    source = os.path.join(handoff, name)
+    if not os.path.isfile(source) or os.path.islink(source):
+        return None, "no model.pt2 in the hand-off folder"
+    if os.path.getsize(source) > WRITE_LIMIT:  # a sparse file costs the run nothing and our copy all of it
+        return None, f"model.pt2 is larger than {WRITE_LIMIT / 2**30:g} GiB"
+    model = os.path.join(private, "model.pt2")
+    try:
+        shutil.copyfile(source, model)  # the experiment may still write to its copy; ours is fixed now
+    except OSError as e:
+        return None, f"model.pt2 could not be copied ({e.strerror or e})"
+    return model, None
+
+
+def _free_bytes(path):
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 def disk_use(paths, most_files):

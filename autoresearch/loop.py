@@ -395,7 +395,8 @@ class Loop:
                     return False
                 seed = self.next_seed()
                 n = len(self.baseline_runs()) + 1
-                # a starved repeat is run again (as a starved baseline is): a busy machine is no noise sample
+                # a starved repeat is run again, as a starved baseline is (at most STARVED_RERUNS times: on a
+                # machine that stays busy, that is its noise)
                 row = self.measure(f"baseline (repeat {n}/{repeats}, seed {seed})", seed=seed, is_baseline=True)
                 row = self.settle(row, keep=False, cause=f"baseline repeat on seed {seed}: measures the noise")
                 crashes = crashes + 1 if row["status"] != "discard" else 0

@@ -139,6 +139,20 @@ def file_end(path, limit):
         return None
 
 
+def trim_log(path):
+    """Cut a kept log down to its last MAX_ARCHIVED_LOG bytes (a run may write up to the executor's
+    WRITE_LIMIT into it); returns what is kept, None when it cannot be read."""
+    end = file_end(path, MAX_ARCHIVED_LOG)
+    try:
+        if end is not None and os.path.getsize(path) > len(end):
+            with open(path, "r+b") as f:
+                f.write(end)
+                f.truncate()
+    except OSError:
+        pass
+    return end
+
+
 def compile_caches(ledger, tag):
     """The campaign's compile caches, beside its ledger (compilecache.py says what persists)."""
     return compilecache.CompileCaches(os.path.join(os.path.dirname(ledger.path), "compile-cache", tag))
@@ -800,10 +814,10 @@ def judge_outcome(outcome, claimed, text, time_budget):
     if outcome.stopped == "export":
         return "timeout", f"the model's export took longer than {EXPORT_ALLOWANCE:g} s"
     if outcome.stopped == "writes":
-        size, files = outcome.written or (0, 0)
+        size, files, lost = outcome.written or (0, 0, 0)
         return "invalid", (f"wrote {size / 2**30:.1f} GiB in {files} files to the host's disk (log, hand-off, "
-                           f"compile cache): past the limit of {executor.WRITE_LIMIT / 2**30:g} GiB or "
-                           f"{executor.FILE_LIMIT} files")
+                           f"compile cache; the disk lost {lost / 2**30:.1f} GiB meanwhile): past the limit of "
+                           f"{executor.WRITE_LIMIT / 2**30:g} GiB or {executor.FILE_LIMIT} files")
     if outcome.stopped == "budget":
         return "timeout", (f"over budget: still training {outcome.wall_s - (outcome.startup_s or 0):.0f} s after "
                            f"its first batch (budget {time_budget:g} s + {outcome.grace_s:.0f} s grace)")

@@ -26,6 +26,7 @@ import hashlib
 import os
 import shutil
 import site
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -229,7 +230,7 @@ def base_args():
     for path in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt", "/sys"):
         args += ["--ro-bind-try", path, path]
     # a private /tmp first: what is bound after it (a virtual environment under /tmp) shows through
-    args += ["--size", str(SCRATCH_BYTES), "--tmpfs", "/tmp", "--dir", "/tmp/home"]
+    args += sized(SCRATCH_BYTES) + ["--tmpfs", "/tmp", "--dir", "/tmp/home"]
     for root in _python_roots():
         args += ["--ro-bind", root, root]
     for hidden in _hidden_text():
@@ -238,8 +239,35 @@ def base_args():
     # nodev), and they bring the host's /dev/shm; without a GPU the private /dev, an unsized tmpfs, is
     # made read-only (its device nodes still work). /dev/shm is a private, sized tmpfs over either
     args += ["--dev-bind", "/dev", "/dev"] if has_gpu() else ["--dev", "/dev", "--remount-ro", "/dev"]
-    args += ["--size", str(SCRATCH_BYTES), "--tmpfs", "/dev/shm"]
+    args += sized(SCRATCH_BYTES) + ["--tmpfs", "/dev/shm"]
     return args + ["--proc", "/proc"]
+
+
+def sealed(args):
+    """args with the sandbox's own root made read-only: the last step, after every bind and folder
+    (the root is a tmpfs bubblewrap makes, unsized, where the mount points live; what is mounted on it
+    stays as it is)."""
+    return args + ["--remount-ro", "/"]
+
+
+def sized(limit):
+    """bubblewrap's --size for the next tmpfs, where this bubblewrap has it (0.7 and later, not setuid);
+    elsewhere nothing: the tmpfs is unsized, as it was, and bwrap_limits() says so."""
+    return ["--size", str(limit)] if bwrap_limits() is None else []
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_limits():
+    """None when bubblewrap can size a tmpfs, else why not (one line)."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return "no bubblewrap"
+    if os.stat(exe).st_mode & stat.S_ISUID:
+        return "bubblewrap is setuid, which refuses --size"
+    usage = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    if "--size" not in usage.stdout + usage.stderr:
+        return "this bubblewrap has no --size (0.7 or later has)"
+    return None
 
 
 def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, placement=None, compile_cache=None):
@@ -248,7 +276,7 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, 
     if not sandboxed:
         env = environment(spec, os.path.dirname(profile_dir), handoff_fd, handoff_dir, placement, compile_cache)
         return [sys.executable, "train.py"], env
-    args = base_args() + ["--size", str(CACHE_SCRATCH_BYTES), "--tmpfs", INSIDE_CACHE]
+    args = base_args() + sized(CACHE_SCRATCH_BYTES) + ["--tmpfs", INSIDE_CACHE]
     inside_profile = f"{INSIDE_CACHE}/{os.path.basename(profile_dir)}"
     for outside, name in training_files(profile_dir):
         args += ["--ro-bind", outside, f"{inside_profile}/{name}"]
@@ -263,4 +291,4 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, 
     for key, value in sorted(environment(spec, INSIDE_CACHE, handoff_fd, INSIDE_HANDOFF, placement,
                                          inside_compile_cache).items()):
         args += ["--setenv", key, value]
-    return args + ["--", sys.executable, "train.py"], None
+    return sealed(args) + ["--", sys.executable, "train.py"], None

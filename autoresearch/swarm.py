@@ -272,7 +272,7 @@ class Swarm(Loop):
             done = Done(job, error=f"its worker was lost {job.lost} times ({done.lost})")
         self.inflight.pop(job.exp_id, None)
         row = self.ledger.experiment(job.exp_id)
-        text = (runner.file_end(job.log_path, runner.MAX_ARCHIVED_LOG) or b"").decode("utf-8", "replace")
+        text = (runner.trim_log(job.log_path) or b"").decode("utf-8", "replace")
         if done.outcome is None:
             status, cause = "crash", f"the worker could not run it: {done.error}"
         else:

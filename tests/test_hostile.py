@@ -663,6 +663,53 @@ print("FLOODED", flush=True)
     campaign.assert_untouched()
 
 
+def test_a_file_past_the_write_limit_fails_at_once_in_the_run(campaign, monkeypatch):
+    """One fallocate or one huge write fills the disk between two checks, and a sparse model.pt2 costs
+    the run nothing but the harness's copy of it everything: no file of the run grows past the limit
+    (RLIMIT_FSIZE), its log included."""
+    monkeypatch.setattr(executor, "WRITE_LIMIT", 64 << 20)
+    body = """
+refused = []
+path = os.path.join(os.environ["AUTORESEARCH_HANDOFF_DIR"], "big")
+for name, grow in (("fallocate", lambda fd: os.posix_fallocate(fd, 0, 1 << 30)),
+                   ("write", lambda fd: os.pwrite(fd, b"x", (1 << 30) - 1)),
+                   ("truncate", lambda fd: os.ftruncate(fd, 1 << 30))):  # sparse: the harness's copy is not
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        grow(fd)
+    except OSError as e:
+        refused.append(f"{name}:{e.errno}")
+    os.close(fd)
+print("REFUSED", refused, os.stat(path).st_blocks * 512 >> 20, flush=True)
+raise SystemExit(3)
+"""
+    row = campaign.attack(script(body), "one huge file")
+    assert "REFUSED ['fallocate:27', 'write:27', 'truncate:27'] 0" in row["log_tail"], row["log_tail"]  # EFBIG
+    campaign.assert_untouched()
+
+
+def test_a_deleted_file_the_run_keeps_writing_is_still_counted(campaign, monkeypatch):
+    """Files deleted while open are in no folder the harness can list; the disk still loses their bytes."""
+    monkeypatch.setattr(executor, "WRITE_LIMIT", 64 << 20)
+    body = """
+held = []
+for k in range(250):  # 8 GB at most, in files each under the file-size limit
+    f = open(os.path.join(os.environ["AUTORESEARCH_HANDOFF_DIR"], f"hidden{k}"), "wb")
+    os.unlink(f.name)
+    held.append(f)
+    for _ in range(4):
+        f.write(b"x" * (8 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+        time.sleep(0.02)
+print("FLOODED", flush=True)
+"""
+    row = campaign.attack(script(body), "write into a deleted file")
+    assert row["status"] == "invalid" and "the disk lost" in row["cause"], (row["cause"], row["log_tail"][-500:])
+    assert "FLOODED" not in row["log_tail"]
+    campaign.assert_untouched()
+
+
 # -- attacks of our own ----------------------------------------------------------------------------
 def test_symlinked_model_file_is_refused(campaign, smoke_cache):
     """model.pt2 in the hand-off folder is a symlink (to the validation rows by their real path, which

@@ -208,6 +208,36 @@ def test_real_train_raising_is_a_crash_with_the_exception(campaign_repo):
 
 
 # -- the decision ----------------------------------------------------------------------------------
+def test_a_model_larger_than_the_write_limit_is_not_taken_over(tmp_path, monkeypatch):
+    """A sparse model.pt2 costs the run nothing on disk; the harness's copy would write all of it."""
+    monkeypatch.setattr(executor, "WRITE_LIMIT", 1 << 20)
+    handoff, private = tmp_path / "handoff", tmp_path / "private"
+    handoff.mkdir(), private.mkdir()
+    os.truncate(os.open(handoff / "model.pt2", os.O_CREAT | os.O_WRONLY), 2 << 20)
+    model, error = executor.take_over({"file": "model.pt2", "batch_size": 4}, str(handoff), str(private))
+    assert model is None and error == "model.pt2 is larger than 0.000976562 GiB"
+    assert not os.listdir(private)
+
+
+def test_a_model_that_cannot_be_copied_is_refused_in_one_line(tmp_path, monkeypatch):
+    (tmp_path / "model.pt2").write_bytes(b"weights")
+
+    def unreadable(source, target):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(executor.shutil, "copyfile", unreadable)
+    model, error = executor.take_over({"file": "model.pt2", "batch_size": 4}, str(tmp_path), str(tmp_path))
+    assert model is None and error == "model.pt2 could not be copied (Permission denied)"
+
+
+def test_a_kept_log_is_cut_to_its_last_bytes(tmp_path, monkeypatch):
+    """A swarm keeps each run's log where it was written; a run may write gigabytes into it."""
+    monkeypatch.setattr(runner, "MAX_ARCHIVED_LOG", 1000)
+    log = tmp_path / "run.log"
+    log.write_bytes(b"x" * 10_000 + b"the end\n")
+    assert runner.trim_log(str(log)) == (b"x" * 10_000 + b"the end\n")[-1000:] == log.read_bytes()
+
+
 def test_first_experiment_is_the_baseline_and_kept(repo):
     row = run(repo, "baseline")
     assert (row["status"], row["is_baseline"], row["best_before"], row["val_bpb"]) == ("keep", 1, None, 1.0)

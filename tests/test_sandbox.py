@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(sandbox.bwrap_problem() is not None,
 def inside(code, python=sys.executable):
     env = sandbox.kept_environment()
     argv = sandbox.base_args() + [arg for k, v in sorted(env.items()) for arg in ("--setenv", k, v)]
-    return subprocess.run(argv + ["--", python, "-c", code], capture_output=True, text=True)
+    return subprocess.run(sandbox.sealed(argv) + ["--", python, "-c", code], capture_output=True, text=True)
 
 
 def test_a_python_installed_under_tmp_still_runs_inside(tmp_path, monkeypatch):
@@ -61,3 +61,31 @@ def test_on_a_gpu_machine_dev_shm_is_private_to_each_sandbox(monkeypatch):
         for path in (outside, left):
             if os.path.exists(path):
                 os.remove(path)
+
+
+def test_only_the_scratch_folders_are_writable_and_each_holds_its_size():
+    """The sandbox's root and /dev are tmpfs in RAM that bubblewrap makes: read-only. /tmp and /dev/shm
+    are writable, sized: unsized, each would take up to half the machine's memory."""
+    proc = inside("import os\nfor p in ('/', '/dev', '/tmp', '/dev/shm'):\n"
+                  "    try:\n        open(os.path.join(p, 'x'), 'w').close(); w = 'rw'\n"
+                  "    except OSError:\n        w = 'ro'\n"
+                  "    st = os.statvfs(p); print(p, w, st.f_blocks * st.f_frsize)")
+    seen = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()}
+    assert seen["/"][0] == seen["/dev"][0] == "ro", proc.stdout + proc.stderr
+    assert seen["/tmp"] == seen["/dev/shm"] == ["rw", str(sandbox.SCRATCH_BYTES)], proc.stdout
+
+
+def test_a_bubblewrap_without_size_leaves_the_scratch_unsized_and_says_why(tmp_path, monkeypatch):
+    """bubblewrap before 0.7 (Ubuntu 22.04 ships 0.6) has no --size: the sandbox still runs."""
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'usage: bwrap [OPTIONS...] [--] COMMAND [ARGS...]'\necho '    --tmpfs DEST'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    sandbox.bwrap_limits.cache_clear()
+    try:
+        assert sandbox.bwrap_limits() == "this bubblewrap has no --size (0.7 or later has)"
+        assert "--size" not in sandbox.base_args()
+    finally:
+        monkeypatch.undo()
+        sandbox.bwrap_limits.cache_clear()
+    assert sandbox.bwrap_limits() is None and "--size" in sandbox.base_args()

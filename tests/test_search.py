@@ -236,6 +236,14 @@ def test_candidates_screened_on_an_earlier_best_never_earn_a_full_run_after_a_ke
     assert proposal.fidelity == 0.3, f"#{old['id']} was promoted: {proposal.description}"
 
 
+def test_a_candidate_whose_full_run_was_invalid_is_not_promoted_again(campaign):
+    measured(campaign)
+    for d, v in ((5, 1.70), (6, 1.65), (3, 1.72)):
+        campaign.row(campaign.knobs({"DEPTH": d}), "screened", v, time_budget=0.3 * BUDGET)
+    campaign.row(campaign.knobs({"DEPTH": 6}), "invalid", cause="wrote 17 GiB to the host's disk")
+    assert campaign.propose(screen=0.3).fidelity == 0.3
+
+
 def test_after_a_keep_the_best_of_three_candidates_screened_on_it_earns_a_full_run(campaign):
     measured(campaign)
     for d, v in ((5, 1.62), (6, 1.60), (3, 1.63)):

@@ -243,6 +243,7 @@ class Observation:
         self.full, self.screened = [], []                  # val_bpb of finished runs
         self.failed = {"full": 0, "screened": 0}           # crash / timeout
         self.pending = {"full": 0, "screened": 0}          # running (a swarm's experiments in flight)
+        self.invalid = {"full": 0, "screened": 0}          # judged on nothing: no result, but tried
         self.baseline = False
 
     def results(self, fidelity):
@@ -250,6 +251,10 @@ class Observation:
 
     def measured(self, fidelity):
         return bool(self.results(fidelity)) or self.failed[fidelity] > 0
+
+    def tried(self, fidelity):
+        """Measured, running or invalid at this fidelity: a configuration not to run there again."""
+        return self.measured(fidelity) or self.pending[fidelity] > 0 or self.invalid[fidelity] > 0
 
     def value(self, fidelity, penalty):
         """The mean val_bpb at this fidelity (repeats average out the noise); penalty if it only failed."""
@@ -329,6 +334,8 @@ class SearchProposer(Proposer):
                 obs.results(fidelity).append(row["val_bpb"])
             elif status in ("crash", "timeout"):
                 obs.failed[fidelity] += 1
+            elif status == "invalid":
+                obs.invalid[fidelity] += 1
         return seen
 
     def base_values(self, history, train_py, device):
@@ -481,9 +488,8 @@ class SearchProposer(Proposer):
         here = fingerprint(current)
         screened = [o for o in observations.values() if o.measured("screened")
                     and any(self.base_of(r, device) == here for r in o.rows)]
-        promoted = [o for o in screened if o.measured("full") or o.pending["full"]]
-        candidates = [o for o in screened if not (o.measured("full") or o.pending["full"]) and o.screened
-                      and fingerprint(o.values) != here]
+        promoted = [o for o in screened if o.tried("full")]
+        candidates = [o for o in screened if not o.tried("full") and o.screened and fingerprint(o.values) != here]
         if len(screened) < ETA * (len(promoted) + 1) or not candidates:
             return None
         ranked = sorted(o.value("screened", float("inf")) for o in screened)
