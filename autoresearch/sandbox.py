@@ -14,7 +14,9 @@ commit's own `constants.py` and `prepare.py`, each checked against the commit by
   and $HOME, a clean environment (no API keys), and its own PID namespace: nothing it starts
   outlives it;
 - one writable folder, the hand-off, where the model is exported for the trusted evaluator, and one
-  socket to the harness (see prepare.py's HANDOFF_ENV).
+  socket to the harness (see prepare.py's HANDOFF_ENV); in memory, a /tmp and a /dev/shm of
+  SCRATCH_BYTES each; the rest of the sandbox's own tree is read-only. (What it writes to the host's
+  disk, the executor bounds: WRITE_LIMIT, FILE_LIMIT.)
 
 Where bubblewrap is missing or cannot run (macOS, Windows, a locked-down container) the experiment
 runs unsandboxed from the same folder, with a one-line warning, and the ledger says so.
