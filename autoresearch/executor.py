@@ -186,12 +186,10 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
                 tick(launched)
             if now - measured_at >= 1.0:
                 measured_at = now
-                size, files = disk_use(writable, FILE_LIMIT)
-                # what the disks lost meanwhile: files it deleted but holds open, folders it made unreadable
-                lost = max((free - _free_bytes(path) for path, free in disks.items()), default=0)
-                written = size, files, lost
+                # what the disks lost counts too: files it deleted but holds open, folders it made unreadable
+                (size, files), lost = disk_use(writable, FILE_LIMIT), _lost(disks)
                 if max(size, lost) > WRITE_LIMIT or files > FILE_LIMIT:
-                    outcome.stopped, outcome.written = "writes", written
+                    outcome.stopped, outcome.written = "writes", (size, files, lost)
                     break
             watch = _watch_training(watch, channel, outcome, now, launched + startup_allowance, placement)
             outcome.stopped = "cancelled" if cancel is not None and cancel.is_set() else _overdue(
@@ -292,11 +290,22 @@ def take_over(message, handoff, private):
     return model, None
 
 
+def _lost(disks):
+    """Bytes the disks lost since disks ({path: bytes free then}) was taken (0 where it cannot be told)."""
+    lost = 0
+    for path, then in disks.items():
+        now = _free_bytes(path)
+        if then is not None and now is not None:
+            lost = max(lost, then - now)
+    return lost
+
+
 def _free_bytes(path):
+    """Bytes free for us on the disk of path; None when it cannot be told."""
     try:
         st = os.statvfs(path)
     except OSError:
-        return 0
+        return None
     return st.f_bavail * st.f_frsize
 
 
