@@ -637,15 +637,15 @@ raise SystemExit(3)
     campaign.assert_untouched()
 
 
-@pytest.mark.parametrize("flood", ["hand-off", "log", "files"])
+@pytest.mark.parametrize("flood", ["hand-off", "files"])
 def test_a_run_that_floods_the_hosts_disk_is_stopped_and_invalid(campaign, monkeypatch, flood):
     """The hand-off folder, the compile cache and the log are on the host's disk: a run writes into
     them until the harness stops it (a full disk would take the ledger with it)."""
     monkeypatch.setattr(executor, "WRITE_LIMIT", 64 << 20)
     monkeypatch.setattr(executor, "FILE_LIMIT", 2000)
     floods = {
-        "hand-off": "open(os.path.join(os.environ['AUTORESEARCH_HANDOFF_DIR'], 'big'), 'ab').write(b'x' * (8 << 20))",
-        "log": "sys.stdout.write('x' * (8 << 20) + chr(10)); sys.stdout.flush()",
+        "hand-off": "open(os.path.join(os.environ['AUTORESEARCH_HANDOFF_DIR'], uuid.uuid4().hex), 'wb')"
+                    ".write(b'x' * (8 << 20))",  # files each under the file-size limit
         "files": "[open(os.path.join(os.environ['AUTORESEARCH_HANDOFF_DIR'], uuid.uuid4().hex), 'w').close() "
                  "for _ in range(500)]",
     }
@@ -685,6 +685,21 @@ raise SystemExit(3)
 """
     row = campaign.attack(script(body), "one huge file")
     assert "REFUSED ['fallocate:27', 'write:27', 'truncate:27'] 0" in row["log_tail"], row["log_tail"]  # EFBIG
+    campaign.assert_untouched()
+
+
+def test_a_log_flood_ends_at_the_file_size_limit(campaign, monkeypatch):
+    """The log is one file: it stops growing at the limit (the run crashes there, or is stopped first)."""
+    monkeypatch.setattr(executor, "WRITE_LIMIT", 64 << 20)
+    body = """
+for _ in range(1000):  # 8 GB at most
+    sys.stdout.write("x" * (8 << 20) + chr(10))
+    sys.stdout.flush()
+print("FLOODED", flush=True)
+"""
+    row = campaign.attack(script(body), "flood the log")
+    assert row["status"] in ("crash", "invalid") and os.path.getsize(campaign.repo / "run.log") <= 64 << 20
+    assert "FLOODED" not in row["log_tail"]
     campaign.assert_untouched()
 
 
