@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -700,6 +701,27 @@ print("FLOODED", flush=True)
     row = campaign.attack(script(body), "flood the log")
     assert row["status"] in ("crash", "invalid") and os.path.getsize(campaign.repo / "run.log") <= 64 << 20
     assert "FLOODED" not in row["log_tail"]
+    campaign.assert_untouched()
+
+
+def test_a_deep_unreadable_tree_in_the_hand_off_is_removed_with_the_run(campaign):
+    """A tree deeper than Python's recursion, its top made unreadable: the run's folder still goes."""
+    body = """
+top = os.path.join(os.environ["AUTORESEARCH_HANDOFF_DIR"], "deep")
+os.makedirs(top)
+os.chdir(top)
+for _ in range(1500):  # past PATH_MAX too
+    os.mkdir("d")
+    os.chdir("d")
+print("DEEP", flush=True)
+os.chmod(top, 0)
+raise SystemExit(3)
+"""
+    before = set(os.listdir(tempfile.gettempdir()))
+    row = campaign.attack(script(body), "deep unreadable hand-off")
+    assert "DEEP" in row["log_tail"], row["log_tail"]
+    left = {name for name in set(os.listdir(tempfile.gettempdir())) - before if name.startswith("autoresearch-experiment-")}
+    assert not left
     campaign.assert_untouched()
 
 
