@@ -497,6 +497,7 @@ class SearchProposer(Proposer):
         best = min(candidates, key=lambda o: o.value("screened", float("inf")))
         return best if best.value("screened", float("inf")) <= cutoff else None
 
+
 def _round(value):
     return _round_float(value) if isinstance(value, float) else value
 
