@@ -79,18 +79,43 @@ def evaluate_program(path, batch_size, prepare, tokenizer):
     model, batch_size = program.module(), max(1, min(int(batch_size), 4096))
     if next(model.parameters()).device.type != "cuda":
         return prepare.evaluate_bpb(model, tokenizer, batch_size)
-    # on a GPU: TF32 matmuls, compiled kernels, and masked attention (train.py's sliding windows) as
-    # flex_attention, which skips the blocks a mask rules out. No autocast: the program checks its
-    # intermediate dtypes (it was exported in the model's own), so it runs in them
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
-        block_sparse_attention(model)
-        return prepare.evaluate_bpb(torch.compile(model, dynamic=False), tokenizer, batch_size)
+        fast, precision = for_gpu(model)
+        with precision:
+            return prepare.evaluate_bpb(fast, tokenizer, batch_size)
     except Exception as e:  # a program inductor cannot compile still runs, eagerly, as it was exported
-        print(f"evaluator: torch.compile failed ({type(e).__name__}: {e}); evaluating eagerly", file=sys.stderr)
-    model = None
+        print(f"evaluator: the compiled bf16 evaluation failed ({type(e).__name__}: {e}); evaluating eagerly "
+              "in the program's own dtypes", file=sys.stderr)
+    model = fast = None
     torch.cuda.empty_cache()
     return prepare.evaluate_bpb(program.module(), tokenizer, batch_size)
+
+
+def for_gpu(module):
+    """(compiled module, context to run it in) for a GPU: compiled kernels, masked attention (train.py's
+    sliding windows) as flex_attention, which skips the blocks a mask rules out, and bf16 autocast, the
+    precision train.py evaluates in when run by hand, as the reference does. The program was exported
+    without autocast, in the model's own dtypes, and checks them at each cast: those checks go."""
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    block_sparse_attention(module)
+    drop_dtype_checks(module)
+    return torch.compile(module, dynamic=False), torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def drop_dtype_checks(module):
+    """Remove the dtype assertions torch.export puts before each cast (aten._assert_tensor_metadata):
+    under autocast a cast's input is bf16 where the export saw fp32, and the program would stop there.
+    They check, they compute nothing. Returns how many were removed."""
+    import torch
+    check, removed = torch.ops.aten._assert_tensor_metadata.default, 0
+    for node in list(module.graph.nodes):
+        if node.op == "call_function" and node.target is check and not node.users:
+            module.graph.erase_node(node)
+            removed += 1
+    if removed:
+        module.recompile()
+    return removed
 
 
 def block_sparse_attention(module):

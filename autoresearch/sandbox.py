@@ -188,11 +188,16 @@ def training_files(profile_dir):
     return [(os.path.join(profile_dir, n), n) for n in TRAINING_FILES if os.path.exists(os.path.join(profile_dir, n))]
 
 
+def gpu_nodes():
+    """The host's NVIDIA device nodes: /dev/nvidiaN, nvidiactl, nvidia-uvm, the nvidia-caps folder..."""
+    if not os.path.isdir("/dev"):
+        return []
+    return sorted(os.path.join("/dev", name) for name in os.listdir("/dev") if name.startswith("nvidia"))
+
+
 def gpu_count():
     """NVIDIA GPUs this machine has (their /dev/nvidiaN nodes)."""
-    if not os.path.isdir("/dev"):
-        return 0
-    return sum(name.startswith("nvidia") and name[6:].isdigit() for name in os.listdir("/dev"))
+    return sum(os.path.basename(node)[6:].isdigit() for node in gpu_nodes())
 
 
 def has_gpu():
@@ -237,11 +242,13 @@ def base_args():
         args += ["--ro-bind", root, root]
     for hidden in _hidden_text():
         args += ["--tmpfs", hidden, "--remount-ro", hidden]
-    # a GPU needs the host's device nodes (a read-only remount would take them away: bwrap remounts
-    # nodev), and they bring the host's /dev/shm; without a GPU the private /dev, an unsized tmpfs, is
-    # made read-only (its device nodes still work). /dev/shm is a private, sized tmpfs over either
-    args += ["--dev-bind", "/dev", "/dev"] if has_gpu() else ["--dev", "/dev", "--remount-ro", "/dev"]
-    args += sized(SCRATCH_BYTES) + ["--tmpfs", "/dev/shm"]
+    # a private /dev (null, zero, random, tty...) with the GPUs' device nodes bound in, made read-only:
+    # each node is a mount of its own and keeps working. Not the host's whole /dev, which a run could
+    # write to (devtmpfs, in RAM, seen by the next run). /dev/shm is a private, sized tmpfs
+    args += ["--dev", "/dev"]
+    for node in gpu_nodes():
+        args += ["--dev-bind", node, node]
+    args += ["--remount-ro", "/dev"] + sized(SCRATCH_BYTES) + ["--tmpfs", "/dev/shm"]
     return args + ["--proc", "/proc"]
 
 

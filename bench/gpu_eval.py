@@ -5,12 +5,13 @@ exported as the hand-off exports it, then evaluated as autoresearch/evaluator.py
     AUTORESEARCH_PROFILE=gpu python bench/gpu_eval.py [--train train.py]
 
 Variants (each from a fresh load of the same program, in one process):
-- evaluator: evaluator.evaluate_program as the harness runs it (block-sparse attention, compiled, fp32);
-- dense masks: the same without the block-sparse rewrite (the evaluator before it);
-- bf16 (CUDA only): the program's dtype assertions (aten._assert_tensor_metadata) removed and the
-  evaluation run under bf16 autocast, as train.py evaluates when run by hand.
+- evaluator: evaluator.evaluate_program's GPU path as the harness runs it (block-sparse attention,
+  the dtype checks dropped, compiled, under bf16 autocast as train.py evaluates by hand);
+- fp32: the same in the program's own dtypes (fp32, TF32 matmuls), the evaluator before bf16.
+On a CPU only the evaluator's own path (eager, fp32) runs.
 For each: seconds of the first evaluation (compilation included) and of a second one (the kernels
-compiled), and the val_bpb, which for an untrained model only tells whether the variants agree.
+compiled), and the val_bpb. --steps N trains the model N steps first (train.py's own step, compiled),
+so that the variants' val_bpb compare on a model that has learned something.
 """
 
 import argparse
@@ -34,22 +35,43 @@ def build(train_path):
     return ns
 
 
-def strip_dtype_asserts(module, torch):
-    removed = 0
-    for node in list(module.graph.nodes):
-        if node.op == "call_function" and node.target is torch.ops.aten._assert_tensor_metadata.default:
-            module.graph.erase_node(node)
-            removed += 1
-    module.recompile()
-    return removed
+def train(ns, steps):
+    """Train steps with train.py's own compiled model, optimizer and loader (its loop, without the clock)."""
+    model, optimizer, loader, accum = ns["model"], ns["optimizer"], ns["train_loader"], ns["grad_accum_steps"]
+    x, y = ns["x"], ns["y"]
+    for _ in range(steps):
+        for _ in range(accum):
+            with ns["autocast_ctx"]:
+                loss = model(x, y)
+            (loss / accum).backward()
+            x, y, _ = next(loader)
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+    print(f"train loss after {steps} steps: {loss.item():.4f}")
+    optimizer.state.clear()  # the evaluations need the memory
+
+
+def as_exported(ns):
+    """Switch train.py's attention to SDPA with the same windows, as it does before its evaluation:
+    an exported program holds neither flex_attention's block masks nor FA3's kernel."""
+    if ns["ATTENTION_BACKEND"] in ("flex", "fa3"):
+        ns["ATTENTION_BACKEND"] = "sdpa"
+        ns["_masks"].clear()
+        ns["make_attention_masks"](ns["MAX_SEQ_LEN"], ns["raw_model"].windows, ns["device"])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", default="train.py")
+    parser.add_argument("--steps", type=int, default=0, help="train this many steps before exporting")
     args = parser.parse_args()
     ns = build(args.train)
     torch, model = ns["torch"], ns["raw_model"]
+    if args.steps:
+        t0 = time.time()
+        train(ns, args.steps)
+        print(f"trained {args.steps} steps: {time.time() - t0:.1f} s")
+    as_exported(ns)
     import prepare  # train.py's own, beside it (build() put its folder first on the path)
     sys.path.insert(0, ROOT)
     from autoresearch import evaluator
@@ -69,27 +91,22 @@ def main():
 
     def evaluator_variant():
         module, loaded = load()
-        replaced = evaluator.block_sparse_attention(module) if cuda else 0
-        return torch.compile(module, dynamic=False) if cuda else module, loaded, f"{replaced} attention calls block-sparse"
+        if not cuda:
+            return module, torch.autocast("cpu", enabled=False), loaded, "eager, fp32"
+        fast, precision = evaluator.for_gpu(module)
+        return fast, precision, loaded, "block-sparse, dtype checks dropped, bf16 autocast"
 
-    def dense_variant():
+    def fp32_variant():
         module, loaded = load()
-        return torch.compile(module, dynamic=False) if cuda else module, loaded, "masks as exported"
-
-    def bf16_variant():
-        module, loaded = load()
-        removed = strip_dtype_asserts(module, torch)
         replaced = evaluator.block_sparse_attention(module)
-        return torch.compile(module, dynamic=False), loaded, f"{removed} dtype asserts removed, {replaced} block-sparse"
+        return torch.compile(module, dynamic=False), torch.autocast("cuda", enabled=False), loaded, \
+            f"{replaced} attention calls block-sparse, fp32/TF32"
 
-    variants = [("evaluator", evaluator_variant, False), ("dense masks", dense_variant, False)]
-    if cuda:
-        variants.append(("bf16 autocast", bf16_variant, True))
+    variants = [("evaluator", evaluator_variant)] + ([("fp32", fp32_variant)] if cuda else [])
     rows = []
-    for name, make, autocast in variants:
+    for name, make in variants:
         try:
-            module, loaded, note = make()
-            context = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+            module, context, loaded, note = make()
             times, value = [], None
             for _ in range(2):
                 t = time.time()

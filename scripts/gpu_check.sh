@@ -8,8 +8,9 @@
 #       scripts/gpu_check.sh harness [BUDGET] [RUNS]  # RUNS `autoresearch run` experiments (default 2, 20 s):
 #                                               # sandbox (bwrap, if on PATH), export on CUDA, the trusted
 #                                               # evaluator, the compile cache cold then warm
-#       scripts/gpu_check.sh all [BUDGET]       # attention kernels, evaluation variants, harness cold +
-#                                               # warm, a profiled step (8 files in $OUT)
+#       scripts/gpu_check.sh sandbox            # CUDA inside the sandbox, /dev read-only
+#       scripts/gpu_check.sh all [BUDGET]       # sandbox, harness cold + warm, evaluation variants,
+#                                               # start-up profile (7 files in $OUT; about 7 minutes)
 #
 # It prints the attention backend, checks flex_attention's sliding window against a dense reference,
 # runs train.py on the gpu profile for BUDGET seconds of training, and writes the log and the summary
@@ -66,13 +67,32 @@ PY
     exit $rc
 fi
 
+if [ "${1:-}" = "sandbox" ]; then
+    # CUDA inside the sandbox as experiments get it: a private, read-only /dev with the GPU's nodes bound in
+    $PY - <<'PY'
+import subprocess, sys
+from autoresearch import sandbox
+code = ("import torch; x = torch.ones(1024, 1024, device='cuda'); print('cuda inside the sandbox:', (x @ x).sum().item())\n"
+        "try:\n    open('/dev/left-for-the-next-run', 'w'); print('/dev is WRITABLE')\n"
+        "except OSError as e:\n    print('/dev is read-only:', e.strerror)")
+env = sandbox.kept_environment()
+argv = sandbox.base_args() + [a for k, v in sorted(env.items()) for a in ("--setenv", k, v)]
+print("GPU nodes bound:", " ".join(sandbox.gpu_nodes()))
+proc = subprocess.run(sandbox.sealed(argv) + ["--", sys.executable, "-c", code], capture_output=True, text=True)
+print(proc.stdout.strip(), proc.stderr.strip()[-600:], f"(exit {proc.returncode})")
+sys.exit(proc.returncode)
+PY
+    exit $?
+fi
+
 if [ "${1:-}" = "all" ]; then
-    # the whole GPU check in one call: attention kernels, evaluation variants, harness cold + warm, a profiled step
+    # the whole GPU check in one call, most needed first: CUDA in the sandbox, the harness cold + warm,
+    # the evaluation's variants on a model trained 20 steps, where train.py's start-up goes
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-    timeout 180 $PY bench/gpu_attention.py 2>&1 | tee "$OUT/attention.txt" || true
-    timeout 240 $PY bench/gpu_eval.py 2>&1 | tee "$OUT/eval.txt" | tail -n 6 || true
+    timeout 60 bash "$0" sandbox 2>&1 | tee "$OUT/sandbox.txt" || true
     bash "$0" harness "${2:-20}" 2 2>&1 | tee "$OUT/harness.txt" || true
-    timeout 150 $PY bench/gpu_profile.py 2>&1 | tee "$OUT/profile.txt" | grep -vE '^(step|USDT)' | tail -n 45 || true
+    timeout 200 $PY bench/gpu_eval.py --steps 20 2>&1 | tee "$OUT/eval.txt" | grep -vE '^step' | tail -n 8 || true
+    timeout 60 $PY bench/startup.py --rows 30 2>&1 | tee "$OUT/startup.txt" | cut -c1-160 | tail -n 42 || true
     exit 0
 fi
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from autoresearch.evaluator import Rejected, block_sparse_attention, check_program
+from autoresearch.evaluator import Rejected, block_sparse_attention, check_program, drop_dtype_checks
 
 
 def exported(module, tmp_path):
@@ -117,3 +117,29 @@ def test_a_mask_with_a_query_that_sees_nothing_stays_as_it_was_exported(tmp_path
     program = torch.export.export(model, (torch.randint(0, 10, (2, 256)),))
     module = check_program(program).module()
     assert block_sparse_attention(module) == 0
+
+
+class FloatLogits(Embed):
+    """Ends as train.py's GPT does: logits cast to fp32 (export checks the cast's input dtype)."""
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(10, 10)
+
+    def forward(self, x):
+        return self.head(self.e(x)).float() * 2
+
+
+@torch.no_grad()
+def test_under_bf16_autocast_a_program_without_its_dtype_checks_computes_what_the_model_does(tmp_path):
+    """The evaluator runs a GPU program under bf16 autocast, as train.py evaluates by hand: the dtype
+    assertions export puts before each cast stop it, and are all that is dropped."""
+    model = FloatLogits()
+    module = check_program(exported(model, tmp_path)).module()
+    x = torch.randint(0, 10, (2, 5))
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="dtype mismatch"):
+        module(x)
+    computing = [n.target for n in module.graph.nodes if n.target is not torch.ops.aten._assert_tensor_metadata.default]
+    assert drop_dtype_checks(module) == 1
+    assert [n.target for n in module.graph.nodes] == computing
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(module(x), model(x))

