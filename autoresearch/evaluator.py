@@ -180,6 +180,18 @@ def answer(request, prepare, tokenizer):
     return {"val_bpb": val_bpb, "seconds": time.time() - t0}
 
 
+def warm_up():
+    """On a GPU, what the first compilation pays whatever the model, paid while the experiment trains:
+    the CUDA context, and the compiler's own modules and worker processes (dynamo, inductor, triton)."""
+    import torch
+    if not torch.cuda.is_available():
+        return
+    try:
+        torch.compile(lambda x: x * 2 + 1, dynamic=False)(torch.ones(8, device="cuda"))
+    except Exception as e:  # the model's own compilation will say what is wrong, or fall back
+        print(f"evaluator: warming the compiler up failed ({type(e).__name__}: {e})", file=sys.stderr)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate a handed-over model with the base commit's prepare.py.")
     parser.add_argument("--experiment", required=True, help="folder with the base commit's prepare.py")
@@ -194,6 +206,7 @@ def main(argv=None):
     import prepare
     tokenizer = prepare.Tokenizer.from_directory()
     prepare._val_rows(tokenizer)
+    warm_up()
     requests = [{"model": args.model, "batch_size": args.batch_size}] if args.model else \
         (json.loads(line) for line in sys.stdin if line.strip())
     failed = False
@@ -211,7 +224,7 @@ class Evaluator:
 
     def __init__(self, experiment_dir, model_dir, profile, cache_dir, sandboxed, placement=None, compile_cache=None):
         """compile_cache: a folder only evaluators write, where their torch.compile caches persist."""
-        from autoresearch import compilecache, sandbox
+        from autoresearch import bytecode, compilecache, sandbox
         here = os.path.dirname(os.path.abspath(__file__))
         inner = [sys.executable, "-I", os.path.join(here, "evaluator.py"), "--experiment", experiment_dir]
         env = {"AUTORESEARCH_PROFILE": profile, "AUTORESEARCH_CACHE": cache_dir}
@@ -223,6 +236,7 @@ class Evaluator:
                 argv += ["--ro-bind", path, path]
             if compile_cache:
                 argv += ["--bind", compile_cache, compile_cache]
+            argv += bytecode.sandbox_args(bytecode.prepared(cache_dir))
             for key, value in sorted({**sandbox.kept_environment(placement), **env}.items()):
                 argv += ["--setenv", key, value]
             argv, env = sandbox.sealed(argv) + ["--"] + inner, None

@@ -34,7 +34,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass
 
-from autoresearch import compilecache, gitutil
+from autoresearch import bytecode, compilecache, gitutil
 
 FIXED_FILES = ("constants.py", "prepare.py")  # the rules, always the campaign base commit's
 # what training may read of a prepared profile (prepare.py writes these; the rest stays outside)
@@ -296,6 +296,7 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, 
              "--chdir", INSIDE_EXPERIMENT]
     if compile_cache:
         args += ["--bind", compile_cache, compilecache.INSIDE]
+    args += bytecode.sandbox_args(bytecode.prepared(os.path.dirname(profile_dir)))
     inside_compile_cache = compilecache.INSIDE if compile_cache else None
     for key, value in sorted(environment(spec, INSIDE_CACHE, handoff_fd, INSIDE_HANDOFF, placement,
                                          inside_compile_cache).items()):
