@@ -1,5 +1,5 @@
 """
-What the trusted evaluation costs, and what it could cost: train.py's model (as built, untrained),
+What the trusted evaluation costs, and what it could cost: train.py's model (as built, or trained --steps),
 exported as the hand-off exports it, then evaluated as autoresearch/evaluator.py does and in variants.
 
     AUTORESEARCH_PROFILE=gpu python bench/gpu_eval.py [--train train.py]
@@ -7,7 +7,9 @@ exported as the hand-off exports it, then evaluated as autoresearch/evaluator.py
 Variants (each from a fresh load of the same program, in one process):
 - evaluator: evaluator.evaluate_program's GPU path as the harness runs it (block-sparse attention,
   the dtype checks dropped, compiled, under bf16 autocast as train.py evaluates by hand);
-- fp32: the same in the program's own dtypes (fp32, TF32 matmuls), the evaluator before bf16.
+- fp32: the same in the program's own dtypes (fp32, TF32 matmuls), the evaluator before bf16;
+- eager bf16: not compiled (no compilation to pay or load from a cache: dense masks, SDPA picks its
+  kernel), the dtype checks dropped, under bf16 autocast: is compiling worth it for one evaluation?
 On a CPU only the evaluator's own path (eager, fp32) runs.
 For each: seconds of the first evaluation (compilation included) and of a second one (the kernels
 compiled), and the val_bpb. --steps N trains the model N steps first (train.py's own step, compiled),
@@ -102,7 +104,14 @@ def main():
         return torch.compile(module, dynamic=False), torch.autocast("cuda", enabled=False), loaded, \
             f"{replaced} attention calls block-sparse, fp32/TF32"
 
-    variants = [("evaluator", evaluator_variant)] + ([("fp32", fp32_variant)] if cuda else [])
+    def eager_variant():
+        module, loaded = load()
+        removed = evaluator.drop_dtype_checks(module)
+        return module, torch.autocast("cuda", dtype=torch.bfloat16), loaded, f"{removed} dtype checks dropped, eager"
+
+    variants = [("evaluator", evaluator_variant)]
+    if cuda:
+        variants += [("fp32", fp32_variant), ("eager bf16", eager_variant)]
     rows = []
     for name, make in variants:
         try:

@@ -91,7 +91,7 @@ if [ "${1:-}" = "all" ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
     timeout 60 bash "$0" sandbox 2>&1 | tee "$OUT/sandbox.txt" || true
     bash "$0" harness "${2:-20}" 2 2>&1 | tee "$OUT/harness.txt" || true
-    timeout 200 $PY bench/gpu_eval.py --steps 20 2>&1 | tee "$OUT/eval.txt" | grep -vE '^step' | tail -n 8 || true
+    timeout 240 $PY bench/gpu_eval.py --steps 20 2>&1 | tee "$OUT/eval.txt" | grep -vE '^step' | tail -n 8 || true
     timeout 60 $PY bench/startup.py --rows 30 2>&1 | tee "$OUT/startup.txt" | cut -c1-160 | tail -n 42 || true
     exit 0
 fi
