@@ -79,28 +79,37 @@ def evaluate_program(path, batch_size, prepare, tokenizer):
     model, batch_size = program.module(), max(1, min(int(batch_size), 4096))
     if next(model.parameters()).device.type != "cuda":
         return prepare.evaluate_bpb(model, tokenizer, batch_size)
-    try:
-        fast, precision = for_gpu(model)
-        with precision:
-            return prepare.evaluate_bpb(fast, tokenizer, batch_size)
-    except Exception as e:  # a program inductor cannot compile still runs, eagerly, as it was exported
-        print(f"evaluator: the compiled bf16 evaluation failed ({type(e).__name__}: {e}); evaluating eagerly "
-              "in the program's own dtypes", file=sys.stderr)
-    model = fast = None
-    torch.cuda.empty_cache()
-    return prepare.evaluate_bpb(program.module(), tokenizer, batch_size)
+    fast, precision = for_gpu(model, prepare._val_rows(tokenizer)[:batch_size, :-1])
+    if fast is None:  # a program inductor cannot compile still runs, eagerly, as it was exported
+        model = None
+        torch.cuda.empty_cache()
+        return prepare.evaluate_bpb(program.module(), tokenizer, batch_size)
+    with precision:  # what fails from here on (the causality probes, say) is the program's failure
+        return prepare.evaluate_bpb(fast, tokenizer, batch_size)
 
 
-def for_gpu(module):
-    """(compiled module, context to run it in) for a GPU: compiled kernels, masked attention (train.py's
-    sliding windows) as flex_attention, which skips the blocks a mask rules out, and bf16 autocast, the
-    precision train.py evaluates in when run by hand, as the reference does. The program was exported
-    without autocast, in the model's own dtypes, and checks them at each cast: those checks go."""
+def for_gpu(module, first):
+    """(compiled module, context to run it in) for a GPU, or (None, None) when it does not compile:
+    compiled kernels, masked attention (train.py's sliding windows) as flex_attention, which skips the
+    blocks a mask rules out, and bf16 autocast, the precision train.py evaluates in when run by hand, as
+    the reference does. The program was exported without autocast, in the model's own dtypes, and
+    checks them at each cast: those checks go. `first`: the first batch's inputs, run once here so
+    that a compilation failure shows before the evaluation starts."""
     import torch
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     block_sparse_attention(module)
     drop_dtype_checks(module)
-    return torch.compile(module, dynamic=False), torch.autocast("cuda", dtype=torch.bfloat16)
+    fast, precision = torch.compile(module, dynamic=False), torch.autocast("cuda", dtype=torch.bfloat16)
+    try:
+        with torch.no_grad(), precision:  # as evaluate_bpb runs it: the same compiled graph
+            fast(first.to("cuda"))
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()  # evaluate_bpb halves its batch
+    except Exception as e:
+        print(f"evaluator: the compiled bf16 program failed ({type(e).__name__}: {e}); evaluating eagerly in "
+              "the program's own dtypes", file=sys.stderr)
+        return None, None
+    return fast, precision
 
 
 def drop_dtype_checks(module):
@@ -109,12 +118,14 @@ def drop_dtype_checks(module):
     They check, they compute nothing. Returns how many were removed."""
     import torch
     check, removed = torch.ops.aten._assert_tensor_metadata.default, 0
-    for node in list(module.graph.nodes):
-        if node.op == "call_function" and node.target is check and not node.users:
-            module.graph.erase_node(node)
-            removed += 1
-    if removed:
-        module.recompile()
+    for graph_module in [m for m in module.modules() if isinstance(m, torch.fx.GraphModule)]:  # subgraphs too
+        found = [node for node in graph_module.graph.nodes
+                 if node.op == "call_function" and node.target is check and not node.users]
+        for node in found:
+            graph_module.graph.erase_node(node)
+        if found:
+            graph_module.recompile()
+            removed += len(found)
     return removed
 
 
@@ -182,7 +193,8 @@ def answer(request, prepare, tokenizer):
 
 def warm_up():
     """On a GPU, what the first compilation pays whatever the model, paid while the experiment trains:
-    the CUDA context, and the compiler's own modules and worker processes (dynamo, inductor, triton)."""
+    the CUDA context, and the compiler's own modules and worker processes (dynamo, inductor, triton).
+    The context takes some of the GPU's memory (about half a GB) from the training meanwhile."""
     import torch
     if not torch.cuda.is_available():
         return
@@ -226,7 +238,7 @@ class Evaluator:
         """compile_cache: a folder only evaluators write, where their torch.compile caches persist."""
         from autoresearch import bytecode, compilecache, sandbox
         here = os.path.dirname(os.path.abspath(__file__))
-        inner = [sys.executable, "-I", os.path.join(here, "evaluator.py"), "--experiment", experiment_dir]
+        inner = [os.path.join(here, "evaluator.py"), "--experiment", experiment_dir]
         env = {"AUTORESEARCH_PROFILE": profile, "AUTORESEARCH_CACHE": cache_dir}
         if compile_cache:
             env.update(compilecache.environment(compile_cache))
@@ -236,12 +248,14 @@ class Evaluator:
                 argv += ["--ro-bind", path, path]
             if compile_cache:
                 argv += ["--bind", compile_cache, compile_cache]
-            argv += bytecode.sandbox_args(bytecode.prepared(cache_dir))
+            code = sandbox.python_bytecode(cache_dir)
+            argv += bytecode.sandbox_args(code)
             for key, value in sorted({**sandbox.kept_environment(placement), **env}.items()):
                 argv += ["--setenv", key, value]
-            argv, env = sandbox.sealed(argv) + ["--"] + inner, None
+            argv = sandbox.sealed(argv) + ["--", sys.executable, "-I", *bytecode.python_args(code), *inner]
+            env = None
         else:
-            argv, env = inner, {**sandbox.kept_environment(placement), **env}
+            argv, env = [sys.executable, "-I", *inner], {**sandbox.kept_environment(placement), **env}
         self.errors = os.path.join(model_dir, "evaluator.log")  # a file: a full pipe would block it
         with open(self.errors, "w") as errors:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,

@@ -183,16 +183,33 @@ def _hidden_text():
     return [os.path.realpath(data)] if os.path.isdir(data) else []
 
 
+def python_bytecode(cache_dir):
+    """The harness's bytecode folder for sandboxed Pythons, or None where the installation has its own
+    (bytecode.py); what the sandbox hides (the speeches) is never compiled there."""
+    return bytecode.prepared(cache_dir, exclude=_hidden_text())
+
+
 def training_files(profile_dir):
     """(path outside, name) of each file of a prepared profile that training may read."""
     return [(os.path.join(profile_dir, n), n) for n in TRAINING_FILES if os.path.exists(os.path.join(profile_dir, n))]
 
 
 def gpu_nodes():
-    """The host's NVIDIA device nodes: /dev/nvidiaN, nvidiactl, nvidia-uvm, the nvidia-caps folder..."""
+    """The host's NVIDIA device nodes: /dev/nvidiaN, nvidiactl, nvidia-uvm..., and those in a folder
+    (nvidia-caps, for MIG) one by one: a folder bound whole could have its entries removed."""
     if not os.path.isdir("/dev"):
         return []
-    return sorted(os.path.join("/dev", name) for name in os.listdir("/dev") if name.startswith("nvidia"))
+    nodes = []
+    for name in sorted(os.listdir("/dev")):
+        path = os.path.join("/dev", name)
+        if not name.startswith("nvidia"):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            nodes += [os.path.join(path, entry) for entry in sorted(os.listdir(path))
+                      if not os.path.isdir(os.path.join(path, entry))]
+        else:
+            nodes.append(path)
+    return nodes
 
 
 def gpu_count():
@@ -296,7 +313,7 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, 
              "--chdir", INSIDE_EXPERIMENT]
     if compile_cache:
         args += ["--bind", compile_cache, compilecache.INSIDE]
-    args += bytecode.sandbox_args(bytecode.prepared(os.path.dirname(profile_dir)))
+    args += bytecode.sandbox_args(python_bytecode(os.path.dirname(profile_dir)))
     inside_compile_cache = compilecache.INSIDE if compile_cache else None
     for key, value in sorted(environment(spec, INSIDE_CACHE, handoff_fd, INSIDE_HANDOFF, placement,
                                          inside_compile_cache).items()):

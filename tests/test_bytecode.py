@@ -2,12 +2,13 @@
 read-only inside."""
 
 import os
+import py_compile
 import subprocess
 import sys
 
 import pytest
 
-from autoresearch import bytecode, sandbox
+from autoresearch import bytecode, evaluator, sandbox
 
 needs_bwrap = pytest.mark.skipif(sandbox.bwrap_problem() is not None,
                                  reason=f"needs a working bubblewrap sandbox ({sandbox.bwrap_problem()})")
@@ -15,12 +16,14 @@ needs_bwrap = pytest.mark.skipif(sandbox.bwrap_problem() is not None,
 
 @pytest.fixture
 def no_bytecode_installed(tmp_path, monkeypatch):
-    """An installation without bytecode, holding one package, `shipped`, whose source says 'compiled'."""
+    """An installation without bytecode: one source folder holding `shipped` (its source says
+    'compiled') and `shipped/data`, text the sandbox hides."""
     site = tmp_path / "site"
-    (site / "shipped").mkdir(parents=True)
+    (site / "shipped" / "data").mkdir(parents=True)
     (site / "shipped" / "__init__.py").write_text("SAYS = 'compiled'\n")
+    (site / "shipped" / "data" / "speech.py").write_text("TEXT = 'the validation text'\n")
     monkeypatch.setattr(bytecode, "installed_without_bytecode", lambda: True)
-    monkeypatch.setattr(bytecode, "sources", lambda: [str(site / "shipped")])
+    monkeypatch.setattr(bytecode, "sources", lambda: [str(site)])
     bytecode._compile.cache_clear()
     yield site
     bytecode._compile.cache_clear()
@@ -37,43 +40,91 @@ def sandboxed_import(site, folder):
     return proc.stdout.split(), proc.stderr
 
 
+def keep_size_and_time(path, text):
+    """Change a source without changing what Python checks a bytecode file against (size, mtime)."""
+    stat = path.stat()
+    path.write_text(text)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 @needs_bwrap
 def test_the_harness_compiles_once_and_sandboxed_runs_read_the_bytecode_but_cannot_write_it(no_bytecode_installed, tmp_path):
     site = no_bytecode_installed
     folder = bytecode.prepared(tmp_path / "cache")
     assert folder == str(tmp_path / "cache" / bytecode.FOLDER)
-    source = site / "shipped" / "__init__.py"
-    # a source that changes but keeps its size and time is still read from the bytecode compiled for it:
-    # proof that the sandbox runs the harness's bytecode, not the source
-    stat = source.stat()
-    source.write_text("SAYS = 'fromsrc!'\n")
-    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # a source changed behind Python's back is still read from the bytecode compiled for it: proof
+    # that the sandbox runs the harness's bytecode, not the source
+    keep_size_and_time(site / "shipped" / "__init__.py", "SAYS = 'fromsrc!'\n")
     said, errors = sandboxed_import(site, folder)
     assert said == ["compiled", "30"], errors  # EROFS: no run leaves bytecode for the next
 
 
-def test_an_installation_with_its_own_bytecode_is_left_as_it_is(tmp_path):
-    """pip compiles at install time (this test's own environment): no folder, no prefix."""
-    assert not bytecode.installed_without_bytecode()
+def test_the_evaluator_reads_the_bytecode_though_python_runs_isolated(no_bytecode_installed, tmp_path):
+    """`python -I` ignores PYTHONPYCACHEPREFIX: the evaluator is told with -X pycache_prefix."""
+    site = no_bytecode_installed
+    folder = bytecode.prepared(tmp_path)
+    keep_size_and_time(site / "shipped" / "__init__.py", "SAYS = 'fromsrc!'\n")
+    env = dict(os.environ, PYTHONPYCACHEPREFIX="/nonexistent")
+    code = f"import sys; sys.path.insert(0, {str(site)!r}); import shipped; print(shipped.SAYS)"
+    proc = subprocess.run([sys.executable, "-I", *bytecode.python_args(folder), "-c", code], env=env,
+                          capture_output=True, text=True)
+    assert proc.stdout.strip() == "compiled", proc.stderr
+
+
+def test_the_evaluators_sandbox_is_given_the_bytecode(no_bytecode_installed, tmp_path, monkeypatch):
+    folder = sandbox.python_bytecode(tmp_path / "cache")  # compiled before Popen is replaced
+    (tmp_path / "cache" / "smoke").mkdir(parents=True)
+    started = []
+    monkeypatch.setattr(evaluator.subprocess, "Popen", lambda argv, **kw: started.append(argv))
+    monkeypatch.setattr(sandbox, "base_args", lambda: ["bwrap"])
+    evaluator.Evaluator(str(tmp_path), str(tmp_path), "smoke", str(tmp_path / "cache"), sandboxed=True)
+    argv = started[0]
+    assert argv[argv.index("--") + 1:][:4] == [sys.executable, "-I", "-X", f"pycache_prefix={folder}"]
+    assert ["--ro-bind", folder, folder] == argv[argv.index(folder) - 1:argv.index(folder) + 2]
+
+
+def test_what_the_sandbox_hides_is_never_compiled_into_the_folder(no_bytecode_installed, tmp_path):
+    site = no_bytecode_installed
+    folder = bytecode.prepared(tmp_path, exclude=[str(site / "shipped" / "data")])
+    compiled = [name for _, _, names in os.walk(folder) for name in names if name.endswith(".pyc")]
+    assert compiled and not any(name.startswith("speech.") for name in compiled)
+
+
+def test_a_folder_others_can_write_to_is_not_used(no_bytecode_installed, tmp_path, capsys):
+    folder = bytecode.prepared(tmp_path)
+    os.chmod(folder, 0o777)
+    bytecode._compile.cache_clear()  # the next harness process
     assert bytecode.prepared(tmp_path) is None
-    assert bytecode.sandbox_args(None) == []
+    assert "not this user's alone" in capsys.readouterr().err
+
+
+def test_a_folder_that_cannot_be_written_leaves_runs_compiling_from_source(no_bytecode_installed, tmp_path, capsys):
+    (tmp_path / bytecode.FOLDER).write_text("a file where the folder should be")
+    assert bytecode.prepared(tmp_path) is None
+    assert "could not be compiled for sandboxed runs" in capsys.readouterr().err
+
+
+def test_an_installation_is_without_bytecode_until_its_sources_are_compiled_beside_them(tmp_path, monkeypatch):
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "__init__.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert bytecode.installed_without_bytecode("fresh")
+    py_compile.compile(str(tmp_path / "fresh" / "__init__.py"), cfile=bytecode._beside(str(tmp_path / "fresh" / "__init__.py")))
+    assert not bytecode.installed_without_bytecode("fresh")
+
+
+def test_an_installation_with_its_own_bytecode_is_left_as_it_is(tmp_path, monkeypatch):
+    monkeypatch.setattr(bytecode, "installed_without_bytecode", lambda: False)
+    assert bytecode.prepared(tmp_path) is None
+    assert bytecode.sandbox_args(None) == bytecode.python_args(None) == []
     assert not (tmp_path / bytecode.FOLDER).exists()
 
 
 def test_the_bytecode_folder_tracks_the_installation(no_bytecode_installed, tmp_path):
-    """A package upgraded (new source) gets new bytecode at the next harness process; the old one stays unused."""
+    """A package installed later gets its bytecode at the next harness process."""
     site = no_bytecode_installed
     folder = bytecode.prepared(tmp_path)
-    source = site / "shipped" / "__init__.py"
-    before = source.stat().st_mtime
-    source.write_text("SAYS = 'upgraded, longer'\n")
-    os.utime(source, (before + 60, before + 60))  # installed a minute later
+    (site / "later.py").write_text("SAYS = 'installed later'\n")
     bytecode._compile.cache_clear()  # a new harness process
     assert bytecode.prepared(tmp_path) == folder
-    env = dict(os.environ, PYTHONPYCACHEPREFIX=folder, PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(site)!r}); import shipped; "
-                           "print(shipped.__cached__, shipped.SAYS)"], env=env, capture_output=True, text=True)
-    cached, says = proc.stdout.split(" ", 1)
-    assert cached.startswith(folder) and says.strip() == "upgraded, longer", proc.stderr
-    header = open(cached, "rb").read(16)  # magic, flags, source mtime, source size: compiled from the new source
-    assert int.from_bytes(header[12:16], "little") == source.stat().st_size
+    assert os.path.exists(folder + str(site / f"later.{sys.implementation.cache_tag}.pyc"))
