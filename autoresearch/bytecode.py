@@ -31,7 +31,7 @@ import threading
 FOLDER = "bytecode"  # in the data cache ($AUTORESEARCH_CACHE)
 # below a source folder, never imported by a run: test suites, torch's testing helpers, the standard
 # library's GUI and installers
-SKIP = r"(.*[/\\])?(tests?|idlelib|tkinter|turtledemo|ensurepip|lib2to3|testing[/\\]_internal)[/\\]"
+SKIP = r"[/\\](.*[/\\])?(tests?|idlelib|tkinter|turtledemo|ensurepip|lib2to3|testing[/\\]_internal)[/\\]"
 _lock = threading.Lock()
 
 
