@@ -39,6 +39,8 @@ if [ "${1:-}" = "harness" ]; then
     git -C "$camp" init -q -b autoresearch/gpu && git -C "$camp" add -A
     git -C "$camp" -c user.name=gpu -c user.email=gpu@localhost commit -qm base
     echo "autoresearch run on the gpu profile, budget ${budget}s, $runs runs, sandbox: $(command -v bwrap || echo none)"
+    # the bytecode a campaign's first run would compile (once per installation), timed apart
+    $PY -c "import time; from autoresearch import sandbox; t = time.time(); f = sandbox.python_bytecode('$AUTORESEARCH_CACHE'); print(f'bytecode for the sandbox: {f} in {time.time() - t:.1f} s')"
     rc=0
     for i in $(seq 1 "$runs"); do
         set +e
