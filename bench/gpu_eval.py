@@ -23,18 +23,15 @@ import sys
 import tempfile
 import time
 
+from trainsetup import setup_code
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOOP_MARKER = "# Training loop"
 
 
 def build(train_path):
     """train.py's namespace up to its training loop: model, tokenizer, batch size, torch."""
-    head, found, _ = open(train_path, encoding="utf-8").read().partition(LOOP_MARKER)
-    if not found:
-        sys.exit(f"error: {train_path} has no '{LOOP_MARKER}' section to stop before")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(train_path)))
-    ns = {"__name__": "train_setup", "__file__": os.path.abspath(train_path)}
-    exec(compile(head, train_path, "exec"), ns)
+    code, ns = setup_code(train_path)
+    exec(code, ns)
     return ns
 
 

@@ -9,12 +9,11 @@ Prints the median step time of 8 steps after the compiling ones, then the kernel
 """
 
 import argparse
-import os
 import statistics
 import sys
 import time
 
-LOOP_MARKER = "# Training loop"
+from trainsetup import setup_code
 
 
 def main():
@@ -23,14 +22,8 @@ def main():
     parser.add_argument("--steps", type=int, default=4, help="steps under the profiler")
     parser.add_argument("--rows", type=int, default=30)
     args = parser.parse_args()
-    source = open(args.train, encoding="utf-8").read()
-    head, found, _ = source.partition(LOOP_MARKER)
-    if not found:
-        print(f"error: {args.train} has no '{LOOP_MARKER}' section to stop before", file=sys.stderr)
-        return 2
-    sys.path.insert(0, os.path.dirname(os.path.abspath(args.train)))
-    ns = {"__name__": "train_setup", "__file__": os.path.abspath(args.train)}
-    exec(compile(head, args.train, "exec"), ns)
+    code, ns = setup_code(args.train)
+    exec(code, ns)
     torch, model, optimizer, loader = ns["torch"], ns["model"], ns["optimizer"], ns["train_loader"]
     accum, autocast_ctx = ns["grad_accum_steps"], ns["autocast_ctx"]
     state, sync = {"x": ns["x"], "y": ns["y"]}, ns["sync"]

@@ -11,12 +11,11 @@ bench/gpu_profile.py times that.
 
 import argparse
 import cProfile
-import os
 import pstats
 import sys
 import time
 
-LOOP_MARKER = "# Training loop"
+from trainsetup import setup_code
 
 
 def main():
@@ -24,18 +23,13 @@ def main():
     parser.add_argument("--train", default="train.py")
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
-    head, found, _ = open(args.train, encoding="utf-8").read().partition(LOOP_MARKER)
-    if not found:
-        print(f"error: {args.train} has no '{LOOP_MARKER}' section to stop before", file=sys.stderr)
-        return 2
+    code, ns = setup_code(args.train)
     t0 = time.time()
     import torch  # noqa: F401  (what every train.py pays first)
     imported = time.time() - t0
-    sys.path.insert(0, os.path.dirname(os.path.abspath(args.train)))
-    ns = {"__name__": "train_setup", "__file__": os.path.abspath(args.train)}
     profiler = cProfile.Profile()
     t0 = time.time()
-    profiler.runctx(compile(head, args.train, "exec"), ns, ns)
+    profiler.runctx(code, ns, ns)
     setup = time.time() - t0
     print(f"import torch: {imported:.2f} s | set-up after it: {setup:.2f} s "
           f"(train.py says startup {time.time() - ns['t_start']:.2f} s)")
