@@ -131,3 +131,18 @@ def test_the_bytecode_folder_tracks_the_installation(no_bytecode_installed, tmp_
     bytecode._compile.cache_clear()  # a new harness process
     assert bytecode.prepared(tmp_path) == folder
     assert os.path.exists(folder + str(site / f"later.{sys.implementation.cache_tag}.pyc"))
+
+
+@needs_bwrap
+def test_the_bytecode_folder_shows_a_run_nothing_else_of_the_data_cache(no_bytecode_installed, tmp_path):
+    """The folder is bound at its own path, inside the data cache: the validation rows beside it stay out."""
+    cache = tmp_path / "cache"
+    (cache / "smoke").mkdir(parents=True)
+    (cache / "smoke" / "val_rows.npy").write_bytes(b"the answers")
+    folder = bytecode.prepared(cache)
+    code = f"import os; print(sorted(os.listdir({str(cache)!r})), os.path.exists({str(cache / 'smoke')!r}))"
+    env = sandbox.kept_environment()
+    argv = sandbox.base_args() + bytecode.sandbox_args(folder)
+    argv += [arg for k, v in sorted(env.items()) for arg in ("--setenv", k, v)]
+    proc = subprocess.run(sandbox.sealed(argv) + ["--", sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.split() == ["['bytecode']", "False"], proc.stderr
