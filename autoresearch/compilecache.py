@@ -16,12 +16,15 @@ A cache is a channel between experiments, so what may persist is decided here, n
 - adopting copies regular files and folders only (no links, devices or sockets: a link planted there
   would make the harness copy a file of its choosing), and gives up on a cache over MAX_BYTES (the
   one adopted before stays, and an event in the ledger says so);
-- the trusted evaluator keeps a cache of its own, which only it writes; what it compiles is keyed by
-  the program's graph, which the evaluator has checked (evaluator.check_program).
+- the trusted evaluator keeps a cache of its own, which only it (and the harness) writes; what it
+  compiles is keyed by the program's graph, which the evaluator has checked (evaluator.check_program).
+  Beside it, the program the last evaluator evaluated (PROGRAM): the next evaluator checks it like any
+  other and compiles it while its experiment trains (evaluator.prepare_ahead).
 
 Inside the sandbox the workspace is INSIDE, named by TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR.
 """
 
+import contextlib
 import os
 import shutil
 import stat
@@ -29,6 +32,7 @@ import subprocess
 import tempfile
 
 INSIDE = "/autoresearch/compile-cache"
+PROGRAM = "program.pt2"  # in the evaluator's cache: the program evaluated last
 
 
 def _max_bytes():
@@ -107,6 +111,33 @@ class CompileCaches:
         Only while no evaluator runs (a campaign's start, or between the runs of a loop)."""
         if folder_bytes(self.evaluator) > MAX_BYTES:
             remove(self.evaluator)
+
+
+def remember_program(folder, path):
+    """Keep the program at `path`, which an evaluator has just evaluated, as the evaluator cache `folder`'s
+    PROGRAM: moved there when on the same disk, else copied; whole or not at all."""
+    staging = None
+    try:
+        fd, staging = tempfile.mkstemp(prefix=".program-", dir=folder)
+        os.close(fd)
+        try:
+            os.replace(path, staging)
+        except OSError:  # another disk
+            shutil.copyfile(path, staging)
+        os.replace(staging, os.path.join(folder, PROGRAM))
+    except OSError:  # a full disk: the next evaluator compiles when its model comes, that is all
+        if staging:
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+
+
+def remembered_program(folder):
+    """The path of the evaluator cache `folder`'s PROGRAM when it holds one (a regular file), else None."""
+    path = os.path.join(folder, PROGRAM)
+    try:
+        return path if stat.S_ISREG(os.lstat(path).st_mode) else None
+    except OSError:
+        return None
 
 
 def remove(path):

@@ -8,8 +8,12 @@ in a sandbox of its own that sees the validation rows but nothing writable and n
 code and data the experiment never had in hand. Before anything runs, the program is checked: only
 plain tensor operations, no state the forward pass could change between calls.
 
-    python -I autoresearch/evaluator.py --experiment DIR --model FILE --batch-size N
-prints one JSON line: {"val_bpb": ..., "seconds": ...} or {"error": "..."} (exit 1).
+While the experiment trains, the evaluator checks and compiles the program the campaign's evaluator
+ran last (--ahead): a model with the same graphs and constants then brings only its parameters, and
+its evaluation starts at once (Prepared).
+
+    python -I autoresearch/evaluator.py --experiment DIR --model FILE --batch-size N [--ahead FILE]
+prints one JSON line: {"val_bpb": ..., "seconds": ..., "ahead": ...} or {"error": "..."} (exit 1).
 """
 
 import argparse
@@ -73,19 +77,39 @@ def _may_mutate(node):
     return (schema.is_mutable if schema is not None else True)
 
 
-def evaluate_program(path, batch_size, prepare, tokenizer):
+def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
+    """val_bpb of the program at `path`. prepared: a Prepared program (prepare_ahead) that the model runs on
+    when it computes the same function up to its parameters' values."""
     import torch
     program = check_program(torch.export.load(path))
-    model, batch_size = program.module(), max(1, min(int(batch_size), 4096))
-    if next(model.parameters()).device.type != "cuda":
-        return prepare.evaluate_bpb(model, tokenizer, batch_size)
-    fast, precision = for_gpu(model, prepare._val_rows(tokenizer)[:batch_size, :-1])
+    module, batch_size = program.module(), max(1, min(int(batch_size), 4096))
+    if prepared is not None and prepared.take(module):
+        fast, precision = prepared.fast, prepared.precision  # compiled while the experiment trained
+    else:
+        fast, precision = runnable(module, trial_rows(prepare, tokenizer))
+    module = None
     if fast is None:  # a program inductor cannot compile still runs, eagerly, as it was exported
-        model = None
         torch.cuda.empty_cache()
         return prepare.evaluate_bpb(program.module(), tokenizer, batch_size)
     with precision:  # what fails from here on (the causality probes, say) is the program's failure
         return prepare.evaluate_bpb(fast, tokenizer, batch_size)
+
+
+TRIAL_ROWS = 2  # the batch a compiled program is first run on: small, so that it can run beside a training
+
+
+def trial_rows(prepare, tokenizer):
+    """The inputs a program is compiled on: the first validation rows."""
+    return prepare._val_rows(tokenizer)[:TRIAL_ROWS, :-1]
+
+
+def runnable(module, first):
+    """(callable, context to run it in) for a checked program's module on its device: on a GPU compiled
+    (for_gpu; (None, None) when it does not compile), elsewhere the module itself, eagerly."""
+    import contextlib
+    if next(module.parameters()).device.type != "cuda":
+        return module, contextlib.nullcontext()
+    return for_gpu(module, first)
 
 
 def for_gpu(module, first):
@@ -93,16 +117,19 @@ def for_gpu(module, first):
     compiled kernels, masked attention (train.py's sliding windows) as flex_attention, which skips the
     blocks a mask rules out, and bf16 autocast, the precision train.py evaluates in when run by hand, as
     the reference does. The program was exported without autocast, in the model's own dtypes, and
-    checks them at each cast: those checks go. `first`: the first batch's inputs, run once here so
-    that a compilation failure shows before the evaluation starts."""
+    checks them at each cast: those checks go. `first`: inputs run once here (a few rows), so that a
+    compilation failure shows before the evaluation starts; their batch dimension is compiled as a
+    variable, so that the evaluation's batches run on the same kernels with no second compilation."""
     import torch
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     block_sparse_attention(module)
     drop_dtype_checks(module)
-    fast, precision = torch.compile(module, dynamic=False), torch.autocast("cuda", dtype=torch.bfloat16)
+    fast, precision = torch.compile(module), torch.autocast("cuda", dtype=torch.bfloat16)
+    first = first.to("cuda")
+    torch._dynamo.maybe_mark_dynamic(first, 0)
     try:
         with torch.no_grad(), precision:  # as evaluate_bpb runs it: the same compiled graph
-            fast(first.to("cuda"))
+            fast(first)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()  # evaluate_bpb halves its batch
     except Exception as e:
@@ -110,6 +137,88 @@ def for_gpu(module, first):
               "the program's own dtypes", file=sys.stderr)
         return None, None
     return fast, precision
+
+
+# -- compiled ahead: the campaign's last program, while the experiment trains -------------------------
+def graph_state(module):
+    """What a checked program's module computes, apart from its parameters' values: the code of each of
+    its graphs (and how its inputs and outputs are laid out), and everything those graphs read, in order:
+    a parameter by name, shape, dtype and device, any other tensor by its value too, anything else by
+    type; with each, which earlier read is the same object (weights tied, or not). Two modules with
+    equal states compute the same function once the one's parameters are copied into the other."""
+    import torch
+    code, reads, seen = [], [], {}
+    for prefix, sub in module.named_modules():
+        is_graph = isinstance(sub, torch.fx.GraphModule)
+        code.append((prefix, type(sub).__name__, sub.code if is_graph else None,
+                     repr(getattr(sub, "_in_spec", None)), repr(getattr(sub, "_out_spec", None))))
+        for node in sub.graph.nodes if is_graph else ():
+            if node.op != "get_attr":
+                continue
+            value = operator.attrgetter(node.target)(sub)
+            same_as = seen.setdefault(id(value), len(reads))
+            kind = "parameter" if isinstance(value, torch.nn.Parameter) else \
+                "tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+            reads.append((kind, f"{prefix}:{node.target}", same_as, value))
+    return code, reads
+
+
+def same_function(a, b):
+    """Whether two graph_states compute the same function up to their parameters' values."""
+    import torch
+    (code_a, reads_a), (code_b, reads_b) = a, b
+    if code_a != code_b or len(reads_a) != len(reads_b):
+        return False
+    for (kind, name, same_as, x), (kind_b, name_b, same_as_b, y) in zip(reads_a, reads_b):
+        if (kind, name, same_as) != (kind_b, name_b, same_as_b):
+            return False
+        if isinstance(x, torch.Tensor) and (x.shape, x.dtype, x.device, x.layout) != (y.shape, y.dtype, y.device, y.layout):
+            return False
+        if kind == "tensor" and not torch.equal(x, y):
+            return False
+    return True
+
+
+class Prepared:
+    """A program compiled ahead of its request (prepare_ahead). A handed-over model that computes the
+    same function up to its parameters' values runs on it, with its own parameters copied in: what the
+    evaluation runs is then exactly the handed-over program, with nothing left to compile."""
+
+    def __init__(self, state, fast, precision):
+        self.state, self.fast, self.precision = state, fast, precision
+        self.taken = False  # whether a model has run on it
+
+    def take(self, module):
+        """Copy the parameters of `module` (a checked program's) in and return True when it computes
+        the same function as the prepared one; else change nothing and return False."""
+        import torch
+        state = graph_state(module)
+        if not same_function(self.state, state):
+            return False
+        with torch.no_grad():
+            for i, ((kind, _, same_as, ours), (_, _, _, theirs)) in enumerate(zip(self.state[1], state[1])):
+                if kind == "parameter" and same_as == i:  # a tied parameter is copied once
+                    ours.copy_(theirs)
+        self.taken = True
+        return True
+
+
+def prepare_ahead(path, prepare, tokenizer):
+    """A Prepared program from the program at `path` (the one the campaign's evaluator ran last, an
+    earlier experiment's: checked like any other), or None. On a GPU its compilation costs seconds
+    (tens, cold); paid here, while the experiment trains, it is not paid again when the experiment's
+    model has the same graph (only hyper-parameters changed, say)."""
+    import torch
+    try:
+        module = check_program(torch.export.load(path)).module()
+        state = graph_state(module)
+        fast, precision = runnable(module, trial_rows(prepare, tokenizer))
+    except Exception as e:  # nothing is lost: the model is compiled when it comes
+        print(f"evaluator: the previous program was not prepared ({type(e).__name__}: {e})", file=sys.stderr)
+        return None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # what the trial run took goes back to the training
+    return Prepared(state, fast, precision) if fast is not None else None
 
 
 def drop_dtype_checks(module):
@@ -179,16 +288,17 @@ def block_sparse_attention(module):
     return replaced
 
 
-def answer(request, prepare, tokenizer):
-    """One evaluation as a JSON-able dict: {"val_bpb", "seconds"} or {"error"}."""
+def answer(request, prepare, tokenizer, prepared=None):
+    """One evaluation as a JSON-able dict: {"val_bpb", "seconds", "ahead"} or {"error"}; "ahead": whether
+    the model ran on the program `prepared` ahead."""
     t0 = time.time()
     try:
-        val_bpb = evaluate_program(request["model"], request["batch_size"], prepare, tokenizer)
+        val_bpb = evaluate_program(request["model"], request["batch_size"], prepare, tokenizer, prepared)
     except Rejected as e:
         return {"error": str(e)}
     except Exception as e:  # anything the program does wrong is the experiment's failure, in one line
         return {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"}
-    return {"val_bpb": val_bpb, "seconds": time.time() - t0}
+    return {"val_bpb": val_bpb, "seconds": time.time() - t0, "ahead": prepared is not None and prepared.taken}
 
 
 def warm_up():
@@ -210,20 +320,23 @@ def main(argv=None):
     parser.add_argument("--model", help="the torch.export program (model.pt2); without it, requests "
                                         '{"model": PATH, "batch_size": N} are read from stdin, one per line')
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--ahead", help="a program to compile ahead on a GPU (the campaign's last evaluated one): "
+                                        "a model with its graph then brings only its weights")
     args = parser.parse_args(argv)
     # everything that does not need the model first: under the harness this overlaps the training
     sys.path.insert(0, args.experiment)
-    import torch  # noqa: F401
+    import torch
     import torch._export.serde.serialize  # noqa: F401  (what torch.export.load needs, imported ahead)
     import prepare
     tokenizer = prepare.Tokenizer.from_directory()
     prepare._val_rows(tokenizer)
     warm_up()
+    prepared = prepare_ahead(args.ahead, prepare, tokenizer) if args.ahead else None
     requests = [{"model": args.model, "batch_size": args.batch_size}] if args.model else \
         (json.loads(line) for line in sys.stdin if line.strip())
     failed = False
     for request in requests:
-        reply = answer(request, prepare, tokenizer)
+        reply, prepared = answer(request, prepare, tokenizer, prepared), None
         failed = failed or "error" in reply
         print(json.dumps(reply), flush=True)
     return 1 if failed else 0
@@ -235,13 +348,16 @@ class Evaluator:
     the tokenizer, the validation rows) overlaps the training; `evaluate()` once the model is in."""
 
     def __init__(self, experiment_dir, model_dir, profile, cache_dir, sandboxed, placement=None, compile_cache=None):
-        """compile_cache: a folder only evaluators write, where their torch.compile caches persist."""
+        """compile_cache: the evaluators' own folder, where their torch.compile caches persist, and the
+        program the last one evaluated (compilecache.remember_program), which this one compiles ahead."""
         from autoresearch import bytecode, compilecache, sandbox
         here = os.path.dirname(os.path.abspath(__file__))
         inner = [os.path.join(here, "evaluator.py"), "--experiment", experiment_dir]
         env = {"AUTORESEARCH_PROFILE": profile, "AUTORESEARCH_CACHE": cache_dir}
         if compile_cache:
             env.update(compilecache.environment(compile_cache))
+            ahead = compilecache.remembered_program(compile_cache)
+            inner += ["--ahead", ahead] if ahead else []
         if sandboxed:
             argv = sandbox.base_args()
             for path in (here, experiment_dir, model_dir, os.path.join(cache_dir, profile)):

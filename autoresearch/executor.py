@@ -68,6 +68,7 @@ class Outcome:
                                   # FILE_LIMIT on the host's disk) or "cancelled" (the caller's cancel)
     val_bpb: float = None         # the trusted evaluator's value
     eval_error: str = None        # why there is none although a model was handed over
+    eval_ahead: bool = False      # whether the model ran on the program its evaluator compiled ahead
     handed_over: bool = False
     startup_s: float = None       # launch to the first training batch (capped at the allowance)
     training_s: float = None      # first training batch to the hand-off, as the harness measured it
@@ -215,7 +216,10 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
             result = channel.result or {}
             outcome.val_bpb = result.get("val_bpb")
             outcome.eval_error = result.get("error")
+            outcome.eval_ahead = result.get("ahead") is True
             outcome.eval_s = (channel.evaluated_at or time.time()) - channel.handoff_at
+            if outcome.val_bpb is not None and eval_compile_cache:  # the next evaluator compiles it ahead
+                compilecache.remember_program(eval_compile_cache, os.path.join(private, "model.pt2"))
         return outcome
     finally:
         if proc is not None and proc.poll() is None:

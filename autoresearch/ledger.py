@@ -44,6 +44,8 @@ EXPERIMENT_COLUMNS = {
     # (it was interrupted, or a starved would-be keep)
     "tokens_per_second": "REAL", "cpu_share_others": "REAL", "gpu_others": "INTEGER", "starved": "INTEGER",
     "retry_of": "INTEGER",
+    # eval_ahead = 1: the model ran on the program its evaluator compiled while it trained (evaluator.py)
+    "eval_ahead": "INTEGER",
 }
 CAMPAIGN_COLUMNS = {
     "tag": "TEXT PRIMARY KEY", "branch": "TEXT", "base_commit": "TEXT", "created_at": "REAL",

@@ -856,6 +856,7 @@ def outcome_metrics(outcome, claimed):
     metrics = {k: v for k, v in claimed.items() if k != "val_bpb"}
     metrics.update(val_bpb=outcome.val_bpb, claimed_val_bpb=claimed.get("val_bpb"),
                    measured_training_s=outcome.training_s, startup_s=outcome.startup_s, eval_s=outcome.eval_s,
+                   eval_ahead=int(outcome.eval_ahead) if outcome.handed_over else None,
                    cpu_share_others=outcome.cpu_share_others, gpu_others=outcome.gpu_others,
                    starved=None if outcome.cpu_share_others is None and outcome.gpu_others is None
                    else int(contention.starved(outcome.cpu_share_others, outcome.gpu_others)))

@@ -313,6 +313,91 @@ def test_the_evaluator_has_a_cache_of_its_own_apart_from_the_adopted_one(caches)
     assert os.listdir(path) == []
 
 
+def test_a_remembered_program_replaces_the_one_before_whole(caches, tmp_path):
+    folder = caches.evaluator_cache()
+    for text in ("first program", "second program"):
+        (tmp_path / "model.pt2").write_text(text)
+        compilecache.remember_program(folder, str(tmp_path / "model.pt2"))
+    assert tree(folder) == {compilecache.PROGRAM: "second program"}
+    assert compilecache.remembered_program(folder) == os.path.join(folder, compilecache.PROGRAM)
+
+
+def test_a_program_that_cannot_be_kept_leaves_the_one_before_and_nothing_else(caches, tmp_path):
+    folder = caches.evaluator_cache()
+    (tmp_path / "model.pt2").write_text("first program")
+    compilecache.remember_program(folder, str(tmp_path / "model.pt2"))
+    compilecache.remember_program(folder, str(tmp_path / "gone.pt2"))
+    assert tree(folder) == {compilecache.PROGRAM: "first program"}
+
+
+def test_a_link_in_place_of_the_program_is_no_program(caches, secret):
+    os.symlink(secret, os.path.join(caches.evaluator_cache(), compilecache.PROGRAM))
+    assert compilecache.remembered_program(caches.evaluator_cache()) is None
+
+
+def test_the_evaluator_is_given_the_remembered_program_to_compile_ahead(caches, tmp_path, smoke_cache):
+    from autoresearch import evaluator
+    folder = caches.evaluator_cache()
+    (tmp_path / "model.pt2").write_text("a program")
+    compilecache.remember_program(folder, str(tmp_path / "model.pt2"))
+    private = tmp_path / "private"
+    private.mkdir()
+    trusted = evaluator.Evaluator(str(ROOT), str(private), "smoke", smoke_cache, sandboxed=False, compile_cache=folder)
+    try:
+        argv = trusted.proc.args
+    finally:
+        trusted.close()
+    assert argv[argv.index("--ahead") + 1] == os.path.join(folder, compilecache.PROGRAM)
+
+
+def unigram_train(bias):
+    """A train.py that hands over a unigram model: logits = its parameter, set to `bias` (Python code,
+    V the vocabulary size), plus a constant zero table; after the budget's time on the clock."""
+    return textwrap.dedent(f"""\
+        import time
+        import numpy as np
+        import torch
+        import prepare
+        V = prepare.Tokenizer.from_directory().get_vocab_size()
+
+        class Unigram(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.bias = torch.nn.Parameter({bias})
+                self.table = torch.zeros(V)  # a constant of the program
+
+            def forward(self, idx):
+                return torch.nn.functional.one_hot(idx, V).float() * 0.0 + self.bias + self.table
+
+        next(prepare.make_dataloader(prepare.Tokenizer.from_directory(), 4, prepare.MAX_SEQ_LEN, "train"))
+        time.sleep(prepare.TIME_BUDGET)
+        val_bpb = prepare.evaluate_bpb(Unigram(), None, 4)
+        print("---")
+        print(f"val_bpb:          {{val_bpb:.6f}}")
+        print(f"training_seconds: {{prepare.TIME_BUDGET:.1f}}")
+        """)
+
+
+def test_a_model_with_the_graphs_of_the_one_evaluated_before_runs_on_its_program_compiled_ahead(
+        tmp_path, smoke_cache, temp, monkeypatch):
+    """The first run's program is remembered; the second run's evaluator compiles it while the second
+    run trains, and the second model (other parameters) runs on it: with its own parameters."""
+    import prepare
+    from test_metric import expected_uniform_bpb
+    monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", str(BUDGET))
+    monkeypatch.delenv("AUTORESEARCH_EXECUTOR", raising=False)  # the real executor and evaluator
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "checkout", "-qb", "autoresearch/ahead")
+    first = run_baseline(repo, unigram_train("torch.zeros(V)"))
+    counts = "torch.from_numpy(np.bincount(prepare._train_arrays()[0].astype(np.int64), minlength=V)).float()"
+    second = run_standin(repo, "unigram counts", unigram_train(f"({counts} + 1).log()"), threshold=NEVER_KEEP)
+    assert (first["status"], second["status"]) == ("keep", "discard"), (first["cause"], second["cause"])
+    assert (first["eval_ahead"], second["eval_ahead"]) == (0, 1)
+    uniform = expected_uniform_bpb(prepare.Tokenizer.from_directory())
+    assert first["val_bpb"] == pytest.approx(uniform, rel=1e-6)
+    assert second["val_bpb"] < uniform - 0.2
+
+
 # -- what the sandbox makes of it ------------------------------------------------------------------
 SPEC = sandbox.Spec(train_py="", base_commit="x", profile="smoke")
 

@@ -1,9 +1,13 @@
 """The trusted evaluator's check of a handed-over program, before anything of it runs."""
 
+import contextlib
+
 import pytest
 import torch
 
-from autoresearch.evaluator import Rejected, block_sparse_attention, check_program, drop_dtype_checks
+import prepare
+from autoresearch.evaluator import (Prepared, Rejected, block_sparse_attention, check_program, drop_dtype_checks,
+                                    evaluate_program, graph_state, prepare_ahead)
 
 
 def exported(module, tmp_path):
@@ -143,3 +147,109 @@ def test_under_bf16_autocast_a_program_without_its_dtype_checks_computes_what_th
     assert [n.target for n in module.graph.nodes] == computing
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(module(x), model(x))
+
+
+# -- compiled ahead: the campaign's last program, while the experiment trains ------------------------
+def loaded(model, tmp_path, name):
+    """The model as the evaluator loads a handed-over one: exported (dynamic batch), saved, loaded, checked."""
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (torch.randint(0, 10, (2, 256)),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / name)
+    return check_program(torch.export.load(tmp_path / name)).module()
+
+
+def prepared_from(model, tmp_path):
+    """A Prepared program as prepare_ahead makes one, eager (on a GPU `fast` is its compiled form)."""
+    module = loaded(model, tmp_path, "ahead.pt2")
+    return Prepared(graph_state(module), module, contextlib.nullcontext())
+
+
+def seeded(seed, make=lambda: Windowed()):
+    torch.manual_seed(seed)
+    return make()
+
+
+@torch.no_grad()
+def test_a_model_with_the_same_graph_runs_on_the_prepared_program_with_its_own_weights(tmp_path):
+    prepared = prepared_from(seeded(0), tmp_path)
+    trained = seeded(1)  # other weights: what another run of the same train.py hands over
+    x = torch.randint(0, 10, (3, 256))
+    assert not torch.allclose(prepared.fast(x), trained(x))
+    assert prepared.take(loaded(trained, tmp_path, "model.pt2"))
+    assert torch.allclose(prepared.fast(x), trained(x), atol=1e-6)
+
+
+@torch.no_grad()
+def test_a_model_whose_constant_mask_differs_is_not_taken_and_the_prepared_one_is_unchanged(tmp_path):
+    """Only parameters are copied in: a constant (here the window's mask) must be equal, value for value."""
+    prepared = prepared_from(seeded(0), tmp_path)
+    x = torch.randint(0, 10, (3, 256))
+    before = prepared.fast(x)
+    assert not prepared.take(loaded(seeded(1, lambda: Windowed(window=32)), tmp_path, "model.pt2"))
+    assert torch.equal(prepared.fast(x), before)
+
+
+def test_a_model_with_another_graph_is_not_taken(tmp_path):
+    class Doubled(Windowed):
+        def forward(self, x):
+            return super().forward(x) * 2
+    assert not prepared_from(seeded(0), tmp_path).take(loaded(seeded(0, Doubled), tmp_path, "model.pt2"))
+
+
+class TwoHeads(Embed):
+    """Two output matrices: tied (one Parameter under two names) or apart."""
+    def __init__(self, tied):
+        super().__init__()
+        self.a = torch.nn.Linear(10, 10, bias=False)
+        self.b = self.a if tied else torch.nn.Linear(10, 10, bias=False)
+
+    def forward(self, x):
+        h = self.e(x)
+        return self.a(h) + 2 * self.b(h)
+
+
+@torch.no_grad()
+def test_a_model_whose_weights_are_tied_otherwise_is_not_taken(tmp_path):
+    """Copied into a tied pair, two different matrices would become one: a function nobody handed over."""
+    def export_of(tied, name):
+        program = torch.export.export(TwoHeads(tied), (torch.randint(0, 10, (2, 5)),))
+        torch.export.save(program, tmp_path / name)
+        return check_program(torch.export.load(tmp_path / name)).module()
+    tied, apart = export_of(True, "tied.pt2"), export_of(False, "apart.pt2")
+    assert not Prepared(graph_state(tied), tied, contextlib.nullcontext()).take(apart)
+    assert not Prepared(graph_state(apart), apart, contextlib.nullcontext()).take(tied)
+
+
+class SmokeLM(torch.nn.Module):
+    """A small causal language model over the smoke vocabulary: the embedding of each token, then a
+    causal mean of the context so far, then the output head."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.e, self.head = torch.nn.Embedding(vocab, 32), torch.nn.Linear(32, vocab)
+
+    def forward(self, x):
+        h = self.e(x)
+        steps = torch.arange(1, x.size(1) + 1, device=x.device)[None, :, None]
+        return self.head(h.cumsum(1) / steps).float()
+
+
+def handed_over(model, tmp_path, name):
+    path = tmp_path / name
+    prepare.export_model(model, 4, str(path))
+    return str(path)
+
+
+def test_the_evaluation_on_a_prepared_program_gives_the_models_own_val_bpb(smoke_cache, tmp_path):
+    tok = prepare.Tokenizer.from_directory()
+    earlier = handed_over(seeded(0, lambda: SmokeLM(tok.get_vocab_size())), tmp_path, "earlier.pt2")
+    model = handed_over(seeded(1, lambda: SmokeLM(tok.get_vocab_size())), tmp_path, "model.pt2")
+    prepared = prepare_ahead(earlier, prepare, tok)
+    assert evaluate_program(model, 8, prepare, tok, prepared) == evaluate_program(model, 8, prepare, tok)
+    assert evaluate_program(earlier, 8, prepare, tok) != evaluate_program(model, 8, prepare, tok)
+
+
+def test_a_previous_program_that_cannot_be_loaded_prepares_nothing(smoke_cache, tmp_path, capsys):
+    (tmp_path / "ahead.pt2").write_bytes(b"not a program")
+    assert prepare_ahead(str(tmp_path / "ahead.pt2"), prepare, prepare.Tokenizer.from_directory()) is None
+    assert "the previous program was not prepared" in capsys.readouterr().err
