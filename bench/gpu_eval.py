@@ -6,11 +6,15 @@ exported as the hand-off exports it, then evaluated as autoresearch/evaluator.py
 
 Variants (each from a fresh load of the same program, in one process):
 - evaluator: evaluator.evaluate_program's GPU path as the harness runs it (block-sparse attention,
-  the dtype checks dropped, compiled, under bf16 autocast as train.py evaluates by hand);
+  the dtype checks dropped, compiled with a variable batch size, under bf16 autocast as train.py
+  evaluates by hand);
+- ahead: the same, compiled ahead from another copy of the program (evaluator.prepare_ahead, as while
+  an experiment trains; its time is the "prepared" column), the program then taken in;
+- static: compiled for the evaluation's batch size only (the evaluator before the variable batch);
 - fp32: the same in the program's own dtypes (fp32, TF32 matmuls), the evaluator before bf16;
 - eager bf16: not compiled (no compilation to pay or load from a cache: dense masks, SDPA picks its
   kernel), the dtype checks dropped, under bf16 autocast: is compiling worth it for one evaluation?
-On a CPU only the evaluator's own path (eager, fp32) runs.
+On a CPU only the evaluator's own path (eager, fp32) runs, and ahead.
 For each: seconds from the loaded program to the first val_bpb (compilation included), of a second
 evaluation (the kernels compiled), and the val_bpb. --steps N trains the model N steps first
 (train.py's own step, compiled), so that the variants' val_bpb compare on a model that has learned
@@ -93,8 +97,25 @@ def main():
         module, loaded = load()
         if not cuda:
             return module, torch.autocast("cpu", enabled=False), loaded, "eager, fp32"
-        fast, precision = evaluator.for_gpu(module, prepare._val_rows(tokenizer)[:batch_size, :-1])
-        return fast, precision, loaded, "block-sparse, dtype checks dropped, bf16 autocast"
+        fast, precision = evaluator.for_gpu(module, evaluator.trial_rows(prepare, tokenizer))
+        return fast, precision, loaded, "block-sparse, dtype checks dropped, bf16 autocast, variable batch"
+
+    def ahead_variant():
+        t = time.time()
+        prepared = evaluator.prepare_ahead(path, prepare, tokenizer)
+        ahead = time.time() - t
+        module, loaded = load()
+        assert prepared is not None and prepared.take(module), "the program was not taken"
+        return prepared.fast, prepared.precision, loaded, f"prepared ahead in {ahead:.1f} s (not counted)"
+
+    def static_variant():
+        module, loaded = load()
+        evaluator.block_sparse_attention(module)
+        evaluator.drop_dtype_checks(module)
+        fast, precision = torch.compile(module, dynamic=False), torch.autocast("cuda", dtype=torch.bfloat16)
+        with torch.no_grad(), precision:
+            fast(prepare._val_rows(tokenizer)[:batch_size, :-1].to("cuda"))
+        return fast, precision, loaded, "as evaluator, compiled for one batch size"
 
     def fp32_variant():
         module, loaded = load()
@@ -107,9 +128,9 @@ def main():
         removed = evaluator.drop_dtype_checks(module)
         return module, torch.autocast("cuda", dtype=torch.bfloat16), loaded, f"{removed} dtype checks dropped, eager"
 
-    variants = [("evaluator", evaluator_variant)]
+    variants = [("evaluator", evaluator_variant), ("ahead", ahead_variant)]
     if cuda:
-        variants += [("fp32", fp32_variant), ("eager bf16", eager_variant)]
+        variants += [("static", static_variant), ("fp32", fp32_variant), ("eager bf16", eager_variant)]
     rows = []
     for name, make in variants:
         try:
