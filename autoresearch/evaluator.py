@@ -84,59 +84,64 @@ def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
     program = check_program(torch.export.load(path))
     module, batch_size = program.module(), max(1, min(int(batch_size), 4096))
     if prepared is not None and prepared.take(module):
-        fast, precision = prepared.fast, prepared.precision  # compiled while the experiment trained
+        fast, precision, max_rows = prepared.fast, prepared.precision, prepared.max_rows  # compiled ahead
     else:
-        fast, precision = runnable(module, trial_rows(prepare, tokenizer))
+        fast, precision, max_rows = runnable(module, trial_rows(prepare, tokenizer))
     module = None
     if fast is None:  # a program inductor cannot compile still runs, eagerly, as it was exported
         torch.cuda.empty_cache()
         return prepare.evaluate_bpb(program.module(), tokenizer, batch_size)
     with precision:  # what fails from here on (the causality probes, say) is the program's failure
-        return prepare.evaluate_bpb(fast, tokenizer, batch_size)
+        return prepare.evaluate_bpb(fast, tokenizer, min(batch_size, max_rows or batch_size))
 
 
 TRIAL_ROWS = 2  # the batch a compiled program is first run on: small, so that it can run beside a training
+INDEX_LIMIT = 2**31 - 1  # elements a kernel indexes with 32 bits; past them, inductor compiles another program
 
 
 def trial_rows(prepare, tokenizer):
-    """The inputs a program is compiled on: the first validation rows."""
-    return prepare._val_rows(tokenizer)[:TRIAL_ROWS, :-1]
+    """The validation rows a program is compiled on: the first few, whole (T + 1 tokens)."""
+    return prepare._val_rows(tokenizer)[:TRIAL_ROWS]
 
 
-def runnable(module, first):
-    """(callable, context to run it in) for a checked program's module on its device: on a GPU compiled
-    (for_gpu; (None, None) when it does not compile), elsewhere the module itself, eagerly."""
+def runnable(module, rows):
+    """(callable, context to run it in, most rows per batch or None) for a checked program's module on
+    its device: on a GPU compiled (for_gpu; Nones when it does not compile), elsewhere the module
+    itself, eagerly."""
     import contextlib
     if next(module.parameters()).device.type != "cuda":
-        return module, contextlib.nullcontext()
-    return for_gpu(module, first)
+        return module, contextlib.nullcontext(), None
+    return for_gpu(module, rows)
 
 
-def for_gpu(module, first):
-    """(compiled module, context to run it in) for a GPU, or (None, None) when it does not compile:
-    compiled kernels, masked attention (train.py's sliding windows) as flex_attention, which skips the
-    blocks a mask rules out, and bf16 autocast, the precision train.py evaluates in when run by hand, as
-    the reference does. The program was exported without autocast, in the model's own dtypes, and
-    checks them at each cast: those checks go. `first`: inputs run once here (a few rows), so that a
-    compilation failure shows before the evaluation starts; their batch dimension is compiled as a
-    variable, so that the evaluation's batches run on the same kernels with no second compilation."""
+def for_gpu(module, rows):
+    """(compiled module, context to run it in, most rows per batch) for a GPU, or Nones when it does not
+    compile: compiled kernels, masked attention (train.py's sliding windows) as flex_attention, which
+    skips the blocks a mask rules out, and bf16 autocast, the precision train.py evaluates in when run
+    by hand, as the reference does. The program was exported without autocast, in the model's own
+    dtypes, and checks them at each cast: those checks go. `rows`: a few validation rows, run once here
+    as evaluate_bpb makes its inputs, so that a compilation failure shows before the evaluation starts.
+    One compilation serves every batch after it: the batch size is compiled as a variable, the inputs
+    have evaluate_bpb's strides, and batches stay within 32-bit indexing (INDEX_LIMIT logits)."""
     import torch
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     block_sparse_attention(module)
     drop_dtype_checks(module)
     fast, precision = torch.compile(module), torch.autocast("cuda", dtype=torch.bfloat16)
-    first = first.to("cuda")
+    first = rows.to("cuda")[:, :-1]  # a view of whole rows, as evaluate_bpb's inputs are
     torch._dynamo.maybe_mark_dynamic(first, 0)
     try:
         with torch.no_grad(), precision:  # as evaluate_bpb runs it: the same compiled graph
-            fast(first)
+            per_row = fast(first)[0].numel()
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()  # evaluate_bpb halves its batch
+        return fast, precision, None
     except Exception as e:
         print(f"evaluator: the compiled bf16 program failed ({type(e).__name__}: {e}); evaluating eagerly in "
               "the program's own dtypes", file=sys.stderr)
-        return None, None
-    return fast, precision
+        return None, None, None
+    fitting = max(1, INDEX_LIMIT // max(1, per_row))
+    return fast, precision, 1 << (fitting.bit_length() - 1)  # a power of two: the rows divide evenly
 
 
 # -- compiled ahead: the campaign's last program, while the experiment trains -------------------------
@@ -184,8 +189,8 @@ class Prepared:
     same function up to its parameters' values runs on it, with its own parameters copied in: what the
     evaluation runs is then exactly the handed-over program, with nothing left to compile."""
 
-    def __init__(self, state, fast, precision):
-        self.state, self.fast, self.precision = state, fast, precision
+    def __init__(self, state, fast, precision, max_rows=None):
+        self.state, self.fast, self.precision, self.max_rows = state, fast, precision, max_rows
         self.taken = False  # whether a model has run on it
 
     def take(self, module):
@@ -212,13 +217,13 @@ def prepare_ahead(path, prepare, tokenizer):
     try:
         module = check_program(torch.export.load(path)).module()
         state = graph_state(module)
-        fast, precision = runnable(module, trial_rows(prepare, tokenizer))
+        fast, precision, max_rows = runnable(module, trial_rows(prepare, tokenizer))
     except Exception as e:  # nothing is lost: the model is compiled when it comes
         print(f"evaluator: the previous program was not prepared ({type(e).__name__}: {e})", file=sys.stderr)
         return None
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # what the trial run took goes back to the training
-    return Prepared(state, fast, precision) if fast is not None else None
+    return Prepared(state, fast, precision, max_rows) if fast is not None else None
 
 
 def drop_dtype_checks(module):

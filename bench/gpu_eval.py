@@ -68,6 +68,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", default="train.py")
     parser.add_argument("--steps", type=int, default=0, help="train this many steps before exporting")
+    parser.add_argument("--variants", help="the variants to run, comma-separated (default: all)")
     args = parser.parse_args()
     ns = build(args.train)
     torch, model = ns["torch"], ns["raw_model"]
@@ -96,9 +97,9 @@ def main():
     def evaluator_variant():
         module, loaded = load()
         if not cuda:
-            return module, torch.autocast("cpu", enabled=False), loaded, "eager, fp32"
-        fast, precision = evaluator.for_gpu(module, evaluator.trial_rows(prepare, tokenizer))
-        return fast, precision, loaded, "block-sparse, dtype checks dropped, bf16 autocast, variable batch"
+            return module, torch.autocast("cpu", enabled=False), loaded, "eager, fp32", None
+        fast, precision, rows = evaluator.for_gpu(module, evaluator.trial_rows(prepare, tokenizer))
+        return fast, precision, loaded, f"block-sparse, dtype checks dropped, bf16 autocast, variable batch <= {rows}", rows
 
     def ahead_variant():
         t = time.time()
@@ -106,7 +107,8 @@ def main():
         ahead = time.time() - t
         module, loaded = load()
         assert prepared is not None and prepared.take(module), "the program was not taken"
-        return prepared.fast, prepared.precision, loaded, f"prepared ahead in {ahead:.1f} s (not counted)"
+        return prepared.fast, prepared.precision, loaded, f"prepared ahead in {ahead:.1f} s (not counted)", \
+            prepared.max_rows
 
     def static_variant():
         module, loaded = load()
@@ -115,33 +117,35 @@ def main():
         fast, precision = torch.compile(module, dynamic=False), torch.autocast("cuda", dtype=torch.bfloat16)
         with torch.no_grad(), precision:
             fast(prepare._val_rows(tokenizer)[:batch_size, :-1].to("cuda"))
-        return fast, precision, loaded, "as evaluator, compiled for one batch size"
+        return fast, precision, loaded, "as evaluator, compiled for one batch size", None
 
     def fp32_variant():
         module, loaded = load()
         replaced = evaluator.block_sparse_attention(module)
         return torch.compile(module, dynamic=False), torch.autocast("cuda", enabled=False), loaded, \
-            f"{replaced} attention calls block-sparse, fp32/TF32"
+            f"{replaced} attention calls block-sparse, fp32/TF32", None
 
     def eager_variant():
         module, loaded = load()
         removed = evaluator.drop_dtype_checks(module)
-        return module, torch.autocast("cuda", dtype=torch.bfloat16), loaded, f"{removed} dtype checks dropped, eager"
+        return module, torch.autocast("cuda", dtype=torch.bfloat16), loaded, f"{removed} dtype checks dropped, eager", None
 
     variants = [("evaluator", evaluator_variant), ("ahead", ahead_variant)]
     if cuda:
         variants += [("static", static_variant), ("fp32", fp32_variant), ("eager bf16", eager_variant)]
+    if args.variants:
+        variants = [(name, make) for name, make in variants if name in args.variants.split(",")]
     rows = []
     for name, make in variants:
         try:
             t = time.time()
-            module, context, loaded, note = make()
+            module, context, loaded, note, max_rows = make()
             made = time.time() - t  # load and check, and for the evaluator its compilation
             times, value = [], None
             for _ in range(2):
                 t = time.time()
                 with context:
-                    value = prepare.evaluate_bpb(module, tokenizer, batch_size)
+                    value = prepare.evaluate_bpb(module, tokenizer, min(batch_size, max_rows or batch_size))
                 times.append(time.time() - t)
             rows.append((name, loaded, made + times[0], times[1], value, note))
         except Exception as e:
