@@ -91,8 +91,18 @@ def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
     if fast is None:  # a program inductor cannot compile still runs, eagerly, as it was exported
         torch.cuda.empty_cache()
         return prepare.evaluate_bpb(program.module(), tokenizer, batch_size)
+    if max_rows is not None:  # compiled
+        batch_size = batch_rows(batch_size, max_rows)
     with precision:  # what fails from here on (the causality probes, say) is the program's failure
-        return prepare.evaluate_bpb(fast, tokenizer, min(batch_size, max_rows or batch_size))
+        return prepare.evaluate_bpb(fast, tokenizer, batch_size)
+
+
+def batch_rows(requested, max_rows):
+    """Rows per batch for a compiled program: at most `max_rows`, and a power of two, so that the
+    validation rows divide into equal batches (a last, smaller one would be compiled again; one of a
+    single row always is)."""
+    rows = max(1, min(requested, max_rows))
+    return 1 << (rows.bit_length() - 1)
 
 
 TRIAL_ROWS = 2  # the batch a compiled program is first run on: small, so that it can run beside a training
@@ -107,7 +117,7 @@ def trial_rows(prepare, tokenizer):
 def runnable(module, rows):
     """(callable, context to run it in, most rows per batch or None) for a checked program's module on
     its device: on a GPU compiled (for_gpu; Nones when it does not compile), elsewhere the module
-    itself, eagerly."""
+    itself, eagerly (no most rows: its batches are the requested ones)."""
     import contextlib
     if next(module.parameters()).device.type != "cuda":
         return module, contextlib.nullcontext(), None
@@ -119,20 +129,42 @@ def for_gpu(module, rows):
     compile: compiled kernels, masked attention (train.py's sliding windows) as flex_attention, which
     skips the blocks a mask rules out, and bf16 autocast, the precision train.py evaluates in when run
     by hand, as the reference does. The program was exported without autocast, in the model's own
-    dtypes, and checks them at each cast: those checks go. `rows`: a few validation rows, run once here
-    as evaluate_bpb makes its inputs, so that a compilation failure shows before the evaluation starts.
-    One compilation serves every batch after it: the batch size is compiled as a variable, the inputs
-    have evaluate_bpb's strides, and batches stay within 32-bit indexing (INDEX_LIMIT logits)."""
+    dtypes, and checks them at each cast: those checks go."""
     import torch
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     block_sparse_attention(module)
     drop_dtype_checks(module)
-    fast, precision = torch.compile(module), torch.autocast("cuda", dtype=torch.bfloat16)
-    first = rows.to("cuda")[:, :-1]  # a view of whole rows, as evaluate_bpb's inputs are
-    torch._dynamo.maybe_mark_dynamic(first, 0)
+    return compiled(module, rows, torch.autocast("cuda", dtype=torch.bfloat16))
+
+
+def compiled(module, rows, precision, backend="inductor"):
+    """(module compiled once for every call evaluate_bpb makes, context, most rows per batch), or Nones
+    when it does not compile. `rows`: a few validation rows, run here as evaluate_bpb makes its inputs,
+    so that a compilation failure shows before the evaluation starts. A second compilation (seconds,
+    tens when cold) would come from any difference dynamo guards on: the batch size (compiled as a
+    variable), the inputs' memory layout (evaluate_bpb's batches are views of longer rows, its causality
+    probes are not: every input is made contiguous), and indexing past 32 bits (the batches stay within
+    INDEX_LIMIT logits)."""
+    import torch
+
+    class Contiguous(torch.nn.Module):
+        """The compiled module, called on a contiguous copy of its input with the batch size marked
+        variable: one memory layout, one compilation."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            x = x.contiguous()
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+            return self.inner(x)
+
+    device = next(module.parameters()).device
+    fast = Contiguous(torch.compile(module, backend=backend))
     try:
         with torch.no_grad(), precision:  # as evaluate_bpb runs it: the same compiled graph
-            per_row = fast(first)[0].numel()
+            per_row = fast(rows.to(device)[:, :-1])[0].numel()
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()  # evaluate_bpb halves its batch
         return fast, precision, None
@@ -140,8 +172,7 @@ def for_gpu(module, rows):
         print(f"evaluator: the compiled bf16 program failed ({type(e).__name__}: {e}); evaluating eagerly in "
               "the program's own dtypes", file=sys.stderr)
         return None, None, None
-    fitting = max(1, INDEX_LIMIT // max(1, per_row))
-    return fast, precision, 1 << (fitting.bit_length() - 1)  # a power of two: the rows divide evenly
+    return fast, precision, max(1, INDEX_LIMIT // max(1, per_row))
 
 
 # -- compiled ahead: the campaign's last program, while the experiment trains -------------------------
@@ -177,7 +208,8 @@ def same_function(a, b):
     for (kind, name, same_as, x), (kind_b, name_b, same_as_b, y) in zip(reads_a, reads_b):
         if (kind, name, same_as) != (kind_b, name_b, same_as_b):
             return False
-        if isinstance(x, torch.Tensor) and (x.shape, x.dtype, x.device, x.layout) != (y.shape, y.dtype, y.device, y.layout):
+        meta = lambda t: (t.shape, t.dtype, t.device, t.layout)  # noqa: E731
+        if isinstance(x, torch.Tensor) and meta(x) != meta(y):
             return False
         if kind == "tensor" and not torch.equal(x, y):
             return False

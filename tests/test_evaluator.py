@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import prepare
-from autoresearch.evaluator import (Prepared, Rejected, block_sparse_attention, check_program, drop_dtype_checks,
-                                    evaluate_program, graph_state, prepare_ahead)
+from autoresearch.evaluator import (Prepared, Rejected, batch_rows, block_sparse_attention, check_program,
+                                    compiled, drop_dtype_checks, evaluate_program, graph_state, prepare_ahead,
+                                    trial_rows)
 
 
 def exported(module, tmp_path):
@@ -253,3 +254,30 @@ def test_a_previous_program_that_cannot_be_loaded_prepares_nothing(smoke_cache, 
     (tmp_path / "ahead.pt2").write_bytes(b"not a program")
     assert prepare_ahead(str(tmp_path / "ahead.pt2"), prepare, prepare.Tokenizer.from_directory()) is None
     assert "the previous program was not prepared" in capsys.readouterr().err
+
+
+def test_one_compilation_serves_every_call_of_the_evaluation(smoke_cache, tmp_path):
+    """The batches (views of longer rows, in rows of a power of two) and the causality probes (contiguous)
+    run on what dynamo compiled for the trial rows: a recompilation costs tens of seconds on a GPU."""
+    from torch._inductor.compile_fx import compile_fx
+    tok = prepare.Tokenizer.from_directory()
+    path = handed_over(seeded(0, lambda: SmokeLM(tok.get_vocab_size())), tmp_path, "model.pt2")
+    module = check_program(torch.export.load(path)).module()
+    compilations = []
+
+    def inductor(graph, inputs):  # inductor itself (on the CPU): its lowering adds the layout's guards
+        compilations.append(graph)
+        return compile_fx(graph, inputs)
+    torch._dynamo.reset()
+    state = graph_state(module)
+    prepared = Prepared(state, *compiled(module, trial_rows(prepare, tok), contextlib.nullcontext(), backend=inductor))
+    expected = evaluate_program(path, 7, prepare, tok)
+    assert evaluate_program(path, 7, prepare, tok, prepared) == pytest.approx(expected, rel=1e-6)
+    assert prepared.taken and len(compilations) == 1
+
+
+def test_compiled_batches_are_a_power_of_two_rows_within_32_bit_indexing():
+    assert batch_rows(128, 127) == 64  # 127 rows of 2048 x 8192 logits: under 2**31 elements
+    assert batch_rows(7, 127) == 4
+    assert batch_rows(1, 127) == 1
+    assert batch_rows(128, 0) == 1
