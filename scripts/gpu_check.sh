@@ -99,7 +99,7 @@ if [ "${1:-}" = "all" ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
     timeout 60 bash "$0" sandbox 2>&1 | tee "$OUT/sandbox.txt" || true
     bash "$0" harness "${2:-20}" 3 2>&1 | tee "$OUT/harness.txt" || true
-    TORCH_LOGS=recompiles timeout "${GPU_EVAL_TIMEOUT:-200}" $PY bench/gpu_eval.py --steps 20 2>&1 | tee "$OUT/eval.txt" | grep -vE '^step' | tail -n 10 || true
+    TORCH_LOGS=recompiles timeout "${GPU_EVAL_TIMEOUT:-200}" $PY bench/gpu_eval.py --steps 20 --variants evaluator,ahead,static 2>&1 | tee "$OUT/eval.txt" | grep -vE '^step' | tail -n 10 || true
     exit 0
 fi
 
