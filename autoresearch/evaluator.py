@@ -246,6 +246,10 @@ def prepare_ahead(path, prepare, tokenizer):
     (tens, cold); paid here, while the experiment trains, it is not paid again when the experiment's
     model has the same graph (only hyper-parameters changed, say)."""
     import torch
+    if torch.cuda.is_available() and os.path.getsize(path) > torch.cuda.get_device_properties(0).total_memory // 32:
+        print("evaluator: the previous program is too large to compile beside the training (over 1/32 of the "
+              "GPU's memory); the model is compiled when it comes", file=sys.stderr)
+        return None  # its weights would take the training's memory: an earlier run could make this one fail
     try:
         module = check_program(torch.export.load(path)).module()
         state = graph_state(module)

@@ -281,3 +281,15 @@ def test_compiled_batches_are_a_power_of_two_rows_within_32_bit_indexing():
     assert batch_rows(7, 127) == 4
     assert batch_rows(1, 127) == 1
     assert batch_rows(128, 0) == 1
+
+
+def test_a_previous_program_too_large_to_sit_beside_the_training_is_not_loaded(tmp_path, monkeypatch, capsys):
+    """An earlier run's huge model, loaded on the GPU while this run trains, would take its memory."""
+    class Card:
+        total_memory = 32 * 1000
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Card())
+    monkeypatch.setattr(torch.export, "load", lambda path: pytest.fail("the program was loaded"))
+    (tmp_path / "ahead.pt2").write_bytes(b"x" * 1001)
+    assert prepare_ahead(str(tmp_path / "ahead.pt2"), None, None) is None
+    assert "too large to compile beside the training" in capsys.readouterr().err
