@@ -361,8 +361,8 @@ def main(argv=None):
     parser.add_argument("--model", help="the torch.export program (model.pt2); without it, requests "
                                         '{"model": PATH, "batch_size": N} are read from stdin, one per line')
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--ahead", help="a program to compile ahead on a GPU (the campaign's last evaluated one): "
-                                        "a model with its graph then brings only its weights")
+    parser.add_argument("--ahead", help="a program to compile while the experiment trains (the campaign's last "
+                                        "evaluated one): a model with its graphs then brings only its weights")
     args = parser.parse_args(argv)
     # everything that does not need the model first: under the harness this overlaps the training
     sys.path.insert(0, args.experiment)
