@@ -18,8 +18,8 @@ A cache is a channel between experiments, so what may persist is decided here, n
   one adopted before stays, and an event in the ledger says so);
 - the trusted evaluator keeps a cache of its own, which only it (and the harness) writes; what it
   compiles is keyed by the program's graph, which the evaluator has checked (evaluator.check_program).
-  Beside it, the program the last evaluator evaluated (PROGRAM): the next evaluator checks it like any
-  other and compiles it while its experiment trains (evaluator.prepare_ahead).
+  Beside it, the program of the campaign's last kept run (PROGRAM): the next evaluator checks it like
+  any other and compiles it while its experiment trains (evaluator.prepare_ahead).
 
 Inside the sandbox the workspace is INSIDE, named by TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR.
 """
@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 
 INSIDE = "/autoresearch/compile-cache"
-PROGRAM = "program.pt2"  # in the evaluator's cache: the program evaluated last
+PROGRAM = "program.pt2"  # in the evaluator's cache: the program of the campaign's last kept run
 
 
 def _max_bytes():
@@ -111,24 +111,50 @@ class CompileCaches:
         Only while no evaluator runs (a campaign's start, or between the runs of a loop)."""
         if folder_bytes(self.evaluator) > MAX_BYTES:
             remove(self.evaluator)
+        elif os.path.isdir(self.evaluator):  # programs stashed by runs that never settled (a crash)
+            for name in os.listdir(self.evaluator):
+                if name.startswith(STASHED):
+                    discard_file(os.path.join(self.evaluator, name))
 
 
-def remember_program(folder, path):
-    """Keep the program at `path`, which an evaluator has just evaluated, as the evaluator cache `folder`'s
-    PROGRAM: moved there when on the same disk, else copied; whole or not at all."""
-    staging = None
+STASHED = ".candidate-"  # a program evaluated, until its run is kept (it becomes PROGRAM) or not (removed)
+
+
+def stash_program(folder, path):
+    """Move the program at `path`, which an evaluator has just evaluated, into the evaluator cache `folder`
+    under a name of its own (copied when on another disk); its path there, or None on a full disk."""
+    stashed = None
     try:
-        fd, staging = tempfile.mkstemp(prefix=".program-", dir=folder)
+        fd, stashed = tempfile.mkstemp(prefix=STASHED, suffix=".pt2", dir=folder)
         os.close(fd)
         try:
-            os.replace(path, staging)
+            os.replace(path, stashed)
         except OSError:  # another disk
-            shutil.copyfile(path, staging)
-        os.replace(staging, os.path.join(folder, PROGRAM))
-    except OSError:  # a full disk: the next evaluator compiles when its model comes, that is all
-        if staging:
-            with contextlib.suppress(OSError):
-                os.unlink(staging)
+            shutil.copyfile(path, stashed)
+        return stashed
+    except OSError:  # the next evaluator compiles when its model comes, that is all
+        discard_file(stashed)
+        return None
+
+
+def settle_program(stashed, kept):
+    """A stashed program (stash_program) becomes its folder's PROGRAM when its run was kept: the model
+    the campaign's next experiments start from, whose graphs they most likely share. Else it goes."""
+    if not stashed:
+        return
+    if kept:
+        try:
+            os.replace(stashed, os.path.join(os.path.dirname(stashed), PROGRAM))
+            return
+        except OSError:
+            pass
+    discard_file(stashed)
+
+
+def discard_file(path):
+    if path:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def remembered_program(folder):

@@ -8,8 +8,8 @@ in a sandbox of its own that sees the validation rows but nothing writable and n
 code and data the experiment never had in hand. Before anything runs, the program is checked: only
 plain tensor operations, no state the forward pass could change between calls.
 
-While the experiment trains, the evaluator checks and compiles the program the campaign's evaluator
-ran last (--ahead): a model with the same graphs and constants then brings only its parameters, and
+While the experiment trains, the evaluator checks and compiles the program of the campaign's last
+kept run (--ahead): a model with the same graphs and constants then brings only its parameters, and
 its evaluation starts at once (Prepared).
 
     python -I autoresearch/evaluator.py --experiment DIR --model FILE --batch-size N [--ahead FILE]
@@ -175,7 +175,7 @@ def compiled(module, rows, precision, backend="inductor"):
     return fast, precision, max(1, INDEX_LIMIT // max(1, per_row))
 
 
-# -- compiled ahead: the campaign's last program, while the experiment trains -------------------------
+# -- compiled ahead: the last kept run's program, while the experiment trains -------------------------
 def graph_state(module):
     """What a checked program's module computes, apart from its parameters' values: the code of each of
     its graphs (and how its inputs and outputs are laid out), and everything those graphs read, in order:
@@ -241,8 +241,8 @@ class Prepared:
 
 
 def prepare_ahead(path, prepare, tokenizer):
-    """A Prepared program from the program at `path` (the one the campaign's evaluator ran last, an
-    earlier experiment's: checked like any other), or None. On a GPU its compilation costs seconds
+    """A Prepared program from the program at `path` (the campaign's last kept run's, an earlier
+    experiment's: checked like any other), or None. On a GPU its compilation costs seconds
     (tens, cold); paid here, while the experiment trains, it is not paid again when the experiment's
     model has the same graph (only hyper-parameters changed, say)."""
     import torch
@@ -362,7 +362,7 @@ def main(argv=None):
                                         '{"model": PATH, "batch_size": N} are read from stdin, one per line')
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ahead", help="a program to compile while the experiment trains (the campaign's last "
-                                        "evaluated one): a model with its graphs then brings only its weights")
+                                        "kept run's): a model with its graphs then brings only its weights")
     args = parser.parse_args(argv)
     # everything that does not need the model first: under the harness this overlaps the training
     sys.path.insert(0, args.experiment)
@@ -390,7 +390,7 @@ class Evaluator:
 
     def __init__(self, experiment_dir, model_dir, profile, cache_dir, sandboxed, placement=None, compile_cache=None):
         """compile_cache: the evaluators' own folder, where their torch.compile caches persist, and the
-        program the last one evaluated (compilecache.remember_program), which this one compiles ahead."""
+        program of the campaign's last kept run (compilecache.PROGRAM), which this one compiles ahead."""
         from autoresearch import bytecode, compilecache, sandbox
         here = os.path.dirname(os.path.abspath(__file__))
         inner = [os.path.join(here, "evaluator.py"), "--experiment", experiment_dir]

@@ -69,6 +69,8 @@ class Outcome:
     val_bpb: float = None         # the trusted evaluator's value
     eval_error: str = None        # why there is none although a model was handed over
     eval_ahead: bool = False      # whether the model ran on the program its evaluator compiled ahead
+    program: str = None           # the evaluated program, stashed in the evaluator's cache until the run is
+                                  # judged (compilecache.settle_program)
     handed_over: bool = False
     startup_s: float = None       # launch to the first training batch (capped at the allowance)
     training_s: float = None      # first training batch to the hand-off, as the harness measured it
@@ -218,8 +220,9 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
             outcome.eval_error = result.get("error")
             outcome.eval_ahead = result.get("ahead") is True
             outcome.eval_s = (channel.evaluated_at or time.time()) - channel.handoff_at
-            if outcome.val_bpb is not None and eval_compile_cache:  # the next evaluator compiles it ahead
-                compilecache.remember_program(eval_compile_cache, os.path.join(private, "model.pt2"))
+            if outcome.val_bpb is not None and eval_compile_cache:  # a kept run's: compiled ahead next time
+                model = os.path.join(private, "model.pt2")
+                outcome.program = compilecache.stash_program(eval_compile_cache, model)
         return outcome
     finally:
         if proc is not None and proc.poll() is None:

@@ -680,7 +680,7 @@ class _Experiment:
 
         caches = compile_caches(ledger, tag)
         caches.trim_evaluator_cache()
-        workspace, adopt = caches.workspace(), False
+        workspace, adopt, outcome, row = caches.workspace(), False, None, None
         try:
             try:
                 outcome = load_executor()(spec, checkout, rules["profile_dir"], float(rules["time_budget"]),
@@ -703,6 +703,7 @@ class _Experiment:
             adopt = adopts_compile_cache(checkout, spec, row["status"])
         finally:
             adopted = caches.settle(workspace, adopt)
+            compilecache.settle_program(outcome and outcome.program, kept=bool(row) and row["status"] == "keep")
         if adopted:
             ledger.event(tag, "compile-cache", f"#{exp_id}: {adopted}", self.worker)
         if self.signals.pending:

@@ -289,6 +289,7 @@ class Swarm(Loop):
             gitutil.reset_hard(self.checkout, row["commit_sha"])  # the branch (checked out) moves to it
         row = runner.record_finish(self.ledger, self.checkout, job.exp_id, status, cause, cols)
         self.settle_cache(done, keep=runner.adopts_compile_cache(self.checkout, job.spec, status))
+        compilecache.settle_program(done.outcome and done.outcome.program, kept=status == "keep")
         self.report(row)
         return row
 

@@ -313,21 +313,39 @@ def test_the_evaluator_has_a_cache_of_its_own_apart_from_the_adopted_one(caches)
     assert os.listdir(path) == []
 
 
-def test_a_remembered_program_replaces_the_one_before_whole(caches, tmp_path):
+def stashed(folder, tmp_path, text):
+    """A program file holding `text`, stashed in the evaluator cache `folder` as the executor does."""
+    (tmp_path / "model.pt2").write_text(text)
+    return compilecache.stash_program(folder, str(tmp_path / "model.pt2"))
+
+
+def test_a_kept_runs_program_replaces_the_one_before_whole(caches, tmp_path):
     folder = caches.evaluator_cache()
     for text in ("first program", "second program"):
-        (tmp_path / "model.pt2").write_text(text)
-        compilecache.remember_program(folder, str(tmp_path / "model.pt2"))
+        compilecache.settle_program(stashed(folder, tmp_path, text), kept=True)
     assert tree(folder) == {compilecache.PROGRAM: "second program"}
     assert compilecache.remembered_program(folder) == os.path.join(folder, compilecache.PROGRAM)
 
 
-def test_a_program_that_cannot_be_kept_leaves_the_one_before_and_nothing_else(caches, tmp_path):
+def test_a_program_of_a_run_not_kept_goes_and_the_kept_one_stays(caches, tmp_path):
     folder = caches.evaluator_cache()
-    (tmp_path / "model.pt2").write_text("first program")
-    compilecache.remember_program(folder, str(tmp_path / "model.pt2"))
-    compilecache.remember_program(folder, str(tmp_path / "gone.pt2"))
-    assert tree(folder) == {compilecache.PROGRAM: "first program"}
+    compilecache.settle_program(stashed(folder, tmp_path, "kept"), kept=True)
+    compilecache.settle_program(stashed(folder, tmp_path, "discarded"), kept=False)
+    assert tree(folder) == {compilecache.PROGRAM: "kept"}
+
+
+def test_a_program_that_cannot_be_stashed_leaves_nothing_behind(caches, tmp_path):
+    folder = caches.evaluator_cache()
+    assert compilecache.stash_program(folder, str(tmp_path / "gone.pt2")) is None
+    assert tree(folder) == {}
+
+
+def test_programs_stashed_by_runs_that_never_settled_go_with_the_next_trim(caches, tmp_path):
+    folder = caches.evaluator_cache()
+    compilecache.settle_program(stashed(folder, tmp_path, "kept"), kept=True)
+    stashed(folder, tmp_path, "its run crashed before it was judged")
+    caches.trim_evaluator_cache()
+    assert tree(folder) == {compilecache.PROGRAM: "kept"}
 
 
 def test_a_link_in_place_of_the_program_is_no_program(caches, secret):
@@ -335,11 +353,10 @@ def test_a_link_in_place_of_the_program_is_no_program(caches, secret):
     assert compilecache.remembered_program(caches.evaluator_cache()) is None
 
 
-def test_the_evaluator_is_given_the_remembered_program_to_compile_ahead(caches, tmp_path, smoke_cache):
+def test_the_evaluator_is_given_the_kept_program_to_compile_ahead(caches, tmp_path, smoke_cache):
     from autoresearch import evaluator
     folder = caches.evaluator_cache()
-    (tmp_path / "model.pt2").write_text("a program")
-    compilecache.remember_program(folder, str(tmp_path / "model.pt2"))
+    compilecache.settle_program(stashed(folder, tmp_path, "a program"), kept=True)
     private = tmp_path / "private"
     private.mkdir()
     trusted = evaluator.Evaluator(str(ROOT), str(private), "smoke", smoke_cache, sandboxed=False, compile_cache=folder)
@@ -350,9 +367,9 @@ def test_the_evaluator_is_given_the_remembered_program_to_compile_ahead(caches, 
     assert argv[argv.index("--ahead") + 1] == os.path.join(folder, compilecache.PROGRAM)
 
 
-def unigram_train(bias):
-    """A train.py that hands over a unigram model: logits = its parameter, set to `bias` (Python code,
-    V the vocabulary size), plus a constant zero table; after the budget's time on the clock."""
+def unigram_train(bias, table="torch.zeros(V)"):
+    """A train.py that hands over a unigram model: logits = its parameter, set to `bias`, plus a constant
+    `table` (Python code; V the vocabulary size); after the budget's time on the clock."""
     return textwrap.dedent(f"""\
         import time
         import numpy as np
@@ -364,7 +381,7 @@ def unigram_train(bias):
             def __init__(self):
                 super().__init__()
                 self.bias = torch.nn.Parameter({bias})
-                self.table = torch.zeros(V)  # a constant of the program
+                self.table = {table}  # a plain tensor: a constant of the program
 
             def forward(self, idx):
                 return torch.nn.functional.one_hot(idx, V).float() * 0.0 + self.bias + self.table
@@ -378,24 +395,48 @@ def unigram_train(bias):
         """)
 
 
-def test_a_model_with_the_graphs_of_the_one_evaluated_before_runs_on_its_program_compiled_ahead(
-        tmp_path, smoke_cache, temp, monkeypatch):
-    """The first run's program is remembered; the second run's evaluator compiles it while the second
-    run trains, and the second model (other parameters) runs on it: with its own parameters."""
-    import prepare
-    from test_metric import expected_uniform_bpb
+UNIGRAM_COUNTS = "(torch.from_numpy(np.bincount(prepare._train_arrays()[0].astype(np.int64), minlength=V)).float() + 1).log()"
+
+
+@pytest.fixture
+def ahead_repo(tmp_path, smoke_cache, temp, monkeypatch):
+    """A campaign judged by the real executor and evaluator, on branch autoresearch/ahead."""
     monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", str(BUDGET))
-    monkeypatch.delenv("AUTORESEARCH_EXECUTOR", raising=False)  # the real executor and evaluator
+    monkeypatch.delenv("AUTORESEARCH_EXECUTOR", raising=False)
     repo = make_repo(tmp_path / "repo")
     git(repo, "checkout", "-qb", "autoresearch/ahead")
-    first = run_baseline(repo, unigram_train("torch.zeros(V)"))
-    counts = "torch.from_numpy(np.bincount(prepare._train_arrays()[0].astype(np.int64), minlength=V)).float()"
-    second = run_standin(repo, "unigram counts", unigram_train(f"({counts} + 1).log()"), threshold=NEVER_KEEP)
-    assert (first["status"], second["status"]) == ("keep", "discard"), (first["cause"], second["cause"])
-    assert (first["eval_ahead"], second["eval_ahead"]) == (0, 1)
-    uniform = expected_uniform_bpb(prepare.Tokenizer.from_directory())
-    assert first["val_bpb"] == pytest.approx(uniform, rel=1e-6)
-    assert second["val_bpb"] < uniform - 0.2
+    return repo
+
+
+def uniform_bpb():
+    import prepare
+    from test_metric import expected_uniform_bpb
+    return expected_uniform_bpb(prepare.Tokenizer.from_directory())
+
+
+def test_a_model_with_the_graphs_of_the_last_kept_run_runs_on_its_program_compiled_ahead(ahead_repo):
+    """The kept baseline's program is compiled while later runs train; a discarded run with other graphs
+    does not displace it; a model with its graphs (other parameters) runs on it, with its own parameters."""
+    baseline = run_baseline(ahead_repo, unigram_train("torch.zeros(V)"))
+    other = run_standin(ahead_repo, "other graphs", unigram_train("torch.zeros(V)", table="torch.zeros(1, V)"),
+                        threshold=NEVER_KEEP)
+    same = run_standin(ahead_repo, "unigram counts", unigram_train(UNIGRAM_COUNTS), threshold=NEVER_KEEP)
+    assert [r["status"] for r in (baseline, other, same)] == ["keep", "discard", "discard"], same["cause"]
+    assert [r["eval_ahead"] for r in (baseline, other, same)] == [0, 0, 1]
+    assert baseline["val_bpb"] == pytest.approx(uniform_bpb(), rel=1e-6)
+    assert same["val_bpb"] < uniform_bpb() - 0.2
+
+
+def test_a_constant_of_the_program_compiled_ahead_never_scores_the_next_model(ahead_repo):
+    """A model with the same graphs runs on the kept run's program with only its parameters copied in.
+    The kept run hands over a good constant table (log unigram counts of the training tokens), the next
+    one the same graphs with a table of zeros: were the kept one's constant used, the next would score
+    as well. It scores as uniform logits do, compiled anew."""
+    good = run_baseline(ahead_repo, unigram_train("torch.zeros(V)", table=UNIGRAM_COUNTS))
+    zeros = run_standin(ahead_repo, "zeros as the same constant", unigram_train("torch.zeros(V)"), threshold=NEVER_KEEP)
+    assert (good["status"], zeros["status"]) == ("keep", "discard"), zeros["cause"]
+    assert good["val_bpb"] < uniform_bpb() - 0.2
+    assert zeros["val_bpb"] == pytest.approx(uniform_bpb(), rel=1e-6) and zeros["eval_ahead"] == 0
 
 
 # -- what the sandbox makes of it ------------------------------------------------------------------

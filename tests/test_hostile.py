@@ -764,44 +764,6 @@ forge(reply.get("val_bpb", 0.1))
     campaign.assert_untouched()
 
 
-def tabled(table):
-    """A train.py handing over a unigram model whose logits are a constant table (a plain tensor, not a
-    parameter: the program holds it as a constant), `table` being Python code for it."""
-    return script(TOY_MODEL + f"""
-import numpy as np
-
-class Tabled(Toy):
-    def __init__(self, table):
-        super().__init__()
-        self.table = table
-
-    def forward(self, idx):
-        return self.causal(idx) + self.table
-
-loader = prepare.make_dataloader(prepare.Tokenizer.from_directory(), 4, prepare.MAX_SEQ_LEN, "train")
-next(loader)
-time.sleep(prepare.TIME_BUDGET)  # the budget's time on the harness's clock: judged, not invalid
-forge(prepare.evaluate_bpb(Tabled({table}), None, 4))
-""")
-
-
-def test_a_constant_of_the_program_compiled_ahead_never_scores_the_next_model(campaign):
-    """Each evaluator compiles the program the one before it evaluated, and a model with the same graphs
-    runs on it with only its parameters copied in. The first run hands over a good constant table (log
-    unigram counts of the training tokens), the second the same graphs with a table of zeros: were the
-    first one's constant kept, the second would score as well. It scores as uniform logits do."""
-    import prepare
-    from test_metric import expected_uniform_bpb
-    counts = "torch.from_numpy(np.bincount(prepare._train_arrays()[0].astype(np.int64), minlength=V)).float()"
-    good = campaign.attack(tabled(f"({counts} + 1).log()"), "unigram table as a constant")
-    zeros = campaign.attack(tabled("torch.zeros(V)"), "zeros as the same constant")
-    assert (good["status"], zeros["status"]) == ("discard", "discard"), (good["cause"], zeros["cause"])
-    uniform = expected_uniform_bpb(prepare.Tokenizer.from_directory())
-    assert good["val_bpb"] < uniform - 0.2
-    assert zeros["val_bpb"] == pytest.approx(uniform, rel=1e-6)
-    campaign.assert_untouched()
-
-
 def unclocked_training(seconds):
     """train.py lines that train the model for `seconds` on a loader of their own, off the harness's clock."""
     return textwrap.dedent(f"""
