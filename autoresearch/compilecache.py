@@ -122,9 +122,12 @@ STASHED = ".candidate-"  # a program evaluated, until its run is kept (it become
 
 def stash_program(folder, path):
     """Move the program at `path`, which an evaluator has just evaluated, into the evaluator cache `folder`
-    under a name of its own (copied when on another disk); its path there, or None on a full disk."""
+    under a name of its own (copied when on another disk); its path there, or None on a full disk or
+    for a program over a quarter of MAX_BYTES."""
     stashed = None
     try:
+        if os.path.getsize(path) > MAX_BYTES // 4:  # it would crowd the compiled code out of the cache
+            return None
         fd, stashed = tempfile.mkstemp(prefix=STASHED, suffix=".pt2", dir=folder)
         os.close(fd)
         try:

@@ -17,13 +17,16 @@ prints one JSON line: {"val_bpb": ..., "seconds": ..., "ahead": ...} or {"error"
 """
 
 import argparse
+import ast
 import json
 import operator
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 ALLOWED_NAMESPACES = ("aten", "prims", "higher_order", "_operator", "builtins", "math")
 FORBIDDEN_OPS = ("from_file", "_load", "save")  # operations that read or write files
@@ -31,6 +34,147 @@ FORBIDDEN_OPS = ("from_file", "_load", "save")  # operations that read or write 
 
 class Rejected(Exception):
     """The handed-over program is not something the evaluator will run."""
+
+
+def load_program(path):
+    """The checked program in the file at `path` (check_archive, then check_program)."""
+    import torch
+    check_archive(path)
+    return check_program(torch.export.load(path))
+
+
+# -- what torch.export.load would run: refused before it reads the file ------------------------------
+# torch.export.load unpickles the weights, constants and objects that say they are pickled (and sample
+# inputs a weights-only load cannot read), turns each symbolic shape expression into an object with
+# sympy.sympify (an eval), and a program's module turns its input guards' text into Python code (exec).
+# A file made by hand could run anything in the evaluator, which sees the validation rows and answers
+# for the metric. Accepted: an archive of torch.export.save's layout with raw tensor payloads, sample
+# inputs a weights-only load reads, and expressions of shape symbols, numbers and sympy's functions.
+ARCHIVE_ENTRY = re.compile(r"(archive_format|archive_version|byteorder|\.data/[\w.-]+|models/[\w.-]+\.json|"
+                           r"data/(weights|constants)/[\w.-]+|data/sample_inputs/[\w.-]+\.pt)")
+SHAPE_SYMBOL = re.compile(r"[a-z]+[0-9]+")  # s0, u3: the symbols export names sizes by
+SYMBOL_ASSUMPTIONS = frozenset({"positive", "negative", "nonnegative", "nonpositive", "integer", "real",
+                                "finite", "zero", "nonzero", "even", "odd", "rational"})
+SYMPY_NAMES = frozenset({"Integer", "Float", "Rational", "Max", "Min", "Mod", "Abs", "Eq", "Ne", "Lt", "Le",
+                         "Gt", "Ge", "And", "Or", "Not", "Pow", "Mul", "Add", "floor", "ceiling", "oo", "zoo",
+                         "int_oo", "nan", "true", "false", "True", "False"})
+GUARD_METHODS = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
+OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.USub, ast.UAdd, ast.Not,
+             ast.And, ast.Or, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.BitAnd, ast.BitOr)
+
+
+def check_archive(path):
+    """Refuse (Rejected) a program file that torch.export.load would run code from (see above)."""
+    import io
+    import torch
+    try:
+        archive = zipfile.ZipFile(path)
+        names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as e:
+        raise Rejected(f"the model file is not a torch.export archive ({e})") from None
+    roots = {name.split("/", 1)[0] for name in names}
+    if len(roots) != 1 or len(set(names)) != len(names):
+        raise Rejected("the model file is not one torch.export archive (several roots, or repeated entries)")
+    for name in names:
+        entry = name.split("/", 1)[1] if "/" in name else ""
+        if not ARCHIVE_ENTRY.fullmatch(entry) or re.fullmatch(r"data/(weights|constants)/.*\.pt", entry):
+            raise Rejected(f"the model file holds {entry!r}, which torch.export.save does not write (or would "
+                           "be unpickled)")
+        if entry.startswith(("data/weights/", "data/constants/")) and entry.endswith(".json"):
+            _check_payloads(entry, _json(archive.read(name), entry))
+        elif entry.startswith("data/sample_inputs/"):
+            try:  # what torch tries before a full unpickling
+                torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+            except Exception:
+                raise Rejected("the model file's sample inputs need a full unpickling") from None
+        elif entry.startswith("models/"):
+            _check_expressions(_json(archive.read(name), entry))
+
+
+def _json(data, entry):
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise Rejected(f"the model file's {entry} is not JSON") from None
+
+
+def _check_payloads(entry, config):
+    for fqn, payload in (config.get("config") or {}).items() if isinstance(config, dict) else ():
+        if not isinstance(payload, dict) or payload.get("use_pickle") or (
+                entry.startswith("data/constants/") and not str(payload.get("path_name", "")).startswith("tensor_")):
+            raise Rejected(f"the model file's {fqn!r} is pickled or an object, not a tensor")
+
+
+def _check_expressions(document):
+    """Every symbolic expression (expr_str) and input guard (guards_code) in a program's JSON."""
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if key == "expr_str" and not (isinstance(value, str) and safe_expression(value)):
+                    raise Rejected(f"the model file holds a shape expression that is not one: {str(value)[:80]!r}")
+                if key == "guards_code" and not (isinstance(value, list)
+                                                 and all(isinstance(g, str) and safe_expression(g, guard=True)
+                                                         for g in value)):
+                    raise Rejected(f"the model file holds an input guard that is not one: {str(value)[:80]!r}")
+                stack.append(value)
+
+
+def safe_expression(text, guard=False):
+    """Whether `text` is a sympy expression of shape symbols, numbers and sympy's functions (for a
+    guard: also about the inputs' sizes, L['x'].size()[0]): nothing sympify or exec could run."""
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError):
+        return False
+    functions = SYMPY_NAMES | _torch_sympy_functions()
+
+    def safe(node):
+        if isinstance(node, ast.Expression):
+            return safe(node.body)
+        if isinstance(node, ast.Constant):
+            return type(node.value) in (int, float, bool)
+        if isinstance(node, ast.Name):
+            return node.id in functions or bool(SHAPE_SYMBOL.fullmatch(node.id)) or (guard and node.id == "L")
+        if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare)):
+            operators = [getattr(node, "op", None)] + list(getattr(node, "ops", []))
+            parts = [getattr(node, name) for name in ("left", "right", "operand") if hasattr(node, name)]
+            parts += list(getattr(node, "values", [])) + list(getattr(node, "comparators", []))
+            return all(isinstance(op, OPERATORS) for op in operators if op is not None) and all(map(safe, parts))
+        if isinstance(node, ast.Call):
+            return _safe_call(node, functions, guard, safe)
+        if guard and isinstance(node, ast.Subscript):
+            key = node.slice
+            if isinstance(node.value, ast.Name) and node.value.id == "L":  # an input by name
+                return isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value.isidentifier()
+            return safe(node.value) and isinstance(key, ast.Constant) and type(key.value) is int
+        return False
+    return safe(tree)
+
+
+def _safe_call(node, functions, guard, safe):
+    func = node.func
+    if isinstance(func, ast.Name) and func.id == "Symbol":  # Symbol('s0', positive=True, integer=True)
+        return (len(node.args) == 1 and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str) and bool(SHAPE_SYMBOL.fullmatch(node.args[0].value))
+                and all(k.arg in SYMBOL_ASSUMPTIONS and isinstance(k.value, ast.Constant)
+                        and type(k.value.value) is bool for k in node.keywords))
+    if isinstance(func, ast.Name) and func.id in functions:
+        return not node.keywords and all(map(safe, node.args))
+    if guard and isinstance(func, ast.Attribute) and func.attr in GUARD_METHODS:
+        return not node.args and not node.keywords and safe(func.value)
+    return False
+
+
+def _torch_sympy_functions():
+    """The names of torch's sympy functions (FloorDiv, ModularIndexing, ...) that expressions use."""
+    import sympy
+    import torch.utils._sympy.functions as functions
+    return {name for name, value in vars(functions).items()
+            if isinstance(value, type) and issubclass(value, sympy.Basic) and not name.startswith("_")}
 
 
 def check_program(program):
@@ -81,8 +225,8 @@ def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
     """val_bpb of the program at `path`. prepared: a Prepared program (prepare_ahead) that the model runs on
     when it computes the same function up to its parameters' values."""
     import torch
-    program = check_program(torch.export.load(path))
-    module, batch_size = program.module(), max(1, min(int(batch_size), 4096))
+    program = load_program(path)
+    module, batch_size = program.module(check_guards=False), max(1, min(int(batch_size), 4096))
     if prepared is not None and prepared.take(module):
         fast, precision, max_rows = prepared.fast, prepared.precision, prepared.max_rows  # compiled ahead
     else:
@@ -90,7 +234,7 @@ def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
     module = None
     if fast is None:  # a program inductor cannot compile still runs, eagerly, as it was exported
         torch.cuda.empty_cache()
-        return prepare.evaluate_bpb(program.module(), tokenizer, batch_size)
+        return prepare.evaluate_bpb(program.module(check_guards=False), tokenizer, batch_size)
     if max_rows is not None:  # compiled
         batch_size = batch_rows(batch_size, max_rows)
     with precision:  # what fails from here on (the causality probes, say) is the program's failure
@@ -178,32 +322,39 @@ def compiled(module, rows, precision, backend="inductor"):
 # -- compiled ahead: the last kept run's program, while the experiment trains -------------------------
 def graph_state(module):
     """What a checked program's module computes, apart from its parameters' values: the code of each of
-    its graphs (and how its inputs and outputs are laid out), and everything those graphs read, in order:
-    a parameter by name, shape, dtype and device, any other tensor by its value too, anything else by
-    type; with each, which earlier read is the same object (weights tied, or not). Two modules with
-    equal states compute the same function once the one's parameters are copied into the other."""
+    its graphs, how its inputs and outputs are laid out and which inputs it accepts, and everything those
+    graphs read, in order: a floating-point parameter by name, shape, dtype, device and layout, any other
+    tensor by its value too, anything else by type; with each, which earlier read is the same object
+    (weights tied, or not). Two modules with equal states compute the same function once the one's
+    parameters are copied into the other. Third: whether every tensor read is contiguous and alone in
+    its memory, so that copying parameters in changes nothing else."""
     import torch
-    code, reads, seen = [], [], {}
+    code, reads, seen, storages, plain = [], [], {}, set(), True
     for prefix, sub in module.named_modules():
         is_graph = isinstance(sub, torch.fx.GraphModule)
         code.append((prefix, type(sub).__name__, sub.code if is_graph else None,
-                     repr(getattr(sub, "_in_spec", None)), repr(getattr(sub, "_out_spec", None))))
+                     *(repr(getattr(sub, name, None)) for name in ("_in_spec", "_out_spec", "range_constraints",
+                                                                   "validate_inputs"))))
         for node in sub.graph.nodes if is_graph else ():
             if node.op != "get_attr":
                 continue
             value = operator.attrgetter(node.target)(sub)
             same_as = seen.setdefault(id(value), len(reads))
-            kind = "parameter" if isinstance(value, torch.nn.Parameter) else \
-                "tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+            weight = isinstance(value, torch.nn.Parameter) and value.is_floating_point()
+            kind = "parameter" if weight else "tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+            if isinstance(value, torch.Tensor) and same_as == len(reads):
+                storage = value.untyped_storage().data_ptr()
+                plain = plain and value.is_contiguous() and (storage not in storages or value.numel() == 0)
+                storages.add(storage)
             reads.append((kind, f"{prefix}:{node.target}", same_as, value))
-    return code, reads
+    return code, reads, plain
 
 
 def same_function(a, b):
     """Whether two graph_states compute the same function up to their parameters' values."""
     import torch
-    (code_a, reads_a), (code_b, reads_b) = a, b
-    if code_a != code_b or len(reads_a) != len(reads_b):
+    (code_a, reads_a, plain_a), (code_b, reads_b, plain_b) = a, b
+    if not (plain_a and plain_b) or code_a != code_b or len(reads_a) != len(reads_b):
         return False
     for (kind, name, same_as, x), (kind_b, name_b, same_as_b, y) in zip(reads_a, reads_b):
         if (kind, name, same_as) != (kind_b, name_b, same_as_b):
@@ -227,38 +378,55 @@ class Prepared:
 
     def take(self, module):
         """Copy the parameters of `module` (a checked program's) in and return True when it computes
-        the same function as the prepared one; else change nothing and return False."""
+        the same function as the prepared one; else return False (and, should a copy fail half-way,
+        never take anything again)."""
         import torch
         state = graph_state(module)
-        if not same_function(self.state, state):
+        if self.state is None or not same_function(self.state, state):
             return False
-        with torch.no_grad():
-            for i, ((kind, _, same_as, ours), (_, _, _, theirs)) in enumerate(zip(self.state[1], state[1])):
-                if kind == "parameter" and same_as == i:  # a tied parameter is copied once
-                    ours.copy_(theirs)
+        try:
+            with torch.no_grad():
+                for i, ((kind, _, same_as, ours), (_, _, _, theirs)) in enumerate(zip(self.state[1], state[1])):
+                    if kind == "parameter" and same_as == i:  # a tied parameter is copied once
+                        ours.copy_(theirs)
+        except Exception:
+            self.state = None
+            return False
         self.taken = True
         return True
+
+
+AHEAD_SHARE = 32  # the GPU memory the program compiled ahead may take while the experiment trains: 1/32
 
 
 def prepare_ahead(path, prepare, tokenizer):
     """A Prepared program from the program at `path` (the campaign's last kept run's, an earlier
     experiment's: checked like any other), or None. On a GPU its compilation costs seconds
     (tens, cold); paid here, while the experiment trains, it is not paid again when the experiment's
-    model has the same graph (only hyper-parameters changed, say)."""
+    model has the same graph (only hyper-parameters changed, say). Beside the training, on a GPU it
+    may take 1/AHEAD_SHARE of the memory, weights and trial run together: an earlier run's program
+    cannot take this one's memory."""
     import torch
-    if torch.cuda.is_available() and os.path.getsize(path) > torch.cuda.get_device_properties(0).total_memory // 32:
-        print("evaluator: the previous program is too large to compile beside the training (over 1/32 of the "
-              "GPU's memory); the model is compiled when it comes", file=sys.stderr)
-        return None  # its weights would take the training's memory: an earlier run could make this one fail
+    cuda = torch.cuda.is_available()
     try:
-        module = check_program(torch.export.load(path)).module()
+        if cuda and os.path.getsize(path) > torch.cuda.get_device_properties(0).total_memory // AHEAD_SHARE:
+            raise Rejected(f"over 1/{AHEAD_SHARE} of the GPU's memory")
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1 / AHEAD_SHARE)
+        module = load_program(path).module(check_guards=False)
         state = graph_state(module)
+        if not state[2]:
+            raise Rejected("its tensors share memory or are not contiguous")
         fast, precision, max_rows = runnable(module, trial_rows(prepare, tokenizer))
+        if cuda and fast is not None and max_rows is None:
+            raise Rejected("its trial run ran out of the memory it may take")
     except Exception as e:  # nothing is lost: the model is compiled when it comes
-        print(f"evaluator: the previous program was not prepared ({type(e).__name__}: {e})", file=sys.stderr)
+        print(f"evaluator: the previous program was not compiled ahead ({type(e).__name__}: {e})", file=sys.stderr)
         return None
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # what the trial run took goes back to the training
+    finally:
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+            torch.cuda.empty_cache()  # what the trial run took goes back to the training
     return Prepared(state, fast, precision, max_rows) if fast is not None else None
 
 

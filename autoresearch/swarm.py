@@ -288,13 +288,16 @@ class Swarm(Loop):
         if status == "keep":
             gitutil.reset_hard(self.checkout, row["commit_sha"])  # the branch (checked out) moves to it
         row = runner.record_finish(self.ledger, self.checkout, job.exp_id, status, cause, cols)
-        self.settle_cache(done, keep=runner.adopts_compile_cache(self.checkout, job.spec, status))
-        compilecache.settle_program(done.outcome and done.outcome.program, kept=status == "keep")
+        self.settle_cache(done, runner.adopts_compile_cache(self.checkout, job.spec, status), kept=status == "keep")
         self.report(row)
         return row
 
-    def settle_cache(self, done, keep):
-        """Adopt the run's compile cache (runner.adopts_compile_cache), or throw it away."""
+    def settle_cache(self, done, keep, kept=False):
+        """Adopt the run's compile cache (runner.adopts_compile_cache), or throw it away; the program its
+        evaluator evaluated is the one later evaluators compile ahead when the run was kept."""
+        if done.outcome is not None:
+            compilecache.settle_program(done.outcome.program, kept)
+            done.outcome.program = None
         if done.compile_cache:
             adopted = runner.compile_caches(self.ledger, self.tag).settle(done.compile_cache, adopt=keep)
             done.compile_cache = None

@@ -340,6 +340,13 @@ def test_a_program_that_cannot_be_stashed_leaves_nothing_behind(caches, tmp_path
     assert tree(folder) == {}
 
 
+def test_a_program_over_a_quarter_of_the_cache_is_not_stashed(caches, tmp_path, monkeypatch):
+    """Kept in the evaluator's cache, it would have the next trim throw the compiled code away."""
+    monkeypatch.setattr(compilecache, "MAX_BYTES", 40)
+    assert stashed(caches.evaluator_cache(), tmp_path, "x" * 11) is None
+    assert tree(caches.evaluator_cache()) == {} and (tmp_path / "model.pt2").exists()
+
+
 def test_programs_stashed_by_runs_that_never_settled_go_with_the_next_trim(caches, tmp_path):
     folder = caches.evaluator_cache()
     compilecache.settle_program(stashed(folder, tmp_path, "kept"), kept=True)
@@ -395,7 +402,8 @@ def unigram_train(bias, table="torch.zeros(V)"):
         """)
 
 
-UNIGRAM_COUNTS = "(torch.from_numpy(np.bincount(prepare._train_arrays()[0].astype(np.int64), minlength=V)).float() + 1).log()"
+UNIGRAM_COUNTS = ("(torch.from_numpy(np.bincount(prepare._train_arrays()[0].astype(np.int64), minlength=V)).float()"
+                  " + 1).log()")
 
 
 @pytest.fixture

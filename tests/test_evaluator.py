@@ -1,14 +1,18 @@
 """The trusted evaluator's check of a handed-over program, before anything of it runs."""
 
 import contextlib
+import json
+import os
+import pickle
+import zipfile
 
 import pytest
 import torch
 
 import prepare
 from autoresearch.evaluator import (Prepared, Rejected, batch_rows, block_sparse_attention, check_program,
-                                    compiled, drop_dtype_checks, evaluate_program, graph_state, prepare_ahead,
-                                    trial_rows)
+                                    compiled, drop_dtype_checks, evaluate_program, graph_state, load_program,
+                                    prepare_ahead, trial_rows)
 
 
 def exported(module, tmp_path):
@@ -156,7 +160,7 @@ def loaded(model, tmp_path, name):
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.export.export(model, (torch.randint(0, 10, (2, 256)),), dynamic_shapes=({0: batch},))
     torch.export.save(program, tmp_path / name)
-    return check_program(torch.export.load(tmp_path / name)).module()
+    return load_program(str(tmp_path / name)).module(check_guards=False)
 
 
 def prepared_from(model, tmp_path):
@@ -215,7 +219,7 @@ def test_a_model_whose_weights_are_tied_otherwise_is_not_taken(tmp_path):
     def export_of(tied, name):
         program = torch.export.export(TwoHeads(tied), (torch.randint(0, 10, (2, 5)),))
         torch.export.save(program, tmp_path / name)
-        return check_program(torch.export.load(tmp_path / name)).module()
+        return load_program(str(tmp_path / name)).module(check_guards=False)
     tied, apart = export_of(True, "tied.pt2"), export_of(False, "apart.pt2")
     assert not Prepared(graph_state(tied), tied, contextlib.nullcontext()).take(apart)
     assert not Prepared(graph_state(apart), apart, contextlib.nullcontext()).take(tied)
@@ -253,7 +257,49 @@ def test_the_evaluation_on_a_prepared_program_gives_the_models_own_val_bpb(smoke
 def test_a_previous_program_that_cannot_be_loaded_prepares_nothing(smoke_cache, tmp_path, capsys):
     (tmp_path / "ahead.pt2").write_bytes(b"not a program")
     assert prepare_ahead(str(tmp_path / "ahead.pt2"), prepare, prepare.Tokenizer.from_directory()) is None
-    assert "the previous program was not prepared" in capsys.readouterr().err
+    assert "the previous program was not compiled ahead" in capsys.readouterr().err
+
+
+@torch.no_grad()
+def test_a_model_accepting_other_batch_sizes_is_not_taken(tmp_path):
+    """A kept program exported for at most 4 rows would refuse the next model's batches of 64."""
+    def exported_for(rows, seed, name):
+        torch.manual_seed(seed)
+        batch = torch.export.Dim("batch", min=1, max=rows)
+        program = torch.export.export(Windowed(), (torch.randint(0, 10, (2, 256)),), dynamic_shapes=({0: batch},))
+        torch.export.save(program, tmp_path / name)
+        return load_program(str(tmp_path / name)).module(check_guards=False)
+    few = exported_for(4, 0, "few.pt2")
+    assert not Prepared(graph_state(few), few, contextlib.nullcontext()).take(exported_for(64, 1, "many.pt2"))
+
+
+class Sharing(Embed):
+    """A second matrix that is a view of the first one's memory: copying one in would change the other."""
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.randn(20, 10))
+        self.b = torch.nn.Parameter(self.a.data[:10])
+
+    def forward(self, x):
+        return self.e(x) @ self.a.T[:, :10] + self.e(x) @ self.b
+
+
+def test_a_program_whose_tensors_share_memory_is_neither_prepared_nor_taken(tmp_path):
+    shared = check_program(exported(Sharing(), tmp_path)).module(check_guards=False)
+    assert graph_state(shared)[2] is False
+    assert not Prepared(graph_state(shared), shared, contextlib.nullcontext()).take(shared)
+
+
+@torch.no_grad()
+def test_a_mask_held_as_a_parameter_is_compared_by_value(tmp_path):
+    """A boolean mask registered as a parameter is no weight: copied in, it would meet block masks made
+    from the earlier one's values."""
+    class MaskParameter(Windowed):
+        def __init__(self, window=64):
+            super().__init__(window=window)
+            self.mask = torch.nn.Parameter(self.mask, requires_grad=False)
+    prepared = prepared_from(seeded(0, MaskParameter), tmp_path)
+    assert not prepared.take(loaded(seeded(0, lambda: MaskParameter(window=32)), tmp_path, "model.pt2"))
 
 
 def test_one_compilation_serves_every_call_of_the_evaluation(smoke_cache, tmp_path):
@@ -262,7 +308,7 @@ def test_one_compilation_serves_every_call_of_the_evaluation(smoke_cache, tmp_pa
     from torch._inductor.compile_fx import compile_fx
     tok = prepare.Tokenizer.from_directory()
     path = handed_over(seeded(0, lambda: SmokeLM(tok.get_vocab_size())), tmp_path, "model.pt2")
-    module = check_program(torch.export.load(path)).module()
+    module = load_program(path).module(check_guards=False)
     compilations = []
 
     def inductor(graph, inputs):  # inductor itself (on the CPU): its lowering adds the layout's guards
@@ -289,7 +335,75 @@ def test_a_previous_program_too_large_to_sit_beside_the_training_is_not_loaded(t
         total_memory = 32 * 1000
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Card())
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     monkeypatch.setattr(torch.export, "load", lambda path: pytest.fail("the program was loaded"))
     (tmp_path / "ahead.pt2").write_bytes(b"x" * 1001)
     assert prepare_ahead(str(tmp_path / "ahead.pt2"), None, None) is None
-    assert "too large to compile beside the training" in capsys.readouterr().err
+    assert "over 1/32 of the GPU's memory" in capsys.readouterr().err
+
+
+# -- a program file made by hand: torch.export.load would run code from it ----------------------------
+class MakesFolder:
+    """Unpickled, it makes a folder: proof that a pickle in the file ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
+def forge_pickled_weight(files, ran):
+    config = next(n for n in files if n.endswith("_weights_config.json"))
+    entry = json.loads(files[config])
+    for payload in entry["config"].values():
+        payload["use_pickle"] = True
+        files[config.replace(config.rsplit("/", 1)[1], payload["path_name"])] = pickle.dumps(MakesFolder(ran))
+    files[config] = json.dumps(entry).encode()
+
+
+def forge_shape_expression(files, ran):
+    model = next(n for n in files if "/models/" in n)
+    text = files[model].decode()
+    start = text.index('"expr_str": "') + len('"expr_str": "')
+    end = text.index('"', start)
+    code = f"__import__('os').makedirs('{ran}') or {text[start:end]}"
+    files[model] = (text[:start] + code + text[end:]).encode()
+
+
+def forge_guard(files, ran):
+    model = next(n for n in files if "/models/" in n)
+    document = json.loads(files[model])
+    document["guards_code"] = [f"__import__('os').makedirs('{ran}') is None"]
+    files[model] = json.dumps(document).encode()
+
+
+def forge_sample_inputs(files, ran):
+    sample = next(n for n in files if "/sample_inputs/" in n)
+    files[sample] = pickle.dumps(MakesFolder(ran))
+
+
+@pytest.mark.parametrize("forge, refusal", [
+    (forge_pickled_weight, "is pickled or an object"),
+    (forge_shape_expression, "shape expression that is not one"),
+    (forge_guard, "input guard that is not one"),
+    (forge_sample_inputs, "sample inputs need a full unpickling"),
+], ids=["pickled weight", "code as a shape expression", "code as an input guard", "pickled sample inputs"])
+def test_a_program_file_that_would_run_code_when_loaded_is_refused_before_it_runs(tmp_path, forge, refusal):
+    """Each of these ran code in the evaluator when torch.export.load read the file (or when its module
+    was made): the code could answer the harness for the metric."""
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(Windowed(), (torch.randint(0, 10, (2, 256)),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "honest.pt2")
+    with zipfile.ZipFile(tmp_path / "honest.pt2") as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    ran = str(tmp_path / "the-code-ran")
+    forge(files, ran)
+    with zipfile.ZipFile(tmp_path / "model.pt2", "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    with pytest.raises(Rejected, match=refusal):
+        evaluate_program(str(tmp_path / "model.pt2"), 4, None, None)
+    assert not os.path.exists(ran)
+    assert load_program(str(tmp_path / "honest.pt2")).module(check_guards=False) is not None

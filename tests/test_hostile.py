@@ -764,6 +764,45 @@ forge(reply.get("val_bpb", 0.1))
     campaign.assert_untouched()
 
 
+def test_a_model_file_whose_pickle_answers_for_the_evaluator_is_refused(campaign):
+    """model.pt2 made by hand: its weight says it is pickled, and unpickling it prints the evaluator's
+    reply line, val_bpb 0.01, before the evaluator's own (torch.export.load unpickles such weights)."""
+    body = TOY_MODEL + """
+import json as _json, pickle, zipfile
+
+class Answer:
+    def __reduce__(self):
+        return print, ('{"val_bpb": 0.01, "seconds": 1.0}',)
+
+class Unigram(Toy):
+    def forward(self, idx):
+        return self.causal(idx)
+
+path = os.path.join(os.environ["AUTORESEARCH_HANDOFF_DIR"], "model.pt2")
+prepare.export_model(Unigram(), 4, path)
+with zipfile.ZipFile(path) as archive:
+    files = {name: archive.read(name) for name in archive.namelist()}
+config_name = next(name for name in files if name.endswith("_weights_config.json"))
+config = _json.loads(files[config_name])
+for payload in config["config"].values():
+    payload["use_pickle"] = True
+    files[config_name.rsplit("/", 1)[0] + "/" + payload["path_name"]] = pickle.dumps(Answer())
+files[config_name] = _json.dumps(config).encode()
+with zipfile.ZipFile(path, "w") as archive:
+    for name, data in files.items():
+        archive.writestr(name, data)
+prepare.tell_harness({"event": "training"})
+time.sleep(prepare.TIME_BUDGET)
+reply = prepare.tell_harness({"event": "model", "file": "model.pt2", "batch_size": 4, "reply": True})
+print("reply", reply)
+forge(reply.get("val_bpb", 0.1))
+"""
+    row = campaign.attack(script(body), "pickled weight answering for the evaluator")
+    assert row["status"] == "invalid" and row["val_bpb"] is None, row["log_tail"][-2000:]
+    assert "pickled" in row["cause"], row["cause"]
+    campaign.assert_untouched()
+
+
 def unclocked_training(seconds):
     """train.py lines that train the model for `seconds` on a loader of their own, off the harness's clock."""
     return textwrap.dedent(f"""
