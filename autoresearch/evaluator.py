@@ -43,6 +43,15 @@ def load_program(path):
     return check_program(torch.export.load(path))
 
 
+def module_of(program):
+    """The program's module, without the Python code torch makes of its input guards' text (the torch
+    versions that make none have no such option)."""
+    try:
+        return program.module(check_guards=False)
+    except TypeError:
+        return program.module()
+
+
 # -- what torch.export.load would run: refused before it reads the file ------------------------------
 # torch.export.load unpickles the weights, constants and objects that say they are pickled (and sample
 # inputs a weights-only load cannot read), turns each symbolic shape expression into an object with
@@ -226,7 +235,7 @@ def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
     when it computes the same function up to its parameters' values."""
     import torch
     program = load_program(path)
-    module, batch_size = program.module(check_guards=False), max(1, min(int(batch_size), 4096))
+    module, batch_size = module_of(program), max(1, min(int(batch_size), 4096))
     if prepared is not None and prepared.take(module):
         fast, precision, max_rows = prepared.fast, prepared.precision, prepared.max_rows  # compiled ahead
     else:
@@ -234,7 +243,7 @@ def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
     module = None
     if fast is None:  # a program inductor cannot compile still runs, eagerly, as it was exported
         torch.cuda.empty_cache()
-        return prepare.evaluate_bpb(program.module(check_guards=False), tokenizer, batch_size)
+        return prepare.evaluate_bpb(module_of(program), tokenizer, batch_size)
     if max_rows is not None:  # compiled
         batch_size = batch_rows(batch_size, max_rows)
     with precision:  # what fails from here on (the causality probes, say) is the program's failure
@@ -413,7 +422,7 @@ def prepare_ahead(path, prepare, tokenizer):
             raise Rejected(f"over 1/{AHEAD_SHARE} of the GPU's memory")
         if cuda:
             torch.cuda.set_per_process_memory_fraction(1 / AHEAD_SHARE)
-        module = load_program(path).module(check_guards=False)
+        module = module_of(load_program(path))
         state = graph_state(module)
         if not state[2]:
             raise Rejected("its tensors share memory or are not contiguous")

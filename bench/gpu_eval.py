@@ -91,7 +91,7 @@ def main():
 
     def load():
         t = time.time()
-        module = evaluator.load_program(path).module(check_guards=False)
+        module = evaluator.module_of(evaluator.load_program(path))
         return module, time.time() - t
 
     def evaluator_variant():
