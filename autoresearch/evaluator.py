@@ -239,6 +239,8 @@ def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
     if prepared is not None and prepared.take(module):
         fast, precision, max_rows = prepared.fast, prepared.precision, prepared.max_rows  # compiled ahead
     else:
+        if prepared is not None:
+            prepared.release()
         fast, precision, max_rows = runnable(module, trial_rows(prepare, tokenizer))
     module = None
     if fast is None:  # a program inductor cannot compile still runs, eagerly, as it was exported
@@ -403,6 +405,13 @@ class Prepared:
             return False
         self.taken = True
         return True
+
+    def release(self):
+        """Let go of the prepared program (its weights, its compiled code), for an evaluation without it."""
+        import torch
+        self.state = self.fast = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 AHEAD_SHARE = 32  # the GPU memory the program compiled ahead may take while the experiment trains: 1/32

@@ -254,6 +254,19 @@ def test_the_evaluation_on_a_prepared_program_gives_the_models_own_val_bpb(smoke
     assert evaluate_program(earlier, 8, prepare, tok) != evaluate_program(model, 8, prepare, tok)
 
 
+def test_a_prepared_program_the_model_does_not_match_is_let_go_before_the_evaluation(smoke_cache, tmp_path):
+    """Its weights and compiled code would hold GPU memory the evaluation needs."""
+    class Halved(SmokeLM):
+        def forward(self, x):
+            return super().forward(x) / 2
+    tok = prepare.Tokenizer.from_directory()
+    earlier = handed_over(seeded(0, lambda: SmokeLM(tok.get_vocab_size())), tmp_path, "earlier.pt2")
+    model = handed_over(seeded(0, lambda: Halved(tok.get_vocab_size())), tmp_path, "model.pt2")
+    prepared = prepare_ahead(earlier, prepare, tok)
+    assert evaluate_program(model, 8, prepare, tok, prepared) == evaluate_program(model, 8, prepare, tok)
+    assert not prepared.taken and prepared.fast is None
+
+
 def test_a_previous_program_that_cannot_be_loaded_prepares_nothing(smoke_cache, tmp_path, capsys):
     (tmp_path / "ahead.pt2").write_bytes(b"not a program")
     assert prepare_ahead(str(tmp_path / "ahead.pt2"), prepare, prepare.Tokenizer.from_directory()) is None
