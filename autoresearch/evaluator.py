@@ -64,9 +64,11 @@ ARCHIVE_ENTRY = re.compile(r"(archive_format|archive_version|byteorder|\.data/[\
 SHAPE_SYMBOL = re.compile(r"[a-z]+[0-9]+")  # s0, u3: the symbols export names sizes by
 SYMBOL_ASSUMPTIONS = frozenset({"positive", "negative", "nonnegative", "nonpositive", "integer", "real",
                                 "finite", "zero", "nonzero", "even", "odd", "rational"})
-SYMPY_NAMES = frozenset({"Integer", "Float", "Rational", "Max", "Min", "Mod", "Abs", "Eq", "Ne", "Lt", "Le",
-                         "Gt", "Ge", "And", "Or", "Not", "Pow", "Mul", "Add", "floor", "ceiling", "oo", "zoo",
-                         "int_oo", "nan", "true", "false", "True", "False"})
+SYMPY_NAMES = frozenset({"Integer", "Rational", "Max", "Min", "Mod", "Abs", "Eq", "Ne", "Lt", "Le", "Gt", "Ge",
+                         "Equality", "Unequality", "StrictLessThan", "LessThan", "StrictGreaterThan", "GreaterThan",
+                         "And", "Or", "Not", "Pow", "Mul", "Add", "floor", "ceiling", "sqrt", "oo", "zoo", "int_oo",
+                         "nan", "true", "false", "True", "False", "Half", "One", "Zero", "NegativeOne"})
+NUMBER = re.compile(r"-?[0-9]+(\.[0-9]*)?(e-?[0-9]+)?")
 GUARD_METHODS = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
 OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.USub, ast.UAdd, ast.Not,
              ast.And, ast.Or, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.BitAnd, ast.BitOr)
@@ -133,8 +135,9 @@ def _check_expressions(document):
 
 
 def safe_expression(text, guard=False):
-    """Whether `text` is a sympy expression of shape symbols, numbers and sympy's functions (for a
-    guard: also about the inputs' sizes, L['x'].size()[0]): nothing sympify or exec could run."""
+    """Whether `text` is a sympy expression of shape symbols, numbers and sympy's functions, as torch
+    writes them (sympy's srepr: Mul(Integer(2048), Symbol('s0', positive=True, integer=True))); for a
+    guard also about the inputs' sizes (L['x'].size()[0]): nothing sympify or exec could run."""
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError):
@@ -171,6 +174,11 @@ def _safe_call(node, functions, guard, safe):
                 and isinstance(node.args[0].value, str) and bool(SHAPE_SYMBOL.fullmatch(node.args[0].value))
                 and all(k.arg in SYMBOL_ASSUMPTIONS and isinstance(k.value, ast.Constant)
                         and type(k.value.value) is bool for k in node.keywords))
+    if isinstance(func, ast.Name) and func.id == "Float":  # Float('1.5', precision=53), as srepr writes it
+        return (len(node.args) == 1 and isinstance(node.args[0], ast.Constant)
+                and (type(node.args[0].value) in (int, float) or bool(NUMBER.fullmatch(str(node.args[0].value))))
+                and all(k.arg == "precision" and isinstance(k.value, ast.Constant) and type(k.value.value) is int
+                        for k in node.keywords))
     if isinstance(func, ast.Name) and func.id in functions:
         return not node.keywords and all(map(safe, node.args))
     if guard and isinstance(func, ast.Attribute) and func.attr in GUARD_METHODS:

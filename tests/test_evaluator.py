@@ -12,7 +12,7 @@ import torch
 import prepare
 from autoresearch.evaluator import (Prepared, Rejected, batch_rows, block_sparse_attention, check_program,
                                     compiled, drop_dtype_checks, evaluate_program, graph_state, load_program,
-                                    prepare_ahead, trial_rows)
+                                    prepare_ahead, safe_expression, trial_rows)
 
 
 def exported(module, tmp_path):
@@ -420,3 +420,28 @@ def test_a_program_file_that_would_run_code_when_loaded_is_refused_before_it_run
         evaluate_program(str(tmp_path / "model.pt2"), 4, None, None)
     assert not os.path.exists(ran)
     assert load_program(str(tmp_path / "honest.pt2")).module(check_guards=False) is not None
+
+
+def torch_shape_expressions():
+    """Shape expressions as torch.export writes them (sympy's srepr), of the kinds export makes."""
+    import sympy
+    from sympy.printing.repr import srepr
+    from torch.utils._sympy.functions import CleanDiv, FloorDiv, IntTrueDiv, ModularIndexing, PythonMod, ToFloat
+    s, u = sympy.Symbol("s95", positive=True, integer=True), sympy.Symbol("u0", integer=True)
+    return [srepr(e) for e in (s, 2048 * s, s + 1, s * s, -s, s - u, s ** 2, sympy.Rational(1, 2) * s,
+                               FloorDiv(s, 2), sympy.Mod(s, 2), ModularIndexing(s, 1, 4), CleanDiv(s, 2),
+                               PythonMod(s, 3), IntTrueDiv(s, 2), ToFloat(s), sympy.Float(1.5) * s,
+                               sympy.Max(1, s), sympy.Min(s, 4), sympy.Eq(s, 2), sympy.Ne(s, 3), s < 5, s <= 5,
+                               s > 1, s >= 1, sympy.And(s > 1, s < 9), sympy.Or(s > 1, u < 2), sympy.Not(s > 1),
+                               sympy.true, sympy.sqrt(s))]
+
+
+def test_the_shape_expressions_torch_writes_are_accepted():
+    assert [text for text in torch_shape_expressions() if not safe_expression(text)] == []
+
+
+@pytest.mark.parametrize("text", ["__import__('os').getcwd()", "Float('1', precision=__import__('os'))",
+                                  "Symbol('s0', positive=__import__('os'))", "Integer(2).__class__",
+                                  "Symbol('__import__')", "Float(chr(49))", "Mul(s0, open)", "(lambda: 1)()"])
+def test_code_written_as_a_shape_expression_is_not_one(text):
+    assert not safe_expression(text)
