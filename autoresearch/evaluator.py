@@ -160,9 +160,11 @@ def safe_expression(text, guard=False):
             return _safe_call(node, functions, guard, safe)
         if guard and isinstance(node, ast.Subscript):
             key = node.slice
+            named = isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value.isidentifier() \
+                and not key.value.startswith("_")
             if isinstance(node.value, ast.Name) and node.value.id == "L":  # an input by name
-                return isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value.isidentifier()
-            return safe(node.value) and isinstance(key, ast.Constant) and type(key.value) is int
+                return named
+            return safe(node.value) and (named or isinstance(key, ast.Constant) and type(key.value) is int)
         return False
     return safe(tree)
 

@@ -440,6 +440,14 @@ def test_the_shape_expressions_torch_writes_are_accepted():
     assert [text for text in torch_shape_expressions() if not safe_expression(text)] == []
 
 
+def test_input_guards_about_sizes_are_accepted_and_nothing_else():
+    guards = ["L['idx'].size()[0] <= 65536", "2 <= L['idx'].size()[0]", "L['idx'].stride()[0] == 2048",
+              "L['z']['k'].size()[1] == 3"]
+    assert all(safe_expression(g, guard=True) for g in guards)
+    assert not any(safe_expression(g, guard=True) for g in ["L['x'].__class__", "L['x']['__class__']",
+                                                             "L['x'].size(__import__('os'))[0]"])
+
+
 @pytest.mark.parametrize("text", ["__import__('os').getcwd()", "Float('1', precision=__import__('os'))",
                                   "Symbol('s0', positive=__import__('os'))", "Integer(2).__class__",
                                   "Symbol('__import__')", "Float(chr(49))", "Mul(s0, open)", "(lambda: 1)()"])
