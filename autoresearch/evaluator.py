@@ -29,7 +29,8 @@ import time
 import zipfile
 
 ALLOWED_NAMESPACES = ("aten", "prims", "higher_order", "_operator", "builtins", "math")
-FORBIDDEN_OPS = ("from_file", "_load", "save")  # operations that read or write files
+FORBIDDEN_OPS = ("from_file", "_load", "save", "print")  # operations that read or write files, or print (the
+# evaluator's reply is a printed line)
 
 
 class Rejected(Exception):
@@ -37,10 +38,11 @@ class Rejected(Exception):
 
 
 def load_program(path):
-    """The checked program in the file at `path` (check_archive, then check_program)."""
+    """The checked program in the file at `path`: checked as a file (check_archive), then loaded from
+    the archive as checked (rebuilt: Python's zip reader and torch's need not find the same entries
+    in a file made by hand), then checked as a program (check_program)."""
     import torch
-    check_archive(path)
-    return check_program(torch.export.load(path))
+    return check_program(torch.export.load(check_archive(path)))
 
 
 def module_of(program):
@@ -75,7 +77,8 @@ OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow
 
 
 def check_archive(path):
-    """Refuse (Rejected) a program file that torch.export.load would run code from (see above)."""
+    """The archive at `path`, checked (see above) and rebuilt in memory from what was checked, for
+    torch.export.load to read; Rejected when it holds what that loader would run code from."""
     import io
     import torch
     try:
@@ -84,22 +87,28 @@ def check_archive(path):
     except (OSError, zipfile.BadZipFile) as e:
         raise Rejected(f"the model file is not a torch.export archive ({e})") from None
     roots = {name.split("/", 1)[0] for name in names}
-    if len(roots) != 1 or len(set(names)) != len(names):
+    if len(roots) != 1 or len({name.lower() for name in names}) != len(names):
         raise Rejected("the model file is not one torch.export archive (several roots, or repeated entries)")
-    for name in names:
-        entry = name.split("/", 1)[1] if "/" in name else ""
-        if not ARCHIVE_ENTRY.fullmatch(entry) or re.fullmatch(r"data/(weights|constants)/.*\.pt", entry):
-            raise Rejected(f"the model file holds {entry!r}, which torch.export.save does not write (or would "
-                           "be unpickled)")
-        if entry.startswith(("data/weights/", "data/constants/")) and entry.endswith(".json"):
-            _check_payloads(entry, _json(archive.read(name), entry))
-        elif entry.startswith("data/sample_inputs/"):
-            try:  # what torch tries before a full unpickling
-                torch.load(io.BytesIO(archive.read(name)), weights_only=True)
-            except Exception:
-                raise Rejected("the model file's sample inputs need a full unpickling") from None
-        elif entry.startswith("models/"):
-            _check_expressions(_json(archive.read(name), entry))
+    rebuilt = io.BytesIO()
+    with archive, zipfile.ZipFile(rebuilt, "w", zipfile.ZIP_STORED) as copy:
+        for name in names:
+            entry = name.split("/", 1)[1] if "/" in name else ""
+            if not ARCHIVE_ENTRY.fullmatch(entry) or re.fullmatch(r"data/(weights|constants)/.*\.pt", entry):
+                raise Rejected(f"the model file holds {entry!r}, which torch.export.save does not write (or "
+                               "would be unpickled)")
+            data = archive.read(name)
+            if entry.startswith(("data/weights/", "data/constants/")) and entry.endswith(".json"):
+                _check_payloads(entry, _json(data, entry))
+            elif entry.startswith("data/sample_inputs/"):
+                try:  # what torch tries before a full unpickling
+                    torch.load(io.BytesIO(data), weights_only=True)
+                except Exception:
+                    raise Rejected("the model file's sample inputs need a full unpickling") from None
+            elif entry.startswith("models/"):
+                _check_program_json(_json(data, entry))
+            copy.writestr(name, data)
+    rebuilt.seek(0)
+    return rebuilt
 
 
 def _json(data, entry):
@@ -114,41 +123,68 @@ def _check_payloads(entry, config):
         if not isinstance(payload, dict) or payload.get("use_pickle") or (
                 entry.startswith("data/constants/") and not str(payload.get("path_name", "")).startswith("tensor_")):
             raise Rejected(f"the model file's {fqn!r} is pickled or an object, not a tensor")
+        if not NAME.fullmatch(fqn) or not NAME.fullmatch(str(payload.get("path_name", ""))):
+            raise Rejected(f"the model file names a tensor {fqn[:80]!r}: not a name")
 
 
-def _check_expressions(document):
-    """Every symbolic expression (expr_str) and input guard (guards_code) in a program's JSON."""
-    stack = [document]
+NAME = re.compile(r"[A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")  # what torch writes into code as it is: x, blocks.0.attn
+FREE_TEXT = frozenset({"metadata", "in_spec", "out_spec", "as_string", "as_strings", "torch_version"})
+TARGET = re.compile(r"torch\.ops\.(aten|prims)\.\w+\.\w+|_operator\.\w+|math\.\w+|torch\.sym_\w+|torch\._sym_sqrt|"
+                    r"torch\.ops\.higher_order\.(cond|while_loop|map_impl|scan|invoke_subgraph|"
+                    r"wrap_with_set_grad_enabled|wrap_with_autocast)")
+
+
+def _check_program_json(document):
+    """A program's JSON: its expressions (expr_str) and input guards (guards_code) are plain (they
+    are evaluated), its names are names (FX writes them into the code it makes and runs), its
+    operations are tensor operations and the control flow that runs them (nothing that prints: the
+    evaluator's reply is a printed line). Free text only where nothing runs it: metadata, tree specs."""
+    stack = [(None, document)]
     while stack:
-        item = stack.pop()
+        key, item = stack.pop()
+        if key in FREE_TEXT:
+            continue
         if isinstance(item, list):
-            stack.extend(item)
+            stack.extend((key, value) for value in item)
         elif isinstance(item, dict):
-            for key, value in item.items():
-                if key == "expr_str" and not (isinstance(value, str) and safe_expression(value)):
-                    raise Rejected(f"the model file holds a shape expression that is not one: {str(value)[:80]!r}")
-                if key == "guards_code" and not (isinstance(value, list)
-                                                 and all(isinstance(g, str) and safe_expression(g, guard=True)
-                                                         for g in value)):
-                    raise Rejected(f"the model file holds an input guard that is not one: {str(value)[:80]!r}")
-                stack.append(value)
+            for name, value in item.items():
+                if not NAME.fullmatch(name):
+                    raise Rejected(f"the model file holds a name that is not one: {name[:80]!r}")
+                if name == "expr_str":
+                    if not (isinstance(value, str) and safe_expression(value)):
+                        raise Rejected(f"the model file holds a shape expression that is not one: {str(value)[:80]!r}")
+                elif name == "guards_code":
+                    if not (isinstance(value, list) and all(isinstance(g, str) and safe_expression(g, guard=True)
+                                                            for g in value)):
+                        raise Rejected(f"the model file holds an input guard that is not one: {str(value)[:80]!r}")
+                else:
+                    stack.append((name, value))
+        elif isinstance(item, str):
+            if key in ("target", "as_operator") and (not TARGET.fullmatch(item) or "print" in item):
+                raise Rejected(f"the model file calls {item[:80]!r}, which the evaluator does not run")
+            if not NAME.fullmatch(item):
+                raise Rejected(f"the model file holds a name that is not one: {item[:80]!r}")
 
 
 def safe_expression(text, guard=False):
     """Whether `text` is a sympy expression of shape symbols, numbers and sympy's functions, as torch
     writes them (sympy's srepr: Mul(Integer(2048), Symbol('s0', positive=True, integer=True))); for a
     guard also about the inputs' sizes (L['x'].size()[0]): nothing sympify or exec could run."""
+    if len(text) > 4096:  # sympify takes time in the text's size, and in its numbers' (2**2**30: seconds)
+        return False
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError):
         return False
     functions = SYMPY_NAMES | _torch_sympy_functions()
+    if any(isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) for node in ast.walk(tree)):
+        return False  # srepr writes powers as Pow(...)
 
     def safe(node):
         if isinstance(node, ast.Expression):
             return safe(node.body)
         if isinstance(node, ast.Constant):
-            return type(node.value) in (int, float, bool)
+            return type(node.value) in (int, float, bool) and abs(node.value) < 2 ** 63
         if isinstance(node, ast.Name):
             return node.id in functions or bool(SHAPE_SYMBOL.fullmatch(node.id)) or (guard and node.id == "L")
         if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare)):
@@ -181,6 +217,9 @@ def _safe_call(node, functions, guard, safe):
                 and (type(node.args[0].value) in (int, float) or bool(NUMBER.fullmatch(str(node.args[0].value))))
                 and all(k.arg == "precision" and isinstance(k.value, ast.Constant) and type(k.value.value) is int
                         for k in node.keywords))
+    if isinstance(func, ast.Name) and func.id == "Pow":  # small exponents only: 9**9**9 would never finish
+        return (len(node.args) == 2 and not node.keywords and safe(node.args[0]) and safe(node.args[1])
+                and all(abs(c.value) <= 64 for c in ast.walk(node.args[1]) if isinstance(c, ast.Constant)))
     if isinstance(func, ast.Name) and func.id in functions:
         return not node.keywords and all(map(safe, node.args))
     if guard and isinstance(func, ast.Attribute) and func.attr in GUARD_METHODS:
@@ -199,27 +238,35 @@ def _torch_sympy_functions():
 def check_program(program):
     """Refuse programs with state the forward pass mutates or operations outside plain tensor math.
     Returns the functional form of the program (in-place operations made explicit), the one to run."""
+    _check_operations(program, in_place=True)  # before the re-trace below runs any of them
     if any(_may_mutate(node) for node in program.graph.nodes):
         program = program.run_decompositions({})  # functional: a mutated buffer shows in the signature
     signature = program.graph_signature
     if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
         raise Rejected("the model changes its own state when called (mutated buffers); evaluation needs "
                        "a pure function of the input tokens")
+    _check_operations(program, in_place=False)
+    return program
+
+
+def _check_operations(program, in_place):
+    """Every operation of the program (subgraphs too) is plain tensor math (ALLOWED_NAMESPACES, none of
+    FORBIDDEN_OPS); `in_place`: whether operations that change their inputs may still be there."""
     for node in _all_nodes(program):
         if node.op != "call_function":
             continue
         target = node.target
         schema = getattr(target, "_schema", None)
         name = getattr(target, "name", None)
-        qualified = name() if callable(name) else f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}"
+        qualified = name() if callable(name) else \
+            f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', target)}"
         namespace = getattr(target, "namespace", None) or str(qualified).split("::")[0].split(".")[0]
         if "higher_order" in str(getattr(target, "__module__", "")) or "HigherOrderOperator" in type(target).__name__:
             namespace = "higher_order"
         if namespace not in ALLOWED_NAMESPACES or any(bad in str(qualified) for bad in FORBIDDEN_OPS):
             raise Rejected(f"the model calls {qualified}, which the evaluator does not run")
-        if schema is not None and schema.is_mutable:
+        if not in_place and schema is not None and schema.is_mutable:
             raise Rejected(f"the model calls {qualified}, which changes its inputs or state in place")
-    return program
 
 
 def _all_nodes(program):
@@ -560,6 +607,11 @@ def main(argv=None):
     parser.add_argument("--ahead", help="a program to compile while the experiment trains (the campaign's last "
                                         "kept run's): a model with its graphs then brings only its weights")
     args = parser.parse_args(argv)
+    # the replies go to the standard output the harness reads, and nothing else does: whatever else prints
+    # (Python or C++, torch's or a program's) goes to the standard error, the log
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     # everything that does not need the model first: under the harness this overlaps the training
     sys.path.insert(0, args.experiment)
     import torch
@@ -575,7 +627,7 @@ def main(argv=None):
     for request in requests:
         reply, prepared = answer(request, prepare, tokenizer, prepared), None
         failed = failed or "error" in reply
-        print(json.dumps(reply), flush=True)
+        print(json.dumps(reply), file=replies, flush=True)
     return 1 if failed else 0
 
 

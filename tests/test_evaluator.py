@@ -397,20 +397,40 @@ def forge_sample_inputs(files, ran):
     files[sample] = pickle.dumps(MakesFolder(ran))
 
 
+def forge_input_name(files, ran):
+    """The input's name, which FX writes into `def forward(self, x)`: a default argument runs at load."""
+    model = next(n for n in files if "/models/" in n)
+    files[model] = files[model].replace(b'"x"', json.dumps(f"x=__import__('os').makedirs('{ran}')").encode())
+
+
+def forge_tensor_name(files, ran):
+    """A weight's name, which FX writes into getattr(self.e, "...") unescaped."""
+    name = json.dumps(f'w"+str(__import__("os").makedirs("{ran}"))+"')[1:-1].encode()
+    for n in files:
+        if n.endswith(".json"):
+            files[n] = files[n].replace(b"e.weight", b"e." + name)
+
+
+def forge_print(files, ran):
+    """aten._print is in aten and changes nothing: it printed a reply line before the evaluator's own."""
+    model = next(n for n in files if "/models/" in n)
+    files[model] = files[model].replace(b"torch.ops.aten.embedding.default", b"torch.ops.aten._print.default")
+
+
 @pytest.mark.parametrize("forge, refusal", [
     (forge_pickled_weight, "is pickled or an object"),
     (forge_shape_expression, "shape expression that is not one"),
     (forge_guard, "input guard that is not one"),
     (forge_sample_inputs, "sample inputs need a full unpickling"),
-], ids=["pickled weight", "code as a shape expression", "code as an input guard", "pickled sample inputs"])
+    (forge_input_name, "a name that is not one"),
+    (forge_tensor_name, "names a tensor"),
+    (forge_print, "aten._print"),
+], ids=["pickled weight", "code as a shape expression", "code as an input guard", "pickled sample inputs",
+        "code as the input's name", "code as a weight's name", "a print"])
 def test_a_program_file_that_would_run_code_when_loaded_is_refused_before_it_runs(tmp_path, forge, refusal):
     """Each of these ran code in the evaluator when torch.export.load read the file (or when its module
-    was made): the code could answer the harness for the metric."""
-    batch = torch.export.Dim("batch", min=1, max=64)
-    program = torch.export.export(Windowed(), (torch.randint(0, 10, (2, 256)),), dynamic_shapes=({0: batch},))
-    torch.export.save(program, tmp_path / "honest.pt2")
-    with zipfile.ZipFile(tmp_path / "honest.pt2") as archive:
-        files = {name: archive.read(name) for name in archive.namelist()}
+    was made or run): the code could answer the harness for the metric."""
+    files = archive_files(honest_archive(tmp_path))
     ran = str(tmp_path / "the-code-ran")
     forge(files, ran)
     with zipfile.ZipFile(tmp_path / "model.pt2", "w") as archive:
@@ -420,6 +440,68 @@ def test_a_program_file_that_would_run_code_when_loaded_is_refused_before_it_run
         evaluate_program(str(tmp_path / "model.pt2"), 4, None, None)
     assert not os.path.exists(ran)
     assert load_program(str(tmp_path / "honest.pt2")).module(check_guards=False) is not None
+
+
+def honest_archive(tmp_path):
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(Windowed(), (torch.randint(0, 10, (2, 256)),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "honest.pt2")
+    return tmp_path / "honest.pt2"
+
+
+def archive_files(path):
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def zip_parts(data):
+    """(entries' data, central directory records, count) of a zip file's bytes."""
+    import struct
+    end = data.rfind(b"PK\x05\x06")
+    count, size, offset = struct.unpack("<HII", data[end + 10:end + 20])
+    directory, records, i = data[offset:offset + size], [], 0
+    while i < len(directory):
+        name, extra, comment = struct.unpack("<HHH", directory[i + 28:i + 34])
+        records.append(bytearray(directory[i:i + 46 + name + extra + comment]))
+        i += len(records[-1])
+    return data[:offset], records, count
+
+
+def two_faced_zip(seen_by_python, seen_by_torch):
+    """One file, two archives: Python's zipfile finds the central directory just before the end record
+    (and shifts its offsets to match), torch's reader trusts the offset the end record gives."""
+    import struct
+    good_data, good, count = zip_parts(seen_by_python)
+    evil_data, evil, _ = zip_parts(seen_by_torch)
+    gap = sum(map(len, good)) - sum(map(len, evil))  # equal sizes: a comment pads the shorter one
+    short = evil if gap > 0 else good
+    comment = struct.unpack("<H", short[-1][32:34])[0]
+    short[-1][32:34] = struct.pack("<H", comment + abs(gap))
+    short[-1] += b" " * abs(gap)
+    for record in good:  # Python adds the bytes before the directory it found to these offsets
+        offset = struct.unpack("<I", record[42:46])[0]
+        record[42:46] = struct.pack("<I", len(evil_data) + offset - sum(map(len, evil)))
+    body = evil_data + good_data + b"".join(evil) + b"".join(good)
+    return body + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, sum(map(len, good)),
+                              len(evil_data) + len(good_data), 0)
+
+
+def test_a_file_that_is_one_archive_to_python_and_another_to_torch_is_loaded_as_checked(tmp_path):
+    """What torch.export.load reads is the archive as checked, rebuilt: not the file's other face."""
+    honest = honest_archive(tmp_path)
+    files = archive_files(honest)
+    ran = str(tmp_path / "the-code-ran")
+    forge_pickled_weight(files, ran)
+    with zipfile.ZipFile(tmp_path / "evil.pt2", "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    path = tmp_path / "model.pt2"
+    path.write_bytes(two_faced_zip(honest.read_bytes(), (tmp_path / "evil.pt2").read_bytes()))
+    config = next(name for name in files if name.endswith("_weights_config.json"))
+    torch_sees = torch._C.PyTorchFileReader(str(path)).get_record(config.split("/", 1)[1])
+    assert b'"use_pickle": true' in bytes(torch_sees) and b'"use_pickle": true' not in archive_files(path)[config]
+    assert load_program(str(path)).module(check_guards=False) is not None
+    assert not os.path.exists(ran)
 
 
 def torch_shape_expressions():
