@@ -131,7 +131,7 @@ NAME = re.compile(r"[A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")  # what torch writes into 
 FREE_TEXT = frozenset({"metadata", "in_spec", "out_spec", "as_string", "as_strings", "torch_version"})
 TARGET = re.compile(r"torch\.ops\.(aten|prims)\.\w+\.\w+|_operator\.\w+|math\.\w+|torch\.sym_\w+|torch\._sym_sqrt|"
                     r"torch\.ops\.higher_order\.(cond|while_loop|map_impl|scan|invoke_subgraph|"
-                    r"wrap_with_set_grad_enabled|wrap_with_autocast)")
+                    r"wrap_with_set_grad_enabled|wrap_with_autocast|flex_attention)")
 
 
 def _check_program_json(document):
