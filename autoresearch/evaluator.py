@@ -57,10 +57,12 @@ def module_of(program):
 # -- what torch.export.load would run: refused before it reads the file ------------------------------
 # torch.export.load unpickles the weights, constants and objects that say they are pickled (and sample
 # inputs a weights-only load cannot read), turns each symbolic shape expression into an object with
-# sympy.sympify (an eval), and a program's module turns its input guards' text into Python code (exec).
-# A file made by hand could run anything in the evaluator, which sees the validation rows and answers
-# for the metric. Accepted: an archive of torch.export.save's layout with raw tensor payloads, sample
-# inputs a weights-only load reads, and expressions of shape symbols, numbers and sympy's functions.
+# sympy.sympify (an eval), writes the graph's names into the Python code it makes and runs (FX), and a
+# program's module turns its input guards' text into code (exec). A file made by hand could run anything
+# in the evaluator, which sees the validation rows and answers for the metric. Accepted: an archive of
+# torch.export.save's layout with raw tensor payloads, sample inputs a weights-only load reads, names
+# that are names, tensor operations and control flow (nothing that prints), and expressions of shape
+# symbols, numbers and sympy's functions; torch then reads that archive as checked, rebuilt.
 ARCHIVE_ENTRY = re.compile(r"(archive_format|archive_version|byteorder|\.data/[\w.-]+|models/[\w.-]+\.json|"
                            r"data/(weights|constants)/[\w.-]+|data/sample_inputs/[\w.-]+\.pt)")
 SHAPE_SYMBOL = re.compile(r"[a-z]+[0-9]+")  # s0, u3: the symbols export names sizes by
