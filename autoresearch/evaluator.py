@@ -18,6 +18,7 @@ prints one JSON line: {"val_bpb": ..., "seconds": ..., "ahead": ...} or {"error"
 
 import argparse
 import ast
+import functools
 import json
 import operator
 import os
@@ -178,7 +179,7 @@ def safe_expression(text, guard=False):
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError):
         return False
-    functions = SYMPY_NAMES | _torch_sympy_functions()
+    functions = _expression_functions()
     if any(isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) for node in ast.walk(tree)):
         return False  # srepr writes powers as Pow(...)
 
@@ -227,6 +228,13 @@ def _safe_call(node, functions, guard, safe):
     if guard and isinstance(func, ast.Attribute) and func.attr in GUARD_METHODS:
         return not node.args and not node.keywords and safe(func.value)
     return False
+
+
+@functools.lru_cache(maxsize=None)
+def _expression_functions():
+    """The names of the functions expressions may call: SYMPY_NAMES and torch's sympy functions
+    (FloorDiv, ModularIndexing, ...); once per process, not once per expression."""
+    return SYMPY_NAMES | _torch_sympy_functions()
 
 
 def _torch_sympy_functions():
