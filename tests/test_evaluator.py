@@ -155,12 +155,17 @@ def test_under_bf16_autocast_a_program_without_its_dtype_checks_computes_what_th
 
 
 # -- compiled ahead: the campaign's last program, while the experiment trains ------------------------
-def loaded(model, tmp_path, name):
-    """The model as the evaluator loads a handed-over one: exported (dynamic batch), saved, loaded, checked."""
-    batch = torch.export.Dim("batch", min=1, max=64)
+def saved(model, tmp_path, name, rows=64):
+    """The path of the model exported as prepare.export_model does (a batch of 1 to `rows` rows), saved."""
+    batch = torch.export.Dim("batch", min=1, max=rows)
     program = torch.export.export(model, (torch.randint(0, 10, (2, 256)),), dynamic_shapes=({0: batch},))
     torch.export.save(program, tmp_path / name)
-    return load_program(str(tmp_path / name)).module(check_guards=False)
+    return tmp_path / name
+
+
+def loaded(model, tmp_path, name, rows=64):
+    """The model as the evaluator loads a handed-over one: exported (dynamic batch), saved, loaded, checked."""
+    return load_program(str(saved(model, tmp_path, name, rows))).module(check_guards=False)
 
 
 def prepared_from(model, tmp_path):
@@ -276,14 +281,8 @@ def test_a_previous_program_that_cannot_be_loaded_prepares_nothing(smoke_cache, 
 @torch.no_grad()
 def test_a_model_accepting_other_batch_sizes_is_not_taken(tmp_path):
     """A kept program exported for at most 4 rows would refuse the next model's batches of 64."""
-    def exported_for(rows, seed, name):
-        torch.manual_seed(seed)
-        batch = torch.export.Dim("batch", min=1, max=rows)
-        program = torch.export.export(Windowed(), (torch.randint(0, 10, (2, 256)),), dynamic_shapes=({0: batch},))
-        torch.export.save(program, tmp_path / name)
-        return load_program(str(tmp_path / name)).module(check_guards=False)
-    few = exported_for(4, 0, "few.pt2")
-    assert not Prepared(graph_state(few), few, contextlib.nullcontext()).take(exported_for(64, 1, "many.pt2"))
+    few = loaded(seeded(0), tmp_path, "few.pt2", rows=4)
+    assert not Prepared(graph_state(few), few, contextlib.nullcontext()).take(loaded(seeded(1), tmp_path, "many.pt2"))
 
 
 class Sharing(Embed):
@@ -443,10 +442,7 @@ def test_a_program_file_that_would_run_code_when_loaded_is_refused_before_it_run
 
 
 def honest_archive(tmp_path):
-    batch = torch.export.Dim("batch", min=1, max=64)
-    program = torch.export.export(Windowed(), (torch.randint(0, 10, (2, 256)),), dynamic_shapes=({0: batch},))
-    torch.export.save(program, tmp_path / "honest.pt2")
-    return tmp_path / "honest.pt2"
+    return saved(Windowed(), tmp_path, "honest.pt2")
 
 
 def archive_files(path):
