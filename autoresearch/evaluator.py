@@ -75,7 +75,7 @@ SYMPY_NAMES = frozenset({"Integer", "Rational", "Max", "Min", "Mod", "Abs", "Eq"
                          "nan", "true", "false", "True", "False", "Half", "One", "Zero", "NegativeOne"})
 NUMBER = re.compile(r"-?[0-9]+(\.[0-9]*)?(e-?[0-9]+)?")
 GUARD_METHODS = frozenset({"size", "stride", "storage_offset", "dim", "numel"})
-OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.USub, ast.UAdd, ast.Not,
+OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.USub, ast.UAdd, ast.Not,
              ast.And, ast.Or, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.BitAnd, ast.BitOr)
 
 
