@@ -249,8 +249,10 @@ def environment(spec, cache, handoff_fd, handoff_dir, placement=None, compile_ca
 def base_args():
     """bubblewrap with no network, its own PID namespace, a clean environment, the system and Python
     read-only, the validation text of installed packages hidden, private /tmp, $HOME and /dev/shm
-    of at most SCRATCH_BYTES each."""
-    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
+    of at most SCRATCH_BYTES each, and no capabilities: bubblewrap started by root keeps them all for
+    the process inside, whose CAP_SYS_ADMIN would remount every read-only bind writable and unmount
+    every mask (the experiment folder's prepare.py, which the evaluator imports; the hidden text)."""
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL"]
     for path in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt", "/sys"):
         args += ["--ro-bind-try", path, path]
     # a private /tmp first: what is bound after it (a virtual environment under /tmp) shows through
