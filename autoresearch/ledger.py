@@ -74,12 +74,13 @@ def reference_of(rows):
     means = []
     for runs in programs.values():
         if any(r["status"] == "keep" for r in runs):
-            fair = [r["val_bpb"] for r in runs if not _starved(r)]
+            fair = [r["val_bpb"] for r in runs if not was_starved(r)]
             means.append(statistics.fmean(fair or [r["val_bpb"] for r in runs]))
     return min(means, default=None)
 
 
-def _starved(row):
+def was_starved(row):
+    """Whether other processes starved the run (its row says so, or its cause does)."""
     return bool(row.get("starved")) or (row.get("cause") or "").startswith("starved")
 
 

@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from autoresearch import gitutil, results
-from autoresearch.ledger import Ledger, ledger_path
+from autoresearch.ledger import Ledger, ledger_path, was_starved
 
 FAILED = ("crash", "timeout", "invalid")  # statuses that produced no usable val_bpb
 LOG_SLACK = 5.0  # seconds a run's log may be newer than its row's end (file-system clocks)
@@ -116,10 +116,12 @@ def mark_baselines(rows):
 
 
 def baseline_of(rows):
-    """The baseline's val_bpb: the mean of the baseline rows with a result, else the first result."""
-    marked = [r["val_bpb"] for r in rows if r.get("is_baseline") and not is_failed(r)]
-    if marked:
-        return statistics.fmean(marked)
+    """The baseline's val_bpb: the mean of the baseline rows with a result, else the first result. Runs
+    other processes starved are left out unless all were, as the keep rule leaves them out."""
+    marked = [r for r in rows if r.get("is_baseline") and not is_failed(r)]
+    fair = [r["val_bpb"] for r in marked if not was_starved(r)] or [r["val_bpb"] for r in marked]
+    if fair:
+        return statistics.fmean(fair)
     return next((r["val_bpb"] for r in rows if not is_failed(r)), None)
 
 

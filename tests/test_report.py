@@ -161,6 +161,17 @@ def test_best_that_is_the_baseline_is_called_the_baseline(tmp_path):
     assert "improvement:       0.000000 (0.00%)" in result.stdout
 
 
+def test_a_starved_baseline_run_is_left_out_of_the_baseline_as_the_keep_rule_leaves_it_out(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, [exp("keep", 1.5, "baseline", t=0, is_baseline=1),
+                        exp("discard", 1.9, "baseline (repeat 2/2)", t=1, is_baseline=1, starved=1,
+                            cause="starved: other processes took 36% of the CPUs during training; re-run"),
+                        exp("discard", 1.7, "baseline (repeat 2/2) [re-run]", t=2, is_baseline=1)])
+    result = run_cli(cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert "baseline val_bpb:  1.600000" in result.stdout
+
+
 # --- what a researcher asks next ------------------------------------------------------------------
 
 def test_every_experiment_has_its_diff_steps_and_tokens_per_second_on_the_page(campaign):
