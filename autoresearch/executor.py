@@ -20,7 +20,6 @@ the caller (runner.py, or a remote worker) does. The harness, not train.py, owns
 import functools
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -87,6 +86,10 @@ class Outcome:
                                   # the bytes its disks lost meanwhile
 
 
+MAX_MESSAGES = 100            # messages an experiment may send (it needs three)
+MAX_MESSAGE_CHARS = 1 << 16   # characters one may have
+
+
 class _Channel(threading.Thread):
     """The harness's end of the socket train.py's prepare.py talks to: records the training start,
     takes the hand-off, runs the trusted evaluation and answers with its val_bpb."""
@@ -101,8 +104,9 @@ class _Channel(threading.Thread):
     def run(self):
         stream = self.sock.makefile("rw", encoding="utf-8", errors="replace")
         try:
-            for line in stream:
-                if len(self.events) > 100:  # a flood is not a conversation
+            while len(self.events) <= MAX_MESSAGES:  # a flood is not a conversation
+                line = stream.readline(MAX_MESSAGE_CHARS)
+                if not line.endswith("\n"):  # closed, or a line without end: its text would fill our memory
                     break
                 try:
                     message = json.loads(line)
@@ -130,6 +134,11 @@ class _Channel(threading.Thread):
                     stream.flush()
         except (OSError, ValueError):
             pass  # the experiment closed its end
+        finally:  # said so to the experiment: what it still sends fails at once, never blocks it
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=None, tick=None, sandboxed=None,
@@ -284,16 +293,25 @@ def take_over(message, handoff, private):
     name, batch_size = message.get("file"), message.get("batch_size")
     if name != "model.pt2" or not isinstance(batch_size, int) or batch_size < 1:
         return None, "the hand-off must name model.pt2 and a positive batch size"
-    source = os.path.join(handoff, name)
-    if not os.path.isfile(source) or os.path.islink(source):
-        return None, "no model.pt2 in the hand-off folder"
-    if os.path.getsize(source) > WRITE_LIMIT:  # a sparse file costs the run nothing and our copy all of it
-        return None, f"model.pt2 is larger than {WRITE_LIMIT / 2**30:g} GiB"
-    model = os.path.join(private, "model.pt2")
+    # opened once, without following a link, and checked as opened: a check of the path and then a copy
+    # of the path would copy whatever the experiment swapped in between (a link to /dev/zero, to a file
+    # of the host's), as would a copy of a file that still grows
     try:
-        shutil.copyfile(source, model)  # the experiment may still write to its copy; ours is fixed now
-    except OSError as e:
-        return None, f"model.pt2 could not be copied ({e.strerror or e})"
+        fd = os.open(os.path.join(handoff, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None, "no model.pt2 in the hand-off folder"
+    model = os.path.join(private, "model.pt2")
+    with os.fdopen(fd, "rb") as source:
+        info = os.fstat(source.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None, "no model.pt2 in the hand-off folder"
+        if info.st_size > WRITE_LIMIT:  # a sparse file costs the run nothing and our copy all of it
+            return None, f"model.pt2 is larger than {WRITE_LIMIT / 2**30:g} GiB"
+        try:
+            with open(model, "wb") as target:  # the experiment may still write to its file; ours is fixed now
+                compilecache.copy_file(source, target, info.st_size)
+        except OSError as e:
+            return None, f"model.pt2 could not be copied ({e.strerror or e})"
     return model, None
 
 

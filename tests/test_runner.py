@@ -12,6 +12,7 @@ import os
 import pty
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -220,14 +221,46 @@ def test_a_model_larger_than_the_write_limit_is_not_taken_over(tmp_path, monkeyp
 
 
 def test_a_model_that_cannot_be_copied_is_refused_in_one_line(tmp_path, monkeypatch):
-    (tmp_path / "model.pt2").write_bytes(b"weights")
+    handoff, private = tmp_path / "handoff", tmp_path / "private"
+    handoff.mkdir(), private.mkdir()
+    (handoff / "model.pt2").write_bytes(b"weights")
 
-    def unreadable(source, target):
+    def unwritable(source, target, size):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(executor.shutil, "copyfile", unreadable)
-    model, error = executor.take_over({"file": "model.pt2", "batch_size": 4}, str(tmp_path), str(tmp_path))
+    monkeypatch.setattr(executor.compilecache, "copy_file", unwritable)
+    model, error = executor.take_over({"file": "model.pt2", "batch_size": 4}, str(handoff), str(private))
     assert model is None and error == "model.pt2 could not be copied (Permission denied)"
+
+
+@pytest.mark.parametrize("kind", ["link to a host file", "link to /dev/zero", "fifo"])
+def test_a_model_file_that_is_not_a_regular_file_is_never_opened_as_one(tmp_path, kind):
+    """The experiment may swap its model.pt2 for a link at any moment: the harness opens the name once,
+    without following links and without waiting on a pipe, and copies only what it opened."""
+    handoff, private = tmp_path / "handoff", tmp_path / "private"
+    handoff.mkdir(), private.mkdir()
+    secret = tmp_path / "host-file"
+    secret.write_text("the host's")
+    {"link to a host file": lambda p: os.symlink(secret, p), "link to /dev/zero": lambda p: os.symlink("/dev/zero", p),
+     "fifo": os.mkfifo}[kind](handoff / "model.pt2")
+    model, error = executor.take_over({"file": "model.pt2", "batch_size": 4}, str(handoff), str(private))
+    assert model is None and error == "no model.pt2 in the hand-off folder"
+    assert not os.listdir(private)
+
+
+def test_a_message_without_an_end_ends_the_conversation_before_it_fills_the_harness(tmp_path):
+    """One endless line on the hand-off socket would be read into the harness's memory whole."""
+    ours, theirs = socket.socketpair()
+    channel = executor._Channel(ours, evaluate=lambda message: {"val_bpb": 1.0})
+    channel.start()
+    theirs.sendall(json.dumps({"event": "training"}).encode() + b"\n")
+    try:
+        theirs.sendall(b"x" * (4 * executor.MAX_MESSAGE_CHARS))
+    except OSError:
+        pass  # the harness closed its end
+    channel.join(10)
+    assert not channel.is_alive() and channel.events == ["training"]
+    theirs.close()
 
 
 def test_a_kept_log_is_cut_to_its_last_bytes(tmp_path, monkeypatch):
