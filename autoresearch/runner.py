@@ -48,6 +48,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -215,8 +216,13 @@ _PROBE = ("import json, sys; sys.path.insert(0, '.'); import constants as c; "
 
 
 def read_rules(checkout):
-    """Profile, time budget and data folder as the checkout's constants.py sees them (env included)."""
-    proc = subprocess.run([sys.executable, "-c", _PROBE], cwd=checkout, capture_output=True, text=True)
+    """Profile, time budget and data folder as the checkout's constants.py sees them (env included).
+    Read from constants.py's source, never from bytecode: a .pyc planted in the checkout's (ignored)
+    __pycache__ with the source's stamp would give any rules (and run its code in the harness); the
+    prefix is an empty folder, so Python finds no bytecode and writes none where anyone looks."""
+    with tempfile.TemporaryDirectory(prefix="autoresearch-rules-") as nowhere:
+        proc = subprocess.run([sys.executable, "-I", "-X", f"pycache_prefix={nowhere}", "-c", _PROBE], cwd=checkout,
+                              capture_output=True, text=True)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         raise RunError(f"cannot read the rules from constants.py: {lines[-1] if lines else proc.returncode}")

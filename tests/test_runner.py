@@ -743,3 +743,26 @@ def test_progress_on_a_terminal_is_one_line_rewritten_within_its_width(repo, mon
     assert all(len(part.split("\x1b[K")[0]) < 60 for part in redraws), redraws
     assert all(part.split("\n")[0].endswith("\x1b[K") for part in redraws), redraws
     assert screen.replace("\r\n", "\n").endswith("\n")  # the next output starts on a line of its own
+
+
+def test_bytecode_planted_beside_constants_py_does_not_change_the_rules(repo):
+    """constants.py unchanged, and a .pyc in its (git-ignored) __pycache__, stamped with the source's
+    size and time, that says the budget is 3000 s: the harness reads the source."""
+    import importlib.util
+    import py_compile
+    honest = runner.read_rules(repo)
+    source = repo / "constants.py"
+    forged = repo / "forged_constants.py"
+    forged.write_text(source.read_text() + "\nTIME_BUDGET = 3000.0\n")
+    planted = Path(importlib.util.cache_from_source(str(source)))
+    planted.parent.mkdir(exist_ok=True)
+    py_compile.compile(str(forged), cfile=str(planted), doraise=True)
+    forged.unlink()
+    header = bytearray(planted.read_bytes())  # the source's stamp: what Python checks before it trusts a .pyc
+    st = source.stat()
+    header[8:12], header[12:16] = int(st.st_mtime).to_bytes(4, "little"), (st.st_size & 0xFFFFFFFF).to_bytes(4, "little")
+    planted.write_bytes(bytes(header))
+    probe = "import sys; sys.path.insert(0, '.'); import constants; print(constants.TIME_BUDGET)"
+    assert subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True).stdout.strip() \
+        == "3000.0"  # the plant works on a plain import
+    assert runner.read_rules(repo) == honest and honest["time_budget"] != 3000.0
