@@ -97,6 +97,19 @@ def _check_columns(table, cols):
     unknown = sorted(set(cols) - set(TABLES[table]))
     if unknown:
         raise ValueError(f"unknown {table} column(s): {', '.join(unknown)}")
+    for name in ONE_LINE:
+        if isinstance(cols.get(name), str):
+            cols[name] = one_line(cols[name])
+
+
+ONE_LINE = ("description", "cause")  # texts printed as they are, one line each, in terminals and results.tsv
+
+
+def one_line(text):
+    """text as one line of printable characters: what a proposer or a run wrote (a description, the
+    log's FAIL line) is printed in the operator's terminal, where an escape sequence would rewrite
+    the lines above it (a forged "keep"), set the window's title or write the clipboard."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
 
 class Ledger:
@@ -278,7 +291,7 @@ class Ledger:
     def event(self, tag, kind, message, worker=None):
         with self._write() as conn:
             cur = conn.execute("INSERT INTO events (ts, tag, worker, kind, message) VALUES (?, ?, ?, ?, ?)",
-                               (time.time(), tag, worker, kind, message))
+                               (time.time(), tag, worker, kind, one_line(message)))
             return cur.lastrowid
 
     def events(self, tag=None, since_id=0):

@@ -291,3 +291,17 @@ def test_every_verb_reports_a_corrupt_ledger_in_one_line_and_exit_1(tmp_path):
         assert proc.returncode == 1, (verb, proc.stderr)
         assert proc.stderr.strip().splitlines()[-1].startswith("error: the ledger ") and "is empty" in proc.stderr, \
             (verb, proc.stderr)
+
+
+def test_descriptions_causes_and_events_are_stored_as_one_printable_line(tmp_path):
+    """A proposer's description or a run's FAIL line is printed as it is in the operator's terminal:
+    escape sequences (move up, erase the line, write the clipboard) would forge the lines above it."""
+    ledger = Ledger(path=tmp_path / "ledger.sqlite")
+    forged = "MATRIX_LR 0.04 -> 0.05\x1b[1A\x1b[2K#9    keep\x1b]52;c;cGF5bG9hZA==\x07\r\nmore"
+    exp_id = ledger.start_experiment(tag="t", description=forged)
+    ledger.finish_experiment(exp_id, status="crash", cause="FAIL: " + forged)
+    ledger.event("t", "note", forged)
+    row, event = ledger.experiment(exp_id), ledger.events("t")[-1]
+    for text in (row["description"], row["cause"], event["message"]):
+        assert text.isprintable() and "\x1b" not in text and "\n" not in text
+    assert row["description"].startswith("MATRIX_LR 0.04 -> 0.05 [1A [2K#9 keep ]52;c;")

@@ -38,6 +38,7 @@ import sys
 import tempfile
 
 from autoresearch import sandbox
+from autoresearch.ledger import one_line
 from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError
 from autoresearch.proposers.llm import Pricing, build_prompt, description_of
 
@@ -267,7 +268,7 @@ class CodingCLIProposer(Proposer):
             cost = self.pricing.cost(prompt_tokens, completion_tokens) if self.pricing else 0.0
         used = dict(model=self.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost)
         description = description_of(text) or next(
-            (line.strip()[:200] for line in reversed(text.splitlines()) if line.strip()), None)
+            (one_line(line)[:200] for line in reversed(text.splitlines()) if one_line(line)), None)
         others = [p for p in changed if p != "train.py"]
         if others:
             raise ProposalError(f"the {self.executable} CLI changed files other than train.py "

@@ -21,6 +21,7 @@ import ast
 import re
 import sys
 
+from autoresearch.ledger import one_line
 from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError
 
 HISTORY_ROWS = 40        # the most recent experiments shown to the model
@@ -158,7 +159,7 @@ def description_of(reply):
     for line in reply.splitlines():
         m = re.match(r"\s*\**DESCRIPTION\**\s*:\s*(.+)", line, re.IGNORECASE)
         if m:
-            return m.group(1).strip().strip("*").strip()[:200]
+            return one_line(m.group(1)).strip("*").strip()[:200]
     return None
 
 
