@@ -209,6 +209,24 @@ hand_over_and_forge(Peeker())
     campaign.assert_untouched()
 
 
+def test_model_that_peeks_only_after_some_tokens_is_refused(campaign):
+    """The model peeks at the next token only where the current token is one of a sixteenth of the
+    vocabulary: a probe row catches it only when its cut falls just after such a position. Two probed
+    batches of 4 rows (the probe before) let it through more than half of the time."""
+    body = TOY_MODEL + """
+class SometimesPeeker(Toy):
+    def forward(self, idx):
+        now = (idx % 16 == 7).float()[..., None]
+        return self.causal(idx) + now * self.peek(idx)
+
+hand_over_and_forge(SometimesPeeker())
+"""
+    row = campaign.attack(script(body), "peeks after some tokens")
+    assert row["status"] == "invalid" and row["val_bpb"] is None, row["status"]
+    assert "not causal" in row["cause"]
+    campaign.assert_untouched()
+
+
 def test_model_causal_only_on_a_batch_of_one_row_is_refused(campaign):
     """The model peeks only when the batch has more than one row (as if probes were single rows);
     the batch size is read with tensor ops, so the exported program has no shape guard to trip."""
