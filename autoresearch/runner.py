@@ -62,6 +62,9 @@ LOG_TAIL_LINES = 50
 MAX_ARCHIVED_LOG = 8 << 20  # bytes of an experiment's log kept in .autoresearch/logs/
 PRINTED_TOLERANCE = 2e-6  # train.py prints the trusted value to 6 decimals
 CLAIM_TOLERANCE = 2.0     # seconds a claimed training time may exceed the measured one (clock granularity)
+# how far past the budget a training may say it trained: the step in flight when the budget ran out
+# (a long step, on a busy machine), at least LAST_STEP seconds, else this share of the budget
+LAST_STEP, LAST_STEP_SHARE = 5.0, 0.05
 SUMMARY_COLUMNS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                    "total_tokens_M", "num_steps", "num_params_M", "depth", "tokens_per_second"]
 OOM_PATTERN = re.compile(r"out of memory|OutOfMemoryError|MemoryError|Cannot allocate memory", re.I)
@@ -847,7 +850,12 @@ def judge_outcome(outcome, claimed, text, time_budget):
                            f"{outcome.val_bpb:.6f}")
     said = claimed.get("training_seconds")
     measured = outcome.training_s
-    if isinstance(said, (int, float)) and measured is not None:
+    if not isinstance(said, (int, float)):  # then nothing would compare its training with the budget
+        return "invalid", ("printed no training_seconds line: the harness checks the training time a run "
+                           "says it had against the budget and its own clock")
+    if said > time_budget + max(LAST_STEP, LAST_STEP_SHARE * time_budget):
+        return "invalid", f"trained {said:g} s by its own count: past the budget of {time_budget:g} s"
+    if measured is not None:
         if said > measured + CLAIM_TOLERANCE:
             return "invalid", f"claims {said:g} s of training; the harness measured {measured:.1f} s"
         slack = contention.stretch(outcome.slack_s, outcome.cpu_share_others)

@@ -297,6 +297,17 @@ def test_training_four_times_the_budget_while_claiming_the_budget_is_not_judged(
     campaign.assert_untouched()
 
 
+def test_training_past_the_budget_without_saying_how_long_is_invalid(campaign):
+    """train.py trains three budgets and prints no training_seconds: no claim to compare."""
+    hostile = REAL_TRAIN.replace("\nt_startup = time.time() - t_start", "\nTIME_BUDGET = 3 * TIME_BUDGET\n"
+                                 "t_startup = time.time() - t_start", 1)
+    hostile = hostile.replace('print(f"training_seconds: {training_time:.1f}")\n', "", 1)
+    assert hostile.count("3 * TIME_BUDGET") == 1 and "training_seconds:" not in hostile
+    row = campaign.attack(hostile, "3x the budget, no claim")
+    assert row["status"] in ("invalid", "timeout"), f"{row['status']}: {row['measured_training_s']}"
+    campaign.assert_untouched()
+
+
 # -- 3. the data -----------------------------------------------------------------------------------
 DATA_ATTACKS = {
     "val loader": ('make_dataloader(..., "val")',

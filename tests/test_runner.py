@@ -766,3 +766,26 @@ def test_bytecode_planted_beside_constants_py_does_not_change_the_rules(repo):
     assert subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True).stdout.strip() \
         == "3000.0"  # the plant works on a plain import
     assert runner.read_rules(repo) == honest and honest["time_budget"] != 3000.0
+
+
+def judged(training_seconds, measured=300.0, budget=300.0):
+    """The judgement of a run that handed over a model scored 1.0 and printed it, and the training time given."""
+    outcome = executor.Outcome(returncode=0, handed_over=True, val_bpb=1.0, training_s=measured, slack_s=20.0)
+    claimed = {"val_bpb": 1.0} if training_seconds is None else {"val_bpb": 1.0, "training_seconds": training_seconds}
+    return runner.judge_outcome(outcome, claimed, "", budget)
+
+
+def test_a_run_that_trained_its_budget_is_judged_on_its_val_bpb():
+    assert judged(300.4, measured=310.0) == ("keep", None)
+
+
+def test_a_run_that_prints_no_training_time_is_invalid():
+    """Without it nothing compares the training with the budget but the stop at budget + grace."""
+    status, cause = judged(None)
+    assert status == "invalid" and cause.startswith("printed no training_seconds line")
+
+
+def test_a_run_that_says_it_trained_past_the_budget_is_invalid():
+    """Its own count, however honest, is past the budget by more than a last step."""
+    status, cause = judged(330.0, measured=335.0)
+    assert (status, cause) == ("invalid", "trained 330 s by its own count: past the budget of 300 s")
