@@ -201,10 +201,12 @@ class Loop:
 
     def report(self, row):
         """One line per finished experiment: its ledger number (as in `log`, `status` and the report),
-        status, val_bpb, best, description."""
-        best = self.ledger.best(self.tag)
+        status, val_bpb, the val_bpb it had to beat to be kept (the campaign's reference less the
+        threshold: the mean of the kept runs and their repeats, not the best single run), description."""
+        bar = None if row.get("is_baseline") or row.get("best_before") is None \
+            else row["best_before"] - (row.get("threshold") or 0.0)
         cause = f"  [{row['cause']}]" if row.get("cause") and row["status"] != "keep" else ""
-        self.say(f"#{row['id']:<4d} {row['status']:8} val_bpb {_fmt(row.get('val_bpb')):>9}  best {_fmt(best):>9}  "
+        self.say(f"#{row['id']:<4d} {row['status']:8} val_bpb {_fmt(row.get('val_bpb')):>9}  to beat {_fmt(bar):>9}  "
                  f"{row.get('description') or ''}{cause}")
 
     # -- budgets ----------------------------------------------------------------------------------

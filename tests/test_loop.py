@@ -244,7 +244,9 @@ def test_each_experiment_is_printed_and_recorded_with_its_proposer_cost(repo):
     experiments = assert_consistent(repo)
     last = experiments[-1]
     assert (last["model"], last["prompt_tokens"], last["completion_tokens"], last["cost_usd"]) == ("scripted-1", 10, 5, 0.5)
-    assert f"#{last['id']:<4d} keep     val_bpb  {last['val_bpb']:.6f}  best  {last['val_bpb']:.6f}  DEPTH 4 -> 5" in out
+    bar = last["best_before"] - last["threshold"]  # the reference less the threshold: what it had to beat
+    assert f"#{last['id']:<4d} keep     val_bpb  {last['val_bpb']:.6f}  to beat  {bar:.6f}  DEPTH 4 -> 5" in out
+    assert f"#{experiments[0]['id']:<4d} keep     val_bpb  {experiments[0]['val_bpb']:.6f}  to beat {'-':>9}  baseline" in out
 
 
 def test_proposer_gets_the_best_train_py_history_and_last_failure(repo):
