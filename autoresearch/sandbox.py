@@ -40,6 +40,7 @@ FIXED_FILES = ("constants.py", "prepare.py")  # the rules, always the campaign b
 # what training may read of a prepared profile (prepare.py writes these; the rest stays outside)
 TRAINING_FILES = ("manifest.json", "tokenizer.json", "train_tokens.npy", "train_offsets.npy")
 KERNELS = "kernels"  # prepare.py's KERNELS_DIR in the cache: Flash Attention 3, fetched there for a GPU
+PEAK_FLOPS = "peak_flops.json"  # prepare.py's note of this machine's peak FLOP/s, in the cache
 INSIDE_EXPERIMENT = "/autoresearch/experiment"
 INSIDE_CACHE = "/autoresearch/cache"
 INSIDE_HANDOFF = "/autoresearch/handoff"
@@ -316,6 +317,9 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, 
     inside_profile = f"{INSIDE_CACHE}/{os.path.basename(profile_dir)}"
     for outside, name in training_files(profile_dir):
         args += ["--ro-bind", outside, f"{inside_profile}/{name}"]
+    peak = os.path.join(os.path.dirname(profile_dir), PEAK_FLOPS)
+    if os.path.isfile(peak) and not os.path.islink(peak):  # the machine's peak measured quiet, for its MFU
+        args += ["--ro-bind", peak, f"{INSIDE_CACHE}/{PEAK_FLOPS}"]
     kernels = os.path.join(os.path.dirname(profile_dir), KERNELS)
     if has_gpu() and os.path.isdir(kernels):  # no network inside: the kernels prepare.py fetched, read-only
         args += ["--ro-bind", kernels, f"{INSIDE_CACHE}/{KERNELS}"]

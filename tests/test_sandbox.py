@@ -1,5 +1,6 @@
 """The sandbox every experiment and every trusted evaluation runs in (bubblewrap)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -99,3 +100,38 @@ def test_a_bubblewrap_without_size_leaves_the_scratch_unsized_and_says_why(tmp_p
         monkeypatch.undo()
         sandbox.bwrap_limits.cache_clear()
     assert sandbox.bwrap_limits() is None and "--size" in sandbox.base_args()
+
+
+
+def peak_inside(tmp_path, smoke_cache, noted):
+    """(what prepare.get_peak_flops gives inside a run's sandbox, the host's note after the run) when
+    the host's note says `noted` FLOP/s for this CPU."""
+    from conftest import ROOT
+    import prepare
+    key = f"{prepare.device_name('cpu')}|torch.float32"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink(os.path.join(smoke_cache, "smoke"), cache / "smoke")
+    (cache / "peak_flops.json").write_text(json.dumps({key: noted}))
+    folder, handoff = tmp_path / "exp", tmp_path / "handoff"
+    folder.mkdir(), handoff.mkdir()
+    for name in sandbox.FIXED_FILES:
+        (folder / name).write_bytes((ROOT / name).read_bytes())
+    (folder / "train.py").write_text("import torch, prepare\nprint(prepare.get_peak_flops('cpu', torch.float32))\n")
+    spec = sandbox.Spec(train_py="", base_commit="0" * 40, profile="smoke")
+    argv, _ = sandbox.command(spec, str(folder), str(cache / "smoke"), str(handoff), 5, sandboxed=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return float(proc.stdout), json.loads((cache / "peak_flops.json").read_text())[key]
+
+
+def test_a_run_computes_its_mfu_against_the_peak_prepare_py_noted(tmp_path, smoke_cache):
+    """A run under the harness starts beside its evaluator: its own 0.5 s matmul measurement comes out
+    low, and its MFU past 100%. It reads the peak prepare.py measured on the quiet machine."""
+    assert peak_inside(tmp_path, smoke_cache, noted=1e18) == (1e18, 1e18)
+
+
+def test_a_run_cannot_change_the_noted_peak(tmp_path, smoke_cache):
+    """A run measures more than the note says: it uses its own figure, and the note stays as it was."""
+    inside, note = peak_inside(tmp_path, smoke_cache, noted=1.0)
+    assert inside > 1.0 and note == 1.0
