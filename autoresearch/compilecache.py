@@ -17,7 +17,7 @@ A cache is a channel between experiments, so what may persist is decided here, n
   would make the harness copy a file of its choosing), and gives up on a cache over MAX_BYTES (the
   one adopted before stays, and an event in the ledger says so);
 - the trusted evaluator keeps a cache of its own, which only it (and the harness) writes; what it
-  compiles is keyed by the program's graph, which the evaluator has checked (evaluator.check_program).
+  compiles is keyed by the program's graph, which the evaluator has checked (modelfile.check_program).
   Beside it, the program of the campaign's last kept run (PROGRAM): the next evaluator checks it like
   any other and compiles it while its experiment trains (evaluator.prepare_ahead).
 

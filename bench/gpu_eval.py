@@ -79,7 +79,7 @@ def main():
     as_exported(ns)
     import prepare  # train.py's own, beside it (build() put its folder first on the path)
     sys.path.insert(0, ROOT)
-    from autoresearch import evaluator
+    from autoresearch import evaluator, modelfile
     tokenizer, batch_size = ns["tokenizer"], ns["device_batch_size"]
     cuda = next(model.parameters()).device.type == "cuda"
     path = os.path.join(tempfile.mkdtemp(prefix="gpu-eval-"), "model.pt2")
@@ -91,7 +91,7 @@ def main():
 
     def load():
         t = time.time()
-        module = evaluator.module_of(evaluator.load_program(path))
+        module = modelfile.module_of(modelfile.load_program(path))
         return module, time.time() - t
 
     def evaluator_variant():
