@@ -829,8 +829,11 @@ def _bpb(model, tokenizer, batch_size):
     rows = _val_rows(tokenizer)
     starts = range(0, len(rows), batch_size)
     rng = random.Random(os.urandom(16))  # nobody can know in advance which batches are probed
-    passes = math.ceil(max(PROBED_ROWS, PROBED_SHARE * len(rows)) / min(batch_size, len(rows)))
-    probes = Counter(rng.choice(starts) for _ in range(passes))  # batch -> times it is re-run, each with new cuts
+    probes, probed = Counter(), 0  # batch -> times it is re-run, each with new cuts; rows re-run so far
+    while probed < max(PROBED_ROWS, PROBED_SHARE * len(rows)):  # rows, whatever the batches (a last one is smaller)
+        i = rng.choice(starts)
+        probes[i] += 1
+        probed += min(batch_size, len(rows) - i)
     total_nats, total_bytes = 0.0, 0  # Python floats/ints: float64 on every device (MPS has none)
     # disable=None: no bar when stderr is not a terminal (run.log), where its redraws would make one huge line
     bar = tqdm(total=len(rows) * MAX_SEQ_LEN, desc="eval", unit="tok", unit_scale=True, leave=False, disable=None)
