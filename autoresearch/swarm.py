@@ -276,7 +276,7 @@ class Swarm(Loop):
         if done.outcome is None:
             status, cause = "crash", f"the worker could not run it: {done.error}"
         else:
-            status, cause = runner.judge_outcome(done.outcome, runner.claims(text), text, self.rules["time_budget"])
+            status, cause = runner.judge_outcome(done.outcome, runner.claims(text), text, job.time_budget)
         cols = runner.result_columns(done.outcome, text, status, seed=row["seed"])
         if done.outcome is not None:
             if done.outcome.stopped == "cancelled":

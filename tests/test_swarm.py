@@ -35,8 +35,9 @@ STANDIN_TRAIN = textwrap.dedent("""\
     # model
     DEPTH = 4                 # layers
 
-    # how long it takes
+    # how long it takes, and how long it says it trained
     SLEEP = 0.0
+    TRAINED = 1.0
     counter = os.environ.get("STANDIN_COUNTER")
     if counter:
         with open(counter, "a") as f:
@@ -213,6 +214,14 @@ def test_a_screening_run_gets_its_share_of_the_budget_and_is_never_kept(repo):
     assert screened["status"] == "screened" and screened["time_budget"] == 7.5  # smoke: 15 s
     assert repeated["seed"] == 43 and repeated["time_budget"] == 15 and repeated["status"] == "keep"
     assert screened["val_bpb"] < repeated["val_bpb"] == Ledger(repo=repo).best("t")  # lower, yet never the best
+
+
+def test_a_screening_run_is_held_to_its_own_share_of_the_budget(repo):
+    """A screening run of 7.5 s that says it trained 14 s is past its budget, not within the profile's 15 s."""
+    run_swarm(repo, [("screen it", {"TRAINED": 14.0}, {"fidelity": 0.5})], workers=1, max_experiments=2)
+    screened = assert_consistent(repo)[1]
+    assert screened["time_budget"] == 7.5 and screened["status"] == "invalid"
+    assert screened["cause"] == "trained 14 s by its own count: past the budget of 7.5 s"
 
 
 def test_a_change_that_does_not_merge_onto_the_new_best_is_discarded_with_the_reason(repo):
