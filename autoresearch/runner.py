@@ -62,8 +62,8 @@ LOG_TAIL_LINES = 50
 MAX_ARCHIVED_LOG = 8 << 20  # bytes of an experiment's log kept in .autoresearch/logs/
 PRINTED_TOLERANCE = 2e-6  # train.py prints the trusted value to 6 decimals
 CLAIM_TOLERANCE = 2.0     # seconds a claimed training time may exceed the measured one (clock granularity)
-# how far past the budget a training may say it trained: the step in flight when the budget ran out
-# (a long step, on a busy machine), at least LAST_STEP seconds, else this share of the budget
+# how far past the budget a training may say it trained: the step in flight when the budget ran out,
+# at least LAST_STEP seconds, else this share of the budget (widened as others took the CPUs)
 LAST_STEP, LAST_STEP_SHARE = 5.0, 0.05
 SUMMARY_COLUMNS = ["val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                    "total_tokens_M", "num_steps", "num_params_M", "depth", "tokens_per_second"]
@@ -213,7 +213,10 @@ def discarded_ref(tag, sha):
 
 
 # -- the rules and the data --------------------------------------------------------------------
-_PROBE = ("import json, sys; sys.path.insert(0, '.'); import constants as c; "
+# constants.py loaded by its path, with the checkout kept off the import path: a torch.py planted
+# there would be what constants.py imports to pick a profile
+_PROBE = ("import importlib.util, json; spec = importlib.util.spec_from_file_location('constants', 'constants.py'); "
+          "c = importlib.util.module_from_spec(spec); spec.loader.exec_module(c); "
           "print(json.dumps({'profile': c.PROFILE, 'time_budget': c.TIME_BUDGET, "
           "'profile_dir': c.profile_dir(c.PROFILE)}))")
 
@@ -853,7 +856,8 @@ def judge_outcome(outcome, claimed, text, time_budget):
     if not isinstance(said, (int, float)):  # then nothing would compare its training with the budget
         return "invalid", ("printed no training_seconds line: the harness checks the training time a run "
                            "says it had against the budget and its own clock")
-    if said > time_budget + max(LAST_STEP, LAST_STEP_SHARE * time_budget):
+    last_step = contention.stretch(max(LAST_STEP, LAST_STEP_SHARE * time_budget), outcome.cpu_share_others)
+    if said > time_budget + last_step:  # a busy machine makes the last step longer (at most twice)
         return "invalid", f"trained {said:g} s by its own count: past the budget of {time_budget:g} s"
     if measured is not None:
         if said > measured + CLAIM_TOLERANCE:

@@ -768,9 +768,11 @@ def test_bytecode_planted_beside_constants_py_does_not_change_the_rules(repo):
     assert runner.read_rules(repo) == honest and honest["time_budget"] != 3000.0
 
 
-def judged(training_seconds, measured=300.0, budget=300.0):
-    """The judgement of a run that handed over a model scored 1.0 and printed it, and the training time given."""
-    outcome = executor.Outcome(returncode=0, handed_over=True, val_bpb=1.0, training_s=measured, slack_s=20.0)
+def judged(training_seconds, measured=300.0, budget=300.0, others=None):
+    """The judgement of a run that handed over a model scored 1.0 and printed it, and the training time
+    given; others: the share of the CPUs other processes took meanwhile."""
+    outcome = executor.Outcome(returncode=0, handed_over=True, val_bpb=1.0, training_s=measured, slack_s=20.0,
+                               cpu_share_others=others)
     claimed = {"val_bpb": 1.0} if training_seconds is None else {"val_bpb": 1.0, "training_seconds": training_seconds}
     return runner.judge_outcome(outcome, claimed, "", budget)
 
@@ -789,3 +791,20 @@ def test_a_run_that_says_it_trained_past_the_budget_is_invalid():
     """Its own count, however honest, is past the budget by more than a last step."""
     status, cause = judged(330.0, measured=335.0)
     assert (status, cause) == ("invalid", "trained 330 s by its own count: past the budget of 300 s")
+
+
+def test_a_module_planted_in_the_checkout_is_not_what_constants_py_imports(repo, tmp_path, monkeypatch):
+    """With no profile chosen, constants.py imports torch to pick one: a torch.py in the checkout must not
+    be that torch (it would run in the harness and choose the rules)."""
+    ran = tmp_path / "the-planted-module-ran"
+    (repo / "torch.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    monkeypatch.delenv("AUTORESEARCH_PROFILE", raising=False)
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "empty-cache"))  # no last_profile either
+    rules = runner.read_rules(repo)
+    assert not ran.exists() and rules["profile"] in ("cpu", "gpu")
+
+
+def test_on_a_busy_machine_a_longer_last_step_is_allowed():
+    """Others took half of the CPUs: the last step may run twice as long past the budget."""
+    assert judged(325.0, measured=330.0, others=0.5) == ("keep", None)
+    assert judged(325.0, measured=330.0)[0] == "invalid"
