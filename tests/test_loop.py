@@ -118,7 +118,8 @@ def test_search_campaign_end_to_end_with_the_real_train_py(campaign_repo, monkey
     experiments = assert_consistent(campaign_repo, "e2e")
     assert len(experiments) == 3
     assert experiments[0]["description"] == "baseline" and experiments[0]["status"] == "keep"
-    assert all(r["status"] in ("keep", "discard") and r["val_bpb"] > 0 for r in experiments), experiments
+    assert all(r["status"] in ("keep", "discard") and r["val_bpb"] > 0 for r in experiments), \
+        [(r["status"], r["cause"], r["training_seconds"], r["description"]) for r in experiments]
     assert all(r["proposer"] == "search" and r["profile"] == "smoke" for r in experiments)
     for row in experiments[1:]:
         assert " -> " in row["description"]
