@@ -262,8 +262,7 @@ def base_args():
     the process inside, whose CAP_SYS_ADMIN would remount every read-only bind writable and unmount
     every mask (the experiment folder's prepare.py, which the evaluator imports; the hidden text)."""
     args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL"]
-    for path in SYSTEM:
-        args += ["--ro-bind-try", path, path]
+    args += _system()[0]  # /lib -> usr/lib a link again: bound as a folder it would show what a mask hides
     # a private /tmp first: what is bound after it (a virtual environment under /tmp) shows through
     args += sized(SCRATCH_BYTES) + ["--tmpfs", "/tmp", "--dir", "/tmp/home"]
     for root in _python_roots():

@@ -135,3 +135,13 @@ def test_a_run_cannot_change_the_noted_peak(tmp_path, smoke_cache):
     """A run measures more than the note says: it uses its own figure, and the note stays as it was."""
     inside, note = peak_inside(tmp_path, smoke_cache, noted=1.0)
     assert inside > 1.0 and note == 1.0
+
+
+def test_a_hidden_folder_is_hidden_through_the_systems_links_too(monkeypatch):
+    """On a merged /usr, /lib is a link to usr/lib: bound as a folder of its own, it would show what a
+    mask made at /usr/lib/... hides (a package of the system's Python holding validation text)."""
+    if not os.path.islink("/lib") or not os.path.isdir("/usr/lib/systemd"):
+        pytest.skip("no merged /usr here")
+    monkeypatch.setattr(sandbox, "hidden_text", lambda: ["/usr/lib/systemd"])
+    proc = inside("import os\nprint(os.listdir('/usr/lib/systemd'), os.listdir('/lib/systemd'))")
+    assert proc.stdout.strip() == "[] []", proc.stdout + proc.stderr
