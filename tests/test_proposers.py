@@ -1,7 +1,6 @@
 """Proposers: `search` (no LLM), the openai/anthropic API proposers against a loopback server
 speaking their protocols, and the claude/codex CLI proposers against stand-in executables."""
 
-import ast
 import contextlib
 import os
 import re
@@ -17,7 +16,7 @@ import pytest
 
 from autoresearch import sandbox
 from autoresearch.proposers import ProposalError, ProposerConfigError, get_proposer
-from autoresearch.proposers import coding_cli, search
+from autoresearch.proposers import cli_sandbox, coding_cli, search
 from autoresearch.proposers.llm import PRICES, ReplyError, parse_reply
 from conftest import git
 from standins.llm_server import COMPLETION_TOKENS, PROMPT_TOKENS, LLMServer
@@ -300,7 +299,7 @@ def standins_on_path(monkeypatch, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    for name in ("CLAUDE_CONFIG_DIR", "CODEX_HOME", coding_cli.PROXY_ALLOW_ENV, "HTTPS_PROXY", "https_proxy",
+    for name in ("CLAUDE_CONFIG_DIR", "CODEX_HOME", cli_sandbox.PROXY_ALLOW_ENV, "HTTPS_PROXY", "https_proxy",
                  "ANTHROPIC_BASE_URL", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     if sandbox.bwrap_problem() is not None:
@@ -612,7 +611,7 @@ def test_cli_reaches_only_allowed_hosts_through_the_proxy(repo, standins_on_path
     TLS-less echo server the test allows); any other host or port is refused with a 403."""
     from test_proxy import Echo
     with Echo() as echo, host_services() as (port, _):
-        monkeypatch.setenv(coding_cli.PROXY_ALLOW_ENV, f"127.0.0.1:{echo.port}")
+        monkeypatch.setenv(cli_sandbox.PROXY_ALLOW_ENV, f"127.0.0.1:{echo.port}")
         hostile(monkeypatch, tunnel={"allowed": f"127.0.0.1:{echo.port}", "host_service": f"127.0.0.1:{port}",
                                      "dataset": "huggingface.co:443", "pypi": "files.pythonhosted.org:443"})
         seen = found(get_proposer("claude", repo=repo).propose(TRAIN_PY, "", [], None))
@@ -632,14 +631,14 @@ def test_cli_that_fails_after_a_refusal_says_which_host_to_allow(repo, standins_
 
 def test_cli_allow_list_is_its_api_the_base_urls_hosts_and_the_named_ones():
     env = {"ANTHROPIC_BASE_URL": "https://gateway.example.com:8443/anthropic",
-           coding_cli.PROXY_ALLOW_ENV: "Bedrock.Example.com, 127.0.0.1:9000,"}
-    assert coding_cli.allow_list("claude", ("api.anthropic.com",), ("ANTHROPIC_BASE_URL",), env) == [
+           cli_sandbox.PROXY_ALLOW_ENV: "Bedrock.Example.com, 127.0.0.1:9000,"}
+    assert cli_sandbox.allow_list("claude", ("api.anthropic.com",), ("ANTHROPIC_BASE_URL",), env) == [
         ("127.0.0.1", 9000), ("api.anthropic.com", 443), ("bedrock.example.com", 443), ("gateway.example.com", 8443)]
     with pytest.raises(ProposerConfigError, match="^OPENAI_BASE_URL=http://localhost:4000 is not an https:// URL, "
                                                   "and the codex CLI's sandbox only opens HTTPS tunnels"):
-        coding_cli.allow_list("codex", (), ("OPENAI_BASE_URL",), {"OPENAI_BASE_URL": "http://localhost:4000"})
+        cli_sandbox.allow_list("codex", (), ("OPENAI_BASE_URL",), {"OPENAI_BASE_URL": "http://localhost:4000"})
     with pytest.raises(ProposerConfigError, match="^AUTORESEARCH_PROXY_ALLOW: 'a b' has no valid host name; write"):
-        coding_cli.allow_list("codex", (), (), {coding_cli.PROXY_ALLOW_ENV: "a b"})
+        cli_sandbox.allow_list("codex", (), (), {cli_sandbox.PROXY_ALLOW_ENV: "a b"})
 
 
 LOGINS = [("claude", ".claude", ".credentials.json", "settings.json", "projects",
@@ -821,18 +820,18 @@ def test_cli_folders_bind_its_installation_wherever_it_is_but_never_the_home(tmp
     program(nvm / "lib" / "node_modules" / "@openai" / "codex" / "bin" / "codex.js", "#!/usr/bin/env node\n")
     codex = program(nvm / "bin" / "codex", link="../lib/node_modules/@openai/codex/bin/codex.js")
     # a node package, and the node its #! line finds, with the installation that node is part of
-    assert coding_cli.cli_folders(codex, os.path.dirname(node), str(home)) == \
+    assert cli_sandbox.cli_folders(codex, os.path.dirname(node), str(home)) == \
         [str(nvm), str(nvm / "bin"), str(nvm / "lib" / "node_modules")]
     # Claude Code's native installer: a link in ~/.local/bin to a binary in ~/.local/share
     program(home / ".local" / "share" / "claude" / "versions" / "2.0.0", "\x7fELF")
     claude = program(home / ".local" / "bin" / "claude", link="../share/claude/versions/2.0.0")
-    assert coding_cli.cli_folders(claude, "", str(home)) == \
+    assert cli_sandbox.cli_folders(claude, "", str(home)) == \
         [str(home / ".local" / "bin"), str(home / ".local" / "share" / "claude" / "versions")]
     # a binary in ~/.cargo/bin: that folder, not ~/.cargo (its credentials); one in the home itself: the file
     cargo = program(home / ".cargo" / "bin" / "codex", "\x7fELF")
-    assert coding_cli.cli_folders(cargo, "", str(home)) == [str(home / ".cargo" / "bin")]
+    assert cli_sandbox.cli_folders(cargo, "", str(home)) == [str(home / ".cargo" / "bin")]
     alone = program(home / "codex", "\x7fELF")
-    assert coding_cli.cli_folders(alone, "", str(home)) == [alone]
+    assert cli_sandbox.cli_folders(alone, "", str(home)) == [alone]
 
 
 @needs_bwrap
