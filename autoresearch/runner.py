@@ -48,7 +48,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -213,22 +212,19 @@ def discarded_ref(tag, sha):
 
 
 # -- the rules and the data --------------------------------------------------------------------
-# constants.py loaded by its path, with the checkout kept off the import path: a torch.py planted
-# there would be what constants.py imports to pick a profile
-_PROBE = ("import importlib.util, json; spec = importlib.util.spec_from_file_location('constants', 'constants.py'); "
-          "c = importlib.util.module_from_spec(spec); spec.loader.exec_module(c); "
+# constants.py run from its source text, with the checkout kept off the import path: no bytecode of it
+# is looked for (a .pyc planted in the checkout's ignored __pycache__ with the source's stamp would be
+# trusted), and a torch.py planted beside it is not the torch it imports to pick a profile
+_PROBE = ("import json, types; c = types.ModuleType('constants'); c.__file__ = 'constants.py'; "
+          "exec(compile(open('constants.py', encoding='utf-8').read(), 'constants.py', 'exec'), c.__dict__); "
           "print(json.dumps({'profile': c.PROFILE, 'time_budget': c.TIME_BUDGET, "
           "'profile_dir': c.profile_dir(c.PROFILE)}))")
 
 
 def read_rules(checkout):
-    """Profile, time budget and data folder as the checkout's constants.py sees them (env included).
-    Read from constants.py's source, never from bytecode: a .pyc planted in the checkout's (ignored)
-    __pycache__ with the source's stamp would give any rules (and run its code in the harness); the
-    prefix is an empty folder, so Python finds no bytecode and writes none where anyone looks."""
-    with tempfile.TemporaryDirectory(prefix="autoresearch-rules-") as nowhere:
-        proc = subprocess.run([sys.executable, "-I", "-X", f"pycache_prefix={nowhere}", "-c", _PROBE], cwd=checkout,
-                              capture_output=True, text=True)
+    """Profile, time budget and data folder as the checkout's constants.py sees them (env included),
+    in an isolated interpreter (-I: nothing of the checkout, PYTHONPATH or the user's site on its path)."""
+    proc = subprocess.run([sys.executable, "-I", "-c", _PROBE], cwd=checkout, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         raise RunError(f"cannot read the rules from constants.py: {lines[-1] if lines else proc.returncode}")
