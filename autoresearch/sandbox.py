@@ -276,7 +276,19 @@ def base_args():
     for node in gpu_nodes():
         args += ["--dev-bind", node, node]
     args += ["--remount-ro", "/dev"] + sized(SCRATCH_BYTES) + ["--tmpfs", "/dev/shm"]
-    return args + ["--proc", "/proc"]
+    return args + proc_args()
+
+
+# the kernel's settings and triggers in /proc, read-only (as container engines make them): the process
+# inside is the host's root, and a write there is checked against the file's mode only, not against a
+# capability: /proc/sys/kernel/core_pattern set to `|/path/it/wrote` runs that program as the host's
+# root, outside every namespace, at the next crash; /proc/sysrq-trigger would reboot the machine
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
+
+
+def proc_args():
+    """A /proc of the sandbox's own processes, with PROC_READ_ONLY read-only."""
+    return ["--proc", "/proc"] + [arg for path in PROC_READ_ONLY for arg in ("--ro-bind-try", path, path)]
 
 
 def sealed(args):
@@ -423,7 +435,7 @@ def networked_args(workdir, home=None, readable=(), writable=(), copies=(), hidd
     system, shows = _system()
     args += system + sized(SCRATCH_BYTES) + ["--tmpfs", "/tmp"]
     args += ["--dev", "/dev", "--remount-ro", "/dev"] + sized(SCRATCH_BYTES) + ["--tmpfs", "/dev/shm"]
-    args += ["--proc", "/proc"]
+    args += proc_args()
     readable = readable_binds(readable)
     writable = [(os.path.realpath(outside), inside) for outside, inside in writable]
     args += _layers(home, readable, writable)

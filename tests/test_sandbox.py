@@ -145,3 +145,15 @@ def test_a_hidden_folder_is_hidden_through_the_systems_links_too(monkeypatch):
     monkeypatch.setattr(sandbox, "hidden_text", lambda: ["/usr/lib/systemd"])
     proc = inside("import os\nprint(os.listdir('/usr/lib/systemd'), os.listdir('/lib/systemd'))")
     assert proc.stdout.strip() == "[] []", proc.stdout + proc.stderr
+
+
+def test_the_kernels_settings_and_triggers_are_read_only_inside():
+    """Run by root, the process inside is the host's root, and /proc/sys checks the file's mode only:
+    kernel.core_pattern set to a program it wrote would run that program as root outside the sandbox."""
+    proc = inside("import errno\nfor path in ('/proc/sys/kernel/core_pattern', '/proc/sys/kernel/hostname', "
+                  "'/proc/sysrq-trigger'):\n"
+                  "    try:\n        open(path, 'w').close(); print(path, 'writable')\n"
+                  "    except OSError as e:\n        print(path, errno.errorcode[e.errno])")
+    seen = dict(line.split() for line in proc.stdout.splitlines())
+    assert seen["/proc/sys/kernel/core_pattern"] == seen["/proc/sys/kernel/hostname"] == "EROFS", proc.stdout + proc.stderr
+    assert seen["/proc/sysrq-trigger"] in ("EROFS", "ENOENT")  # a kernel without magic SysRq has none
