@@ -59,14 +59,15 @@ class CompileCaches:
         self.evaluator = os.path.join(root, "evaluator")  # the trusted evaluator's own
 
     def workspace(self):
-        """A fresh folder holding a copy of the adopted cache: one experiment's to write."""
-        path = tempfile.mkdtemp(prefix="autoresearch-compile-")
+        """A fresh folder holding a copy of the adopted cache: one experiment's to write (a private
+        folder: remove it with remove_private)."""
+        path = private_folder("autoresearch-compile-")
         if os.path.isdir(self.adopted):
             try:
                 shutil.copytree(self.adopted, path, dirs_exist_ok=True, symlinks=True)
             except (OSError, shutil.Error):  # a full disk: the run compiles cold, that is all
-                remove(path)
-                path = tempfile.mkdtemp(prefix="autoresearch-compile-")
+                remove_private(path)
+                path = private_folder("autoresearch-compile-")
         return path
 
     def settle(self, workspace, adopt):
@@ -76,7 +77,7 @@ class CompileCaches:
         try:
             return self._adopt(workspace) if adopt else None
         finally:
-            remove(workspace)
+            remove_private(workspace)
 
     def _adopt(self, workspace):
         staging = None
@@ -167,6 +168,20 @@ def remembered_program(folder):
         return path if stat.S_ISREG(os.lstat(path).st_mode) else None
     except OSError:
         return None
+
+
+def private_folder(prefix):
+    """A new, empty folder for a sandboxed process to write, inside one (0700) that only this user can
+    open. Run by root, the process inside is the host's root: it can make the folder it is given
+    readable by all and leave a setuid program there, which the parent keeps from every other user."""
+    path = os.path.join(tempfile.mkdtemp(prefix=prefix), "work")
+    os.mkdir(path)
+    return path
+
+
+def remove_private(path):
+    """Delete a private_folder, its parent with it; never raises."""
+    remove(os.path.dirname(path))
 
 
 def remove(path):

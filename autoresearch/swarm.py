@@ -116,7 +116,7 @@ class LocalBackend:
         except BaseException:
             self.free.insert(0, slot)
             if workspace:
-                compilecache.remove(workspace)
+                compilecache.remove_private(workspace)
             raise
         self.running[future] = (job, slot, cancel, workspace)
         return f"w{slot + 1}"

@@ -113,7 +113,17 @@ def settle_within(caches, workspace, seconds=20):
 def test_a_campaign_without_an_adopted_cache_gives_an_empty_workspace(caches, temp):
     workspace = caches.workspace()
     assert os.path.isdir(workspace) and os.listdir(workspace) == []
-    assert Path(workspace).parent == temp
+    assert Path(workspace).parent.parent == temp
+
+
+def test_a_workspace_sits_in_a_folder_only_the_harnesss_user_can_open(caches):
+    """Run by root, a run is the host's root inside: it can open its workspace to all and leave a
+    setuid program there; the folder around it keeps every other user out, and goes with it."""
+    workspace = caches.workspace()
+    assert os.stat(os.path.dirname(workspace)).st_mode & 0o777 == 0o700
+    os.chmod(workspace, 0o777)  # what the run can do to its own folder
+    caches.settle(workspace, adopt=False)
+    assert not os.path.exists(os.path.dirname(workspace))
 
 
 def test_a_workspace_starts_as_a_copy_of_the_adopted_cache(caches):

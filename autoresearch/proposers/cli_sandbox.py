@@ -49,7 +49,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from autoresearch import proxy, sandbox
+from autoresearch import compilecache, proxy, sandbox
 from autoresearch.proposers import ProposerConfigError
 
 
@@ -433,7 +433,7 @@ class CLISandbox:
             return
         home = _home()
         config = self.config(home) if home else None
-        copy = tempfile.mkdtemp(prefix="autoresearch-cli-config-")
+        copy = compilecache.private_folder("autoresearch-cli-config-")
         try:
             before = None
             if config and os.path.isdir(config.source):
@@ -452,7 +452,7 @@ class CLISandbox:
                           f"{original}: {e}", file=sys.stderr)
             launch.refused = sorted(set(gate.refused))
         finally:
-            shutil.rmtree(copy, ignore_errors=True)
+            compilecache.remove_private(copy)
 
     def _argv(self, command, scratch, home, config, copy, socket_path):
         """(argv, environment, file descriptors to pass on; the caller closes them): the relay running

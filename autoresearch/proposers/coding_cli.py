@@ -21,9 +21,9 @@ import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 import threading
 
+from autoresearch import compilecache
 from autoresearch.ledger import one_line
 from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError
 from autoresearch.proposers.cli_sandbox import PROXY_ALLOW_ENV, CLISandbox, Config, read_small
@@ -41,7 +41,7 @@ def _scratch(repo, train_py):
     """(a throwaway folder with the proposal's context, {name: bytes} of what was written there): the
     train.py to edit and, to read, the checkout's program.md and the fixed files. The CLI never works
     in the checkout itself."""
-    folder = tempfile.mkdtemp(prefix="autoresearch-propose-")
+    folder = compilecache.private_folder("autoresearch-propose-")
     written = {}
     for name in CONTEXT_FILES[1:]:
         path = os.path.join(repo, name)
@@ -205,7 +205,7 @@ class CodingCLIProposer(Proposer):
                 changed = _changes(scratch, written, after)
                 new, unusable = _new_train_py(scratch, after)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            compilecache.remove_private(scratch)  # whatever the CLI made of it (too deep for rmtree, setuid)
         text, prompt_tokens, completion_tokens, cost = self.parse_output(out or "")
         if cost is None:
             cost = self.pricing.cost(prompt_tokens, completion_tokens) if self.pricing else 0.0
