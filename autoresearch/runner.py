@@ -853,7 +853,8 @@ def judge_outcome(outcome, claimed, text, time_budget):
         return "invalid", ("printed no training_seconds line: the harness checks the training time a run "
                            "says it had against the budget and its own clock")
     last_step = contention.stretch(max(LAST_STEP, LAST_STEP_SHARE * time_budget), outcome.cpu_share_others)
-    if said > time_budget + last_step:  # a busy machine makes the last step longer (at most twice)
+    starved = contention.starved(outcome.cpu_share_others, outcome.gpu_others)
+    if said > time_budget + last_step and not starved:  # starved, one step can take any time: it says so
         return "invalid", f"trained {said:g} s by its own count: past the budget of {time_budget:g} s"
     if measured is not None:
         if said > measured + CLAIM_TOLERANCE:
