@@ -36,6 +36,7 @@ HANDSHAKE_TIMEOUT = 15   # seconds for a client to send its CONNECT, and for an 
 IDLE_TIMEOUT = 600       # seconds a tunnel may carry nothing (a streamed reply pauses, never this long)
 HEAD_LIMIT = 8192        # bytes of a request's head
 BUFFER = 65536
+MAX_REFUSED = 32         # refused targets remembered for the user's error message
 # what the CLI inside is told: the relay's address for HTTPS and HTTP, and no exception
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 NO_PROXY_VARIABLES = ("NO_PROXY", "no_proxy")
@@ -111,7 +112,7 @@ def parse_target(text, default_port=None):
         host, port = text, ""
     host = host.lower().rstrip(".")
     allowed_chars = set("abcdefghijklmnopqrstuvwxyz0123456789.-_:")
-    if not host or not set(host) <= allowed_chars:
+    if not host or len(host) > 253 or not set(host) <= allowed_chars:  # 253: DNS's longest name
         raise ValueError(f"{text!r} has no valid host name")
     if not port:
         if default_port is None:
@@ -248,7 +249,8 @@ class ConnectProxy:
             except ValueError as e:
                 return self._answer(client, 400, str(e))
             if (host, port) not in self.allowed:
-                self.refused.append(format_target(host, port))
+                if len(self.refused) < MAX_REFUSED:  # enough to name what to allow; a flood of them is not kept
+                    self.refused.append(format_target(host, port))
                 return self._answer(client, 403, f"{format_target(host, port)} is not among the hosts the "
                                                  f"sandbox allows (AUTORESEARCH_PROXY_ALLOW adds one)")
             try:

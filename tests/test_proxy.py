@@ -90,6 +90,17 @@ def test_a_host_not_allowed_is_refused_with_403(target, echo):
         assert gate.refused == [target]
 
 
+def test_what_a_flood_of_refused_requests_leaves_in_the_harness_is_bounded(echo):
+    """Each refusal is remembered for the user's error message: a CLI asking for a million long names
+    would fill the harness's memory."""
+    with proxy.ConnectProxy({("127.0.0.1", echo.port)}) as gate:
+        for k in range(proxy.MAX_REFUSED + 10):
+            assert ask(gate.path, f"CONNECT host{k}.example:443 HTTP/1.1\r\n\r\n".encode())[0] == "HTTP/1.1 403 Forbidden"
+        too_long = "a" * 254 + ".example:443"
+        assert ask(gate.path, f"CONNECT {too_long} HTTP/1.1\r\n\r\n".encode())[0] == "HTTP/1.1 400 Bad Request"
+        assert len(gate.refused) == proxy.MAX_REFUSED
+
+
 @pytest.mark.parametrize("request_line", [b"GET http://127.0.0.1:{port}/ HTTP/1.1", b"POST / HTTP/1.1",
                                           b"GET / HTTP/1.1"])
 def test_plain_http_is_never_forwarded(request_line, echo):
