@@ -221,23 +221,37 @@ def copy_regular(source, target, limit):
             else:
                 os.makedirs(os.path.join(here, name), exist_ok=True)
         for name in files:
-            path = os.path.join(folder, name)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
-            except OSError:  # a link (O_NOFOLLOW), or gone
+            opened = open_regular(os.path.join(folder, name))
+            if opened is None:  # a link, a pipe, a device, or gone
                 skipped += 1
                 continue
-            with os.fdopen(fd, "rb") as src:
-                info = os.fstat(src.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    skipped += 1
-                    continue
+            src, info = opened
+            with src:
                 total += info.st_size
                 if total > limit:
                     return None, None
                 with open(os.path.join(here, name), "wb") as dst:
                     copy_file(src, dst, info.st_size)
     return total, skipped
+
+
+def open_regular(path):
+    """(the file at path opened for reading, its fstat) when it is a regular file, else None. Opened
+    once, without following a link or waiting on a pipe, and checked as opened: a check of the path
+    and then an open of it would open whatever a sandboxed process swapped in between."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    f = os.fdopen(fd, "rb")
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
+        f.close()
+        return None
+    return f, info
 
 
 def copy_file(src, dst, size):

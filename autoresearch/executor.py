@@ -293,18 +293,14 @@ def take_over(message, handoff, private):
     name, batch_size = message.get("file"), message.get("batch_size")
     if name != "model.pt2" or not isinstance(batch_size, int) or batch_size < 1:
         return None, "the hand-off must name model.pt2 and a positive batch size"
-    # opened once, without following a link, and checked as opened: a check of the path and then a copy
-    # of the path would copy whatever the experiment swapped in between (a link to /dev/zero, to a file
-    # of the host's), as would a copy of a file that still grows
-    try:
-        fd = os.open(os.path.join(handoff, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    # the experiment may swap its file for a link at any moment (to /dev/zero, to a file of the host's),
+    # or let it grow: what is copied is the regular file opened, as far as it was when opened
+    opened = compilecache.open_regular(os.path.join(handoff, name))
+    if opened is None:
         return None, "no model.pt2 in the hand-off folder"
     model = os.path.join(private, "model.pt2")
-    with os.fdopen(fd, "rb") as source:
-        info = os.fstat(source.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            return None, "no model.pt2 in the hand-off folder"
+    source, info = opened
+    with source:
         if info.st_size > WRITE_LIMIT:  # a sparse file costs the run nothing and our copy all of it
             return None, f"model.pt2 is larger than {WRITE_LIMIT / 2**30:g} GiB"
         try:

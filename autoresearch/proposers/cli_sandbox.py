@@ -72,26 +72,18 @@ CREDENTIALS_LIMIT = 256 << 10   # a bigger credentials file is not copied back
 def read_small(path, limit):
     """The bytes of the regular file at path when it holds at most limit bytes, else None: a link, a
     FIFO, a device or a bigger file is never read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    opened = compilecache.open_regular(path)
+    if opened is None:
         return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+    f, info = opened
+    with f:
+        if info.st_size > limit:
             return None
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks) if size <= limit else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+        try:
+            data = f.read(limit + 1)  # it may have grown since
+        except OSError:
+            return None
+    return data if len(data) <= limit else None
 
 
 # -- what the sandbox shows ----------------------------------------------------------------------
