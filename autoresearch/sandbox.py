@@ -261,22 +261,30 @@ def base_args():
     of at most SCRATCH_BYTES each, and no capabilities: bubblewrap started by root keeps them all for
     the process inside, whose CAP_SYS_ADMIN would remount every read-only bind writable and unmount
     every mask (the experiment folder's prepare.py, which the evaluator imports; the hidden text)."""
-    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv", "--cap-drop", "ALL"]
-    args += _system()[0]  # /lib -> usr/lib a link again: bound as a folder it would show what a mask hides
+    args = isolated() + ["--clearenv"] + _system()[0]
     # a private /tmp first: what is bound after it (a virtual environment under /tmp) shows through
     args += sized(SCRATCH_BYTES) + ["--tmpfs", "/tmp", "--dir", "/tmp/home"]
     for root in _python_roots():
         args += ["--ro-bind", root, root]
     for hidden in hidden_text():
         args += ["--tmpfs", hidden, "--remount-ro", hidden]
-    # a private /dev (null, zero, random, tty...) with the GPUs' device nodes bound in, made read-only:
-    # each node is a mount of its own and keeps working. Not the host's whole /dev, which a run could
-    # write to (devtmpfs, in RAM, seen by the next run). /dev/shm is a private, sized tmpfs
-    args += ["--dev", "/dev"]
-    for node in gpu_nodes():
+    return args + private_dev(gpu_nodes()) + proc_args()
+
+
+def isolated():
+    """How every sandbox starts: all of bubblewrap's namespaces its own, gone with its parent, no
+    terminal to write into, and no capabilities (bubblewrap started by root would leave it all of them)."""
+    return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+
+
+def private_dev(nodes=()):
+    """A private /dev (null, zero, random, tty...) with `nodes` of the host's bound in (the GPUs'), made
+    read-only: each node is a mount of its own and keeps working. Not the host's whole /dev, which a run
+    could write to (devtmpfs, in RAM, seen by the next run). /dev/shm is a private, sized tmpfs."""
+    args = ["--dev", "/dev"]
+    for node in nodes:
         args += ["--dev-bind", node, node]
-    args += ["--remount-ro", "/dev"] + sized(SCRATCH_BYTES) + ["--tmpfs", "/dev/shm"]
-    return args + proc_args()
+    return args + ["--remount-ro", "/dev"] + sized(SCRATCH_BYTES) + ["--tmpfs", "/dev/shm"]
 
 
 # the kernel's settings and triggers in /proc, read-only (as container engines make them): the process
@@ -431,11 +439,8 @@ def networked_args(workdir, home=None, readable=(), writable=(), copies=(), hidd
     and each folder of `hidden` an empty read-only mask wherever a bind shows it, made after every
     bind. No --clearenv: the caller gives bubblewrap the program's environment, which it hands on, so
     that no API key shows on a command line (ps). Ends with "--": the program's argv follows."""
-    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     system, shows = _system()
-    args += system + sized(SCRATCH_BYTES) + ["--tmpfs", "/tmp"]
-    args += ["--dev", "/dev", "--remount-ro", "/dev"] + sized(SCRATCH_BYTES) + ["--tmpfs", "/dev/shm"]
-    args += proc_args()
+    args = isolated() + system + sized(SCRATCH_BYTES) + ["--tmpfs", "/tmp"] + private_dev() + proc_args()
     readable = readable_binds(readable)
     writable = [(os.path.realpath(outside), inside) for outside, inside in writable]
     args += _layers(home, readable, writable)
