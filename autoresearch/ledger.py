@@ -93,13 +93,13 @@ class LedgerError(RuntimeError):
     """The ledger file exists but cannot be trusted (empty, truncated, not SQLite, tables missing)."""
 
 
-def _check_columns(table, cols):
+def _checked_columns(table, cols):
+    """cols as they are written: known columns of the table only, the ONE_LINE texts made one line."""
     unknown = sorted(set(cols) - set(TABLES[table]))
     if unknown:
         raise ValueError(f"unknown {table} column(s): {', '.join(unknown)}")
-    for name in ONE_LINE:
-        if isinstance(cols.get(name), str):
-            cols[name] = one_line(cols[name])
+    return {name: one_line(value) if name in ONE_LINE and isinstance(value, str) else value
+            for name, value in cols.items()}
 
 
 ONE_LINE = ("description", "cause")  # texts printed as they are, one line each, in terminals and results.tsv
@@ -199,7 +199,7 @@ class Ledger:
         cols.pop("id", None)
         cols.setdefault("status", "running")
         cols.setdefault("started_at", time.time())
-        _check_columns("experiments", cols)
+        cols = _checked_columns("experiments", cols)
         names = ", ".join(cols)
         marks = ", ".join("?" for _ in cols)
         with self._write() as conn:
@@ -209,7 +209,7 @@ class Ledger:
     def update_experiment(self, id, **cols):
         """Set some columns of an experiment."""
         cols.pop("id", None)
-        _check_columns("experiments", cols)
+        cols = _checked_columns("experiments", cols)
         if not cols:
             return
         sets = ", ".join(f"{name} = ?" for name in cols)
@@ -265,7 +265,7 @@ class Ledger:
         """Create the campaign `tag` or update the columns given (the others keep their values)."""
         if not cols.get("tag"):
             raise ValueError("save_campaign needs a tag")
-        _check_columns("campaigns", cols)
+        cols = _checked_columns("campaigns", cols)
         with self._write() as conn:
             exists = conn.execute("SELECT 1 FROM campaigns WHERE tag = ?", (cols["tag"],)).fetchone()
             if exists:
