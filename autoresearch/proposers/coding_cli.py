@@ -211,7 +211,7 @@ class CodingCLIProposer(Proposer):
             cost = self.pricing.cost(prompt_tokens, completion_tokens) if self.pricing else 0.0
         used = dict(model=self.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost_usd=cost)
         description = description_of(text) or next(
-            (one_line(line)[:200] for line in reversed(text.splitlines()) if one_line(line)), None)
+            (line[:200] for line in map(one_line, reversed(text.splitlines())) if line), None)
         if after is None:
             raise ProposalError(f"the {self.executable} CLI left more than {MAX_SCRATCH_ENTRIES} files in its "
                                 f"scratch folder; ignored", description=description, **used)
