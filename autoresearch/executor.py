@@ -9,8 +9,10 @@ the caller (runner.py, or a remote worker) does. The harness, not train.py, owns
 - the clock: start-up runs from launch to the first training batch (prepare.py tells the harness;
   at most STARTUP_ALLOWANCE of it counts as start-up, whatever it says); training runs from there to
   the start of the model's export (prepare.py tells the harness; at most EXPORT_ALLOWANCE more until
-  the hand-off). A run still training TIME_BUDGET + grace after its start is stopped, and one whose
-  claimed training_seconds is off what the harness measured by more than the slack is invalid;
+  the hand-off). A run still training TIME_BUDGET + grace after its start is stopped. The runner
+  compares the training_seconds a run claims with the harness's clock from launch to hand-off: what
+  lies outside the claim (start-up, untimed first steps, export) may not pass the outside allowance,
+  however the run split it, and a claim longer than the measured training is invalid;
 - the metric: train.py's `evaluate_bpb` exports the model into the hand-off folder and asks the
   harness, which copies it out of the experiment's reach and runs the trusted evaluator on it
   (evaluator.py); the value goes back to train.py to print, and into the Outcome. The time the
@@ -29,11 +31,14 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from autoresearch import compilecache, contention, evaluator, sandbox
 
 STARTUP_ALLOWANCE = 10.0      # seconds of start-up before the training clock starts regardless (+20 on GPU)
-EXPORT_ALLOWANCE = 30.0       # seconds from the start of the export to the hand-off
+EXPORT_ALLOWANCE = 30.0       # seconds from the start of the export to the hand-off (a hung export is stopped)
+EXPORT_EXPECTED = 5.0         # seconds of it an honest export needs: 1.5-3 s on the CPU VM, 4.6-5.1 s for
+                              # the gpu profile's 199 MB on an H200 (+5 on GPU); training beyond counts
 GPU_COMPILE_ALLOWANCE = 90.0  # on a CUDA machine torch.compile runs in the first (untimed) steps: 55-67 s
                               # cold on an H200 (measured); 9 s warm, but only a model the baseline's
                               # compile cache covers starts warm (compilecache.py)
@@ -49,14 +54,27 @@ LIMIT_FILE_SIZE = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT
                    "os.execvp(sys.argv[2], sys.argv[2:])")
 
 
+class Allowances(NamedTuple):
+    """Seconds a run's timing may take (allowances()). startup: the start-up before the training clock
+    starts regardless; slack: how far the claimed training time may fall short of the measured one (the
+    untimed first steps, compilation); outside: how much of the time from launch to hand-off may lie
+    outside the claimed training (start-up, slack and export together, however the run split them);
+    grace: how long past its budget a training may run before it is stopped."""
+    startup: float
+    slack: float
+    outside: float
+    grace: float
+
+
 def allowances(time_budget, gpu=None):
-    """(startup, slack, grace) in seconds: how much start-up counts as start-up; how far the claimed
-    training time may fall short of the measured one (the untimed first step, compilation, the
-    last step in flight); how long past its budget a training may run before it is stopped."""
+    """The Allowances of a run with this budget, on a GPU machine or not (by default: this machine)."""
     gpu = sandbox.has_gpu() if gpu is None else gpu
+    startup = STARTUP_ALLOWANCE + (20.0 if gpu else 0.0)
     compile_time = GPU_COMPILE_ALLOWANCE if gpu else 0.0
-    slack = 5.0 + 0.05 * time_budget + compile_time
-    return STARTUP_ALLOWANCE + (20.0 if gpu else 0.0), slack, slack + 15.0 + 0.05 * time_budget
+    slack = 5.0 + 0.02 * time_budget + compile_time  # one untimed step on CPU: 0.5-2.7 s of 300 measured
+    outside = startup + slack + EXPORT_EXPECTED + (5.0 if gpu else 0.0)
+    grace = 20.0 + 0.10 * time_budget + compile_time  # a stop for what is surely over, judged or not
+    return Allowances(startup, slack, outside, grace)
 
 
 @dataclass
@@ -72,13 +90,15 @@ class Outcome:
                                   # judged (compilecache.settle_program)
     handed_over: bool = False
     startup_s: float = None       # launch to the first training batch (capped at the allowance)
-    training_s: float = None      # first training batch to the hand-off, as the harness measured it
+    training_s: float = None      # first training batch to the export, as the harness measured it
+    handoff_s: float = None       # launch to the hand-off: start-up, training and export together
     eval_s: float = None
     export_s: float = None        # start of the export to the hand-off
     wall_s: float = None
     sandboxed: bool = False
-    grace_s: float = 0.0          # see allowances()
+    grace_s: float = 0.0          # see Allowances
     slack_s: float = 0.0
+    outside_s: float = 0.0
     timeout_s: float = None
     cpu_share_others: float = None  # share of the CPUs other processes took during training (contention.py)
     gpu_others: int = None        # other processes on the experiment's GPU during training
@@ -159,7 +179,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
                    f"an experiment can fill half the memory with each")
     outcome = Outcome(sandboxed=sandboxed, timeout_s=timeout)
     eval_timeout = eval_timeout or max(600.0, timeout)
-    startup_allowance, outcome.slack_s, outcome.grace_s = allowances(time_budget)
+    startup_allowance, outcome.slack_s, outcome.outside_s, outcome.grace_s = allowances(time_budget)
     work = tempfile.mkdtemp(prefix="autoresearch-experiment-")
     folder, handoff, private = (os.path.join(work, name) for name in ("experiment", "handoff", "private"))
     for path in (handoff, private):
@@ -224,6 +244,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
             outcome.handed_over = True
             outcome.training_s = channel.exporting_at - training_from
             outcome.export_s = channel.handoff_at - channel.exporting_at
+            outcome.handoff_s = channel.handoff_at - launched
             result = channel.result or {}
             outcome.val_bpb = result.get("val_bpb")
             outcome.eval_error = result.get("error")

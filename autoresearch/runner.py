@@ -863,6 +863,12 @@ def judge_outcome(outcome, claimed, text, time_budget):
         if measured - said > slack:
             return "invalid", (f"trained {measured:.1f} s as the harness measured, but claims {said:g} s "
                                f"(more than {slack:.1f} s apart)")
+    if outcome.handoff_s is not None:  # training hidden in the start-up, between steps or in the export
+        outside = contention.stretch(outcome.outside_s, outcome.cpu_share_others)
+        if outcome.handoff_s - said > outside:
+            return "invalid", (f"handed its model over {outcome.handoff_s:.1f} s after launch for {said:g} s of "
+                               f"training by its own count: more than {outside:.1f} s outside training "
+                               f"(start-up, untimed first steps, export)")
     return "keep", None
 
 

@@ -904,6 +904,22 @@ def test_training_before_the_clock_starts_is_not_judged(campaign):
     campaign.assert_untouched()
 
 
+def test_training_after_saying_the_export_started_is_not_judged(campaign):
+    """The clock stops when the export starts (prepare.py tells the harness), and a hung export is stopped
+    after executor.EXPORT_ALLOWANCE (30 s). train.py trains its budget honestly, tells the harness the
+    export started, trains 24 s more inside that window, then hands its model over. What lies outside
+    the claimed training, from launch to hand-off, is bounded as a whole (executor.allowances)."""
+    anchor = "model.eval()\nt_eval = time.time()"
+    hostile = REAL_TRAIN.replace(anchor, 'tell_harness({"event": "exporting"})\n' + unclocked_training(24) + anchor, 1)
+    hostile = hostile.replace("from prepare import (", "from prepare import (tell_harness, ", 1)
+    assert hostile.count("tell_harness") == 2
+    row = campaign.attack(hostile, "train in the export window")
+    assert row["status"] in ("invalid", "timeout"), \
+        (f"{row['status']}: measured training {row['measured_training_s']:.1f} s, claimed "
+         f"{row['training_seconds']}, val_bpb {row['val_bpb']} vs baseline {campaign.baseline['val_bpb']}")
+    campaign.assert_untouched()
+
+
 def test_processes_of_its_own_that_keep_the_machine_busy_buy_no_slack(campaign):
     """A busy machine widens the slack (contention.stretch): train.py starts CPU-burning processes of
     its own so the box looks busy, then trains 25 s before the clock as above. Its processes are

@@ -768,11 +768,15 @@ def test_bytecode_planted_beside_constants_py_does_not_change_the_rules(repo):
     assert runner.read_rules(repo) == honest and honest["time_budget"] != 3000.0
 
 
-def judged(training_seconds, measured=300.0, budget=300.0, others=None):
-    """The judgement of a run that handed over a model scored 1.0 and printed it, and the training time
-    given; others: the share of the CPUs other processes took meanwhile."""
-    outcome = executor.Outcome(returncode=0, handed_over=True, val_bpb=1.0, training_s=measured, slack_s=20.0,
-                               cpu_share_others=others)
+def judged(training_seconds, measured=300.0, budget=300.0, others=None, handoff=None):
+    """The judgement of a CPU run that handed over a model scored 1.0 and printed it, and the training
+    time given; measured: the harness's clock from the first batch to the export; handoff: from launch
+    to the hand-off (by default 8 s more: start-up and export); others: the share of the CPUs other
+    processes took meanwhile."""
+    outcome = executor.Outcome(returncode=0, handed_over=True, val_bpb=1.0, training_s=measured,
+                               handoff_s=measured + 8.0 if handoff is None else handoff,
+                               slack_s=executor.allowances(budget, gpu=False).slack,
+                               outside_s=executor.allowances(budget, gpu=False).outside, cpu_share_others=others)
     claimed = {"val_bpb": 1.0} if training_seconds is None else {"val_bpb": 1.0, "training_seconds": training_seconds}
     return runner.judge_outcome(outcome, claimed, "", budget)
 
@@ -791,6 +795,20 @@ def test_a_run_that_says_it_trained_past_the_budget_is_invalid():
     """Its own count, however honest, is past the budget by more than a last step."""
     status, cause = judged(330.0, measured=335.0)
     assert (status, cause) == ("invalid", "trained 330 s by its own count: past the budget of 300 s")
+
+
+def test_training_hidden_outside_the_claimed_time_is_invalid():
+    """The claim and the clock from first batch to export agree, but the hand-off came 40 s after them:
+    training in the start-up (before telling the harness) or in the export window (after telling it
+    the export started) counts, wherever the run put it."""
+    status, cause = judged(300.0, measured=301.0, handoff=340.0)
+    assert status == "invalid" and cause.startswith("handed its model over 340.0 s after launch for 300 s of "
+                                                    "training by its own count: more than 26.0 s outside"), cause
+
+
+def test_on_a_busy_machine_the_time_outside_training_may_be_longer():
+    """Others took 40% of the CPUs: start-up and export ran slower too."""
+    assert judged(300.0, measured=301.0, handoff=340.0, others=0.4) == ("keep", None)
 
 
 def test_a_module_planted_in_the_checkout_is_not_what_constants_py_imports(repo, tmp_path, monkeypatch):
