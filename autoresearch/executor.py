@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from autoresearch import compilecache, contention, evaluator, sandbox
+from autoresearch import compilecache, contention, evaluator, limits, sandbox
 
 STARTUP_ALLOWANCE = 10.0      # seconds of start-up before the training clock starts regardless (+20 on GPU)
 EXPORT_ALLOWANCE = 30.0       # seconds from the start of the export to the hand-off (a hung export is stopped)
@@ -47,11 +47,8 @@ KILL_GRACE = 5.0              # seconds between SIGTERM and SIGKILL
 # what it can write is the sandbox's memory, sized there): a run past either is stopped, and invalid
 WRITE_LIMIT = 16 << 30        # bytes (the exported model and a compile cache take a few hundred MB)
 FILE_LIMIT = 100_000          # files and folders
-# the experiment's command runs under this first: no file it writes (its log included) grows past
-# WRITE_LIMIT, whatever the once-a-second check sees in between (fallocate, one huge write, a sparse
-# model.pt2 for the harness to copy). A small exec, not preexec_fn: the harness has threads.
-LIMIT_FILE_SIZE = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); "
-                   "os.execvp(sys.argv[2], sys.argv[2:])")
+# no file an experiment writes (its log included) grows past WRITE_LIMIT (limits.command), whatever
+# the once-a-second check sees in between (fallocate, one huge write, a sparse model.pt2 to copy)
 
 
 class Allowances(NamedTuple):
@@ -177,6 +174,9 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
     elif sandbox.bwrap_limits() is not None:
         _warn_once(f"warning: the sandbox's /tmp and /dev/shm are unsized ({sandbox.bwrap_limits()}): "
                    f"an experiment can fill half the memory with each")
+    if limits.unavailable() is not None:
+        _warn_once(f"warning: experiments get no process limit ({limits.unavailable()}): a run can start "
+                   f"processes until the machine has none left")
     outcome = Outcome(sandboxed=sandboxed, timeout_s=timeout)
     eval_timeout = eval_timeout or max(600.0, timeout)
     startup_allowance, outcome.slack_s, outcome.outside_s, outcome.grace_s = allowances(time_budget)
@@ -184,7 +184,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
     folder, handoff, private = (os.path.join(work, name) for name in ("experiment", "handoff", "private"))
     for path in (handoff, private):
         os.makedirs(path)
-    proc, ours, theirs, trusted = None, None, None, None
+    proc, ours, theirs, trusted, group = None, None, None, None, None
     try:
         sandbox.materialize(spec, repo, folder)
         os.chmod(folder, 0o555)
@@ -198,7 +198,8 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         ours, theirs = socket.socketpair()
         argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed, placement,
                                     compile_cache)
-        argv = [sys.executable, "-I", "-c", LIMIT_FILE_SIZE, str(WRITE_LIMIT)] + argv
+        group = limits.Group.make()
+        argv = limits.command(argv, group, WRITE_LIMIT)
         launched = time.time()
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -260,6 +261,8 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         for s in (ours, theirs):
             if s is not None:
                 s.close()
+        if group is not None:  # whatever of the run outlived its process group
+            group.remove()
         if trusted is not None:
             trusted.close()
         compilecache.remove(work)  # whatever the run made of its hand-off (unreadable, deep) goes too

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import executor, runner, sandbox
+from autoresearch import limits, executor, runner, sandbox
 from autoresearch.ledger import Ledger, ledger_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -696,6 +696,50 @@ raise SystemExit(3)
     filled = json.loads(line[0][len("FILLED "):])
     assert filled == {"/tmp": pytest.approx(32, abs=1), "/dev/shm": pytest.approx(32, abs=1),
                       "/autoresearch/cache": pytest.approx(4, abs=1), "/dev": 0}
+    campaign.assert_untouched()
+
+
+@pytest.mark.skipif(limits.unavailable() is not None, reason=f"no pids control group ({limits.unavailable()})")
+def test_a_fork_bomb_stops_at_the_runs_process_limit(campaign, monkeypatch):
+    """Its PID namespace hides the run's processes, but they count against the machine's: forks past
+    its own group's limit fail in the run, and nothing of it is left after it (the group included)."""
+    monkeypatch.setattr(limits, "PIDS_MAX", 256)
+    body = """
+children = 0
+try:
+    while children < 4096:  # each child sleeps, so each counts
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        children += 1
+except OSError as e:
+    print("FORKED", children, e.errno, flush=True)
+raise SystemExit(3)
+"""
+    row = campaign.attack(script(body), "fork bomb")
+    forked = [line.split() for line in row["log_tail"].splitlines() if line.startswith("FORKED ")]
+    assert forked and int(forked[0][1]) < 256 and forked[0][2] == "11", row["log_tail"][-1000:]  # EAGAIN
+    assert not [name for name in os.listdir(limits.parent_folder())
+                if name.startswith(f"{limits.PREFIX}{os.getpid()}-")]
+    campaign.assert_untouched()
+
+
+def test_the_out_of_memory_killer_takes_a_run_before_anything_else(campaign):
+    """A run that fills the memory must cost itself, not the harness, its evaluator or a concurrent
+    run: the kernel's OOM killer takes the highest score first, and the run cannot lower its own."""
+    body = """
+score = open("/proc/self/oom_score_adj").read().strip()
+try:
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("-1000")
+    lowered = "lowered"
+except OSError as e:
+    lowered = f"refused:{e.errno}"
+print("OOM", score, lowered, open("/proc/self/oom_score_adj").read().strip(), flush=True)
+raise SystemExit(3)
+"""
+    row = campaign.attack(script(body), "lower its OOM score")
+    assert "OOM 1000 refused:13 1000" in row["log_tail"], row["log_tail"][-1000:]  # EACCES
     campaign.assert_untouched()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import sandbox
+from autoresearch import limits, sandbox
 from autoresearch.proposers import ProposalError, ProposerConfigError, get_proposer
 from autoresearch.proposers import cli_sandbox, coding_cli, search
 from autoresearch.proposers.llm import PRICES, ReplyError, parse_reply
@@ -784,6 +784,29 @@ def test_a_train_py_the_harness_will_not_read_is_an_invalid_proposal(code, error
     monkeypatch.setenv("STANDIN_EXEC", code)
     with pytest.raises(ProposalError, match=error):
         get_proposer("codex", repo=repo).propose(TRAIN_PY, "", [], None)
+
+
+@needs_bwrap
+@pytest.mark.skipif(limits.unavailable() is not None, reason=f"no pids control group ({limits.unavailable()})")
+def test_a_cli_fork_bomb_stops_at_its_process_limit_and_memory_goes_from_it_first(repo, standins_on_path,
+                                                                                  monkeypatch):
+    """The CLI runs in a pids group of its own (limits.py) and the kernel's OOM killer takes it first:
+    what it reports is the name of a file it leaves (any file but train.py is reported by name)."""
+    monkeypatch.setattr(limits, "PIDS_MAX", 64)
+    monkeypatch.setenv("STANDIN_EXEC", """
+n = 0
+try:
+    while n < 1000:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        n += 1
+except OSError:
+    pass
+open(f"forked-{n // 100}-oom-{open('/proc/self/oom_score_adj').read().strip()}", "w").close()
+""")
+    with pytest.raises(ProposalError, match=r"other than train.py \(forked-0-oom-1000\)"):
+        get_proposer("claude", repo=repo).propose(TRAIN_PY, "", [], None)
 
 
 def test_cli_output_is_kept_up_to_a_limit_its_last_bytes():

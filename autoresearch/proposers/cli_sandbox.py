@@ -49,7 +49,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from autoresearch import compilecache, proxy, sandbox
+from autoresearch import compilecache, limits, proxy, sandbox
 from autoresearch.proposers import ProposerConfigError
 
 
@@ -417,7 +417,8 @@ class CLISandbox:
     def launch(self, command, scratch):
         """The Launch that runs command (the CLI's command line, its program named as PATH finds it) with
         scratch as its working directory, for the length of the with block. Sandboxed: the relay running
-        the CLI in bubblewrap, its settings a fresh copy and the proxy (started here) its one way out;
+        the CLI in bubblewrap under limits.command (a pids group of its own), its settings a fresh copy
+        and the proxy (started here) its one way out;
         after the block, the proxy stopped, its refused targets in the Launch, the refreshed login copied
         back (a warning if it cannot be) and the copy removed. Unsandboxed: command as it is, on the host."""
         if not self.sandboxed:
@@ -426,14 +427,17 @@ class CLISandbox:
         home = _home()
         config = self.config(home) if home else None
         copy = compilecache.private_folder("autoresearch-cli-config-")
+        group = None
         try:
+            group = limits.Group.make()
             before = None
             if config and os.path.isdir(config.source):
                 source = os.path.realpath(config.source)
                 copy_tree(source, copy, config.skip)
                 before = read_small(os.path.join(source, config.credentials), CREDENTIALS_LIMIT)
             with proxy.ConnectProxy(self.allowed, upstream=self.upstream) as gate:
-                launch = Launch(*self._argv(command, scratch, home, config, copy, gate.path))
+                argv, env, fds = self._argv(command, scratch, home, config, copy, gate.path)
+                launch = Launch(limits.command(argv, group), env, fds)
                 yield launch
             if before is not None:
                 original = os.path.join(os.path.realpath(config.source), config.credentials)
@@ -444,6 +448,8 @@ class CLISandbox:
                           f"{original}: {e}", file=sys.stderr)
             launch.refused = sorted(set(gate.refused))
         finally:
+            if group is not None:
+                group.remove()
             compilecache.remove_private(copy)
 
     def _argv(self, command, scratch, home, config, copy, socket_path):
