@@ -21,6 +21,7 @@ import argparse
 import json
 import operator
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -327,8 +328,15 @@ def answer(request, prepare, tokenizer, prepared=None):
     except Rejected as e:
         return {"error": str(e)}
     except Exception as e:  # anything the program does wrong is the experiment's failure, in one line
-        return {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"}
+        return {"error": f"{type(e).__name__}: {withheld(' '.join(str(e).split()))[:500]}"}
     return {"val_bpb": val_bpb, "seconds": time.time() - t0, "ahead": prepared is not None and prepared.taken}
+
+
+def withheld(text):
+    """An error's text with its numbers as #: raised while the program ran on validation rows, it could
+    carry their tokens (an index out of bounds says which index) back to train.py, the ledger and the
+    next proposer's prompt. Digits that are part of a name (float32, conv2d) stay."""
+    return re.sub(r"0[xX][0-9a-fA-F]+|(?<![A-Za-z0-9_.])\d+(\.\d+)?([eE][-+]?\d+)?", "#", text)
 
 
 def warm_up():
@@ -435,7 +443,7 @@ class Evaluator:
             self.close()
             with open(self.errors, errors="replace") as f:
                 tail = ([line for line in f.read().splitlines() if line.strip()] or ["no reply"])[-1]
-            return {"error": f"the evaluator failed: {tail[:300]}"}
+            return {"error": f"the evaluator failed: {withheld(tail)[:300]}"}
         return reply
 
     def close(self):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import prepare
-from autoresearch.evaluator import (Prepared, batch_rows, block_sparse_attention, compiled, drop_dtype_checks,
-                                    evaluate_program, graph_state, prepare_ahead, trial_rows)
+from autoresearch.evaluator import (Prepared, answer, batch_rows, block_sparse_attention, compiled, drop_dtype_checks,
+                                    evaluate_program, graph_state, prepare_ahead, trial_rows, withheld)
 from autoresearch.modelfile import check_program, load_program
 from exports import Embed, Windowed, exported, saved
 
@@ -171,6 +171,30 @@ def test_a_prepared_program_the_model_does_not_match_is_let_go_before_the_evalua
     prepared = prepare_ahead(earlier, prepare, tok)
     assert evaluate_program(model, 8, prepare, tok, prepared) == evaluate_program(model, 8, prepare, tok)
     assert not prepared.taken and prepared.fast is None
+
+
+class Lookup(torch.nn.Module):
+    """Logits from a table of 10 rows indexed by the input tokens: past the table for most tokens, and
+    the index out of bounds would be a validation token in the error's text."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(10, vocab))
+
+    def forward(self, x):
+        return self.table[x]
+
+
+def test_an_error_on_the_validation_rows_comes_back_without_their_tokens(smoke_cache, tmp_path):
+    tok = prepare.Tokenizer.from_directory()
+    model = handed_over(Lookup(tok.get_vocab_size()), tmp_path, "model.pt2")
+    error = answer({"model": model, "batch_size": 4}, prepare, tok)["error"]
+    assert error.startswith("IndexError: index # is out of bounds for dimension # with size #"), error
+
+
+def test_numbers_in_an_evaluation_error_are_withheld_but_names_stay():
+    assert withheld("index 4521 is out of bounds at 0x7f3a; float32 conv2d bf16 -12, changed by 1.5e-05.") == \
+        "index # is out of bounds at #; float32 conv2d bf16 -#, changed by #."
 
 
 def test_a_previous_program_that_cannot_be_loaded_prepares_nothing(smoke_cache, tmp_path, capsys):
