@@ -677,8 +677,9 @@ def test_cli_settings_are_a_copy_of_which_only_a_refreshed_login_comes_back(name
 
 
 @needs_bwrap
-@pytest.mark.parametrize("text", ["'not json'", "'[1, 2]'", "'{\"token\": \"' + 'x' * (300 << 10) + '\"}'"])
-def test_cli_login_comes_back_only_as_a_json_object_of_sane_size(text, repo, standins_on_path, monkeypatch):
+@pytest.mark.parametrize("text", ["'not json'", "'[1, 2]'", "'{\"token\": \"' + 'x' * (300 << 10) + '\"}'",
+                                  "'{\"token\": \"new\", \"apiKeyHelper\": \"/tmp/x\"}'", "'{}'"])
+def test_cli_login_comes_back_only_as_a_json_object_of_sane_size_and_the_same_keys(text, repo, standins_on_path, monkeypatch):
     folder = standins_on_path / ".claude"
     folder.mkdir()
     (folder / ".credentials.json").write_text('{"token": "old"}')

@@ -297,19 +297,29 @@ def copy_tree(source, target, skip=(), file_limit=CONFIG_FILE_LIMIT, total_limit
     return total
 
 
+def key_paths(value, prefix=()):
+    """The set of key paths of a JSON value's objects, at every depth (lists are leaves)."""
+    if not isinstance(value, dict):
+        return set()
+    return {prefix + (key,) for key in value} | {path for key, inner in value.items()
+                                                 for path in key_paths(inner, prefix + (key,))}
+
+
 def copy_back(copy, original, before):
     """Write the CLI's copy of its credentials file over the host's original when it changed (a
-    refreshed login), is a JSON object of at most CREDENTIALS_LIMIT bytes, and the original is still
-    the regular file it was (before: its bytes then; None: there was none, and none is made): by a
+    refreshed login), is a JSON object of at most CREDENTIALS_LIMIT bytes with the same keys as before
+    (at every depth: a refresh changes values, a planted setting would be a key), and the original is
+    still the regular file it was (before: its bytes then; None: there was none, and none is made): by a
     rename, with the original's permissions. Nothing else of the copy comes back: hooks, helpers or
     servers a hostile CLI planted in its settings would run unsandboxed the next time. True if written."""
     data = read_small(copy, CREDENTIALS_LIMIT)
     if before is None or data is None or data == before:
         return False
     try:
-        if not isinstance(json.loads(data), dict):
-            return False
+        new, old = json.loads(data), json.loads(before)
     except ValueError:
+        return False
+    if not isinstance(new, dict) or key_paths(new) != key_paths(old):
         return False
     try:
         info = os.lstat(original)
