@@ -328,14 +328,38 @@ def answer(request, prepare, tokenizer, prepared=None):
     except Rejected as e:
         return {"error": str(e)}
     except Exception as e:  # anything the program does wrong is the experiment's failure, in one line
-        return {"error": f"{type(e).__name__}: {withheld(' '.join(str(e).split()))[:500]}"}
+        return {"error": failure_text(e, request["model"], prepare, tokenizer)}
     return {"val_bpb": val_bpb, "seconds": time.time() - t0, "ahead": prepared is not None and prepared.taken}
 
 
+VERDICTS = ("the model is not causal",)  # prepare.py's own refusals, not the program's errors
+
+
+def failure_text(error, path, prepare, tokenizer):
+    """What an evaluation's failure may say: it was raised while the program ran on validation rows, and
+    its message could carry their tokens (an index out of bounds says which index) back to train.py, the
+    ledger and the next proposer's prompt. The program is run again, eagerly, on random tokens: when it
+    fails there too, that message says what is wrong; when it fails on the validation rows only, the
+    message is withheld. A verdict of prepare.py's comes back with its numbers withheld."""
+    import torch
+    text = " ".join(str(error).split())
+    if text.startswith(VERDICTS):
+        return f"{type(error).__name__}: {withheld(text)[:500]}"
+    try:
+        module = module_of(load_program(path))
+        device = next(module.parameters()).device
+        tokens = torch.randint(0, tokenizer.get_vocab_size(), (2, prepare.MAX_SEQ_LEN),
+                               generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            module(tokens.to(device))
+    except Exception as again:
+        return f"{type(again).__name__}: {' '.join(str(again).split())[:500]} (on random tokens too)"
+    return (f"{type(error).__name__} on the validation rows only, not on random tokens; its message is "
+            f"withheld (it could carry validation tokens)")
+
+
 def withheld(text):
-    """An error's text with its numbers as #: raised while the program ran on validation rows, it could
-    carry their tokens (an index out of bounds says which index) back to train.py, the ledger and the
-    next proposer's prompt. Digits that are part of a name (float32, conv2d) stay."""
+    """text with its numbers as #; digits that are part of a name (float32, conv2d) stay."""
     return re.sub(r"0[xX][0-9a-fA-F]+|(?<![A-Za-z0-9_.])\d+(\.\d+)?([eE][-+]?\d+)?", "#", text)
 
 

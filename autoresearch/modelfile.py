@@ -267,6 +267,21 @@ def _check_operations(program, in_place):
             raise Rejected(f"the model calls {qualified}, which the evaluator does not run")
         if not in_place and schema is not None and schema.is_mutable:
             raise Rejected(f"the model calls {qualified}, which changes its inputs or state in place")
+        if _reads_values(node):
+            raise Rejected(f"the model takes a number or a size from its input's values ({qualified}): what "
+                           f"follows from it (a shape, a check and its message) would depend on the "
+                           f"validation tokens")
+
+
+def _reads_values(node):
+    """Whether the node's result holds a number or size read out of a tensor's values (.item(), nonzero):
+    torch.export's unbacked symbols."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+    value = node.meta.get("val")
+    try:
+        return value is not None and bool(free_unbacked_symbols(value))
+    except Exception:  # a value of a kind it does not know holds no symbol
+        return False
 
 
 def _all_nodes(program):

@@ -59,6 +59,28 @@ def test_an_operation_hidden_in_a_branch_of_torch_cond_is_rejected(tmp_path):
         check_program(program)
 
 
+class ReadsItsInput(Embed):
+    """Takes a number out of its input tokens: .item() and a check on it (whose failure message would
+    name the token), or nonzero (a size that depends on them)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def forward(self, x):
+        if self.how == "item":
+            token = x[0, 1].item()
+            torch._check(token != 7)
+            return self.e(x)
+        return self.e(x) * torch.nonzero(x == 3).shape[0]
+
+
+@pytest.mark.parametrize("how", ["item", "nonzero"])
+def test_a_model_that_reads_a_number_out_of_its_input_is_rejected(how, tmp_path):
+    with pytest.raises(Rejected, match="a number or a size from its input's values"):
+        check_program(exported(ReadsItsInput(how), tmp_path))
+
+
 def test_in_place_work_on_intermediates_is_accepted(tmp_path):
     class InPlace(Embed):
         def forward(self, x):
