@@ -28,8 +28,9 @@ import contextlib
 import os
 import shutil
 import stat
-import subprocess
 import tempfile
+
+from autoresearch import hostfiles
 
 INSIDE = "/autoresearch/compile-cache"
 PROGRAM = "program.pt2"  # in the evaluator's cache: the program of the campaign's last kept run
@@ -60,14 +61,14 @@ class CompileCaches:
 
     def workspace(self):
         """A fresh folder holding a copy of the adopted cache: one experiment's to write (a private
-        folder: remove it with remove_private)."""
-        path = private_folder("autoresearch-compile-")
+        folder: remove it with hostfiles.remove_private)."""
+        path = hostfiles.private_folder("autoresearch-compile-")
         if os.path.isdir(self.adopted):
             try:
                 shutil.copytree(self.adopted, path, dirs_exist_ok=True, symlinks=True)
             except (OSError, shutil.Error):  # a full disk: the run compiles cold, that is all
-                remove_private(path)
-                path = private_folder("autoresearch-compile-")
+                hostfiles.remove_private(path)
+                path = hostfiles.private_folder("autoresearch-compile-")
         return path
 
     def settle(self, workspace, adopt):
@@ -77,15 +78,15 @@ class CompileCaches:
         try:
             return self._adopt(workspace) if adopt else None
         finally:
-            remove_private(workspace)
+            hostfiles.remove_private(workspace)
 
     def _adopt(self, workspace):
         staging = None
         try:
             os.makedirs(self.root, exist_ok=True)
             staging = tempfile.mkdtemp(prefix=".train-", dir=self.root)
-            copied, skipped = copy_regular(workspace, staging, MAX_BYTES)
-            if copied is None:
+            copied, skipped, complete = hostfiles.copy_tree(workspace, staging, total_limit=MAX_BYTES)
+            if not complete:
                 return f"compile cache not adopted: over {MAX_BYTES:,} bytes"
             old = self.adopted + ".old"
             shutil.rmtree(old, ignore_errors=True)
@@ -111,7 +112,7 @@ class CompileCaches:
         """The evaluator's cache grows with every new model: past MAX_BYTES it starts again empty.
         Only while no evaluator runs (a campaign's start, or between the runs of a loop)."""
         if folder_bytes(self.evaluator) > MAX_BYTES:
-            remove(self.evaluator)
+            hostfiles.remove(self.evaluator)
         elif os.path.isdir(self.evaluator):  # programs stashed by runs that never settled (a crash)
             for name in os.listdir(self.evaluator):
                 if name.startswith(STASHED):
@@ -170,32 +171,6 @@ def remembered_program(folder):
         return None
 
 
-def private_folder(prefix):
-    """A new, empty folder for a sandboxed process to write, inside one (0700) that only this user can
-    open. Run by root, the process inside is the host's root: it can make the folder it is given
-    readable by all and leave a setuid program there, which the parent keeps from every other user."""
-    path = os.path.join(tempfile.mkdtemp(prefix=prefix), "work")
-    os.mkdir(path)
-    return path
-
-
-def remove_private(path):
-    """Delete a private_folder, its parent with it; never raises."""
-    remove(os.path.dirname(path))
-
-
-def remove(path):
-    """Delete a folder an experiment wrote, whatever it made of it (a tree too deep for Python's
-    recursion, folders without permissions): never raises."""
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
-    except Exception:
-        subprocess.run(["chmod", "-R", "u+rwX", path], capture_output=True)
-        subprocess.run(["rm", "-rf", "--one-file-system", "--", path], capture_output=True)
-
-
 def folder_bytes(path):
     total = 0
     for folder, _, files in os.walk(path):
@@ -205,60 +180,3 @@ def folder_bytes(path):
             except OSError:
                 pass
     return total
-
-
-def copy_regular(source, target, limit):
-    """Copy the regular files and folders under `source` into `target`, following no links.
-    Returns (bytes copied, entries left out), or (None, None) once more than `limit` bytes."""
-    total, skipped = 0, 0
-    for folder, dirs, files in os.walk(source, followlinks=False):
-        relative = os.path.relpath(folder, source)
-        here = os.path.join(target, relative) if relative != "." else target
-        for name in list(dirs):
-            if os.path.islink(os.path.join(folder, name)):
-                dirs.remove(name)
-                skipped += 1
-            else:
-                os.makedirs(os.path.join(here, name), exist_ok=True)
-        for name in files:
-            opened = open_regular(os.path.join(folder, name))
-            if opened is None:  # a link, a pipe, a device, or gone
-                skipped += 1
-                continue
-            src, info = opened
-            with src:
-                total += info.st_size
-                if total > limit:
-                    return None, None
-                with open(os.path.join(here, name), "wb") as dst:
-                    copy_file(src, dst, info.st_size)
-    return total, skipped
-
-
-def open_regular(path):
-    """(the file at path opened for reading, its fstat) when it is a regular file, else None. Opened
-    once, without following a link or waiting on a pipe, and checked as opened: a check of the path
-    and then an open of it would open whatever a sandboxed process swapped in between."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    f = os.fdopen(fd, "rb")
-    try:
-        info = os.fstat(fd)
-    except OSError:
-        info = None
-    if info is None or not stat.S_ISREG(info.st_mode):
-        f.close()
-        return None
-    return f, info
-
-
-def copy_file(src, dst, size):
-    """Copy no more than the `size` bytes counted, should the file still grow."""
-    while size > 0:
-        chunk = src.read(min(size, 1 << 20))
-        if not chunk:
-            break
-        dst.write(chunk)
-        size -= len(chunk)

@@ -6,13 +6,13 @@ Execute one experiment from its spec and judge nothing: train, hand over, evalua
 Inputs are the spec (train.py text, base commit, profile, seed; see sandbox.py); outputs are the
 log file and an Outcome record. Nothing here reads or writes git state, the ledger or results.tsv:
 the caller (runner.py, or a remote worker) does. The harness, not train.py, owns the numbers:
-- the clock: start-up runs from launch to the first training batch (prepare.py tells the harness;
-  at most STARTUP_ALLOWANCE of it counts as start-up, whatever it says); training runs from there to
-  the start of the model's export (prepare.py tells the harness; at most EXPORT_ALLOWANCE more until
-  the hand-off). A run still training TIME_BUDGET + grace after its start is stopped. The runner
-  compares the training_seconds a run claims with the harness's clock from launch to hand-off: what
-  lies outside the claim (start-up, untimed first steps, export) may not pass the outside allowance,
-  however the run split it, and a claim longer than the measured training is invalid;
+- the clock: start-up runs from launch to the first training batch (prepare.py tells the harness);
+  training runs from there to the start of the model's export (prepare.py tells the harness; at most
+  EXPORT_ALLOWANCE more until the hand-off). A run still training TIME_BUDGET + grace after its start
+  (the first batch, or STARTUP_ALLOWANCE after launch at the latest) is stopped. The runner compares
+  the training_seconds a run claims with both: the measured training may exceed the claim by the
+  slack (the untimed first steps) only, and what lies outside the claim from launch to hand-off
+  (start-up, untimed steps, export, however the run split them) by the outside allowance only;
 - the metric: train.py's `evaluate_bpb` exports the model into the hand-off folder and asks the
   harness, which copies it out of the experiment's reach and runs the trusted evaluator on it
   (evaluator.py); the value goes back to train.py to print, and into the Outcome. The time the
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from autoresearch import compilecache, contention, evaluator, limits, sandbox
+from autoresearch import compilecache, contention, evaluator, hostfiles, limits, sandbox
 
 STARTUP_ALLOWANCE = 10.0      # seconds of start-up before the training clock starts regardless (+20 on GPU)
 EXPORT_ALLOWANCE = 30.0       # seconds from the start of the export to the hand-off (a hung export is stopped)
@@ -86,7 +86,7 @@ class Outcome:
     program: str = None           # the evaluated program, stashed in the evaluator's cache until the run is
                                   # judged (compilecache.settle_program)
     handed_over: bool = False
-    startup_s: float = None       # launch to the first training batch (capped at the allowance)
+    startup_s: float = None       # launch to the first training batch (the allowance, if it never said)
     training_s: float = None      # first training batch to the export, as the harness measured it
     handoff_s: float = None       # launch to the hand-off: start-up, training and export together
     eval_s: float = None
@@ -239,8 +239,10 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         channel.join(timeout=1 if outcome.stopped == "cancelled" else eval_timeout + 10)
         outcome.returncode = proc.returncode
         outcome.wall_s = time.time() - launched
-        training_from = min(channel.training_at or float("inf"), launched + startup_allowance)
-        outcome.startup_s = training_from - launched if training_from != float("inf") else None
+        # as the run said (its start-up however long: the outside allowance bounds it), else the end of
+        # the start-up allowance
+        training_from = channel.training_at or launched + startup_allowance
+        outcome.startup_s = training_from - launched
         if channel.handoff_at is not None:
             outcome.handed_over = True
             outcome.training_s = channel.exporting_at - training_from
@@ -265,7 +267,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
             group.remove()
         if trusted is not None:
             trusted.close()
-        compilecache.remove(work)  # whatever the run made of its hand-off (unreadable, deep) goes too
+        hostfiles.remove(work)  # whatever the run made of its hand-off (unreadable, deep) goes too
 
 
 @functools.lru_cache(maxsize=None)
@@ -319,7 +321,7 @@ def take_over(message, handoff, private):
         return None, "the hand-off must name model.pt2 and a positive batch size"
     # the experiment may swap its file for a link at any moment (to /dev/zero, to a file of the host's),
     # or let it grow: what is copied is the regular file opened, as far as it was when opened
-    opened = compilecache.open_regular(os.path.join(handoff, name))
+    opened = hostfiles.open_regular(os.path.join(handoff, name))
     if opened is None:
         return None, "no model.pt2 in the hand-off folder"
     model = os.path.join(private, "model.pt2")
@@ -329,7 +331,7 @@ def take_over(message, handoff, private):
             return None, f"model.pt2 is larger than {WRITE_LIMIT / 2**30:g} GiB"
         try:
             with open(model, "wb") as target:  # the experiment may still write to its file; ours is fixed now
-                compilecache.copy_file(source, target, info.st_size)
+                hostfiles.copy_file(source, target, info.st_size)
         except OSError as e:
             return None, f"model.pt2 could not be copied ({e.strerror or e})"
     return model, None

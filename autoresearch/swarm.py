@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 
-from autoresearch import cli, compilecache, contention, executor, gitutil, loop, results, runner, sandbox
+from autoresearch import cli, compilecache, contention, executor, gitutil, hostfiles, loop, results, runner, sandbox
 from autoresearch.loop import Loop, LoopError
 
 WAIT = 0.5            # seconds between looks at the workers
@@ -116,7 +116,7 @@ class LocalBackend:
         except BaseException:
             self.free.insert(0, slot)
             if workspace:
-                compilecache.remove_private(workspace)
+                hostfiles.remove_private(workspace)
             raise
         self.running[future] = (job, slot, cancel, workspace)
         return f"w{slot + 1}"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import compilecache, runner, sandbox
+from autoresearch import compilecache, hostfiles, runner, sandbox
 from autoresearch.ledger import Ledger
 from conftest import git, make_repo
 from test_runner import fake_train
@@ -198,14 +198,14 @@ def test_adoption_leaves_no_staging_or_old_copy_behind(caches):
 
 def disk_full_after(monkeypatch, files):
     """Copying a file fails with ENOSPC once `files` files have been copied."""
-    copied, copy = [], compilecache.copy_file
+    copied, copy = [], hostfiles.copy_file
 
     def copy_file(*args):
         if len(copied) >= files:
             raise OSError(errno.ENOSPC, "No space left on device")
         copied.append(args)
         return copy(*args)
-    monkeypatch.setattr(compilecache, "copy_file", copy_file)
+    monkeypatch.setattr(hostfiles, "copy_file", copy_file)
 
 
 def test_a_failed_adoption_keeps_the_previous_cache_and_removes_the_workspace(caches, monkeypatch):
@@ -609,9 +609,9 @@ def test_a_kept_run_whose_cache_is_over_the_cap_is_kept_and_the_refusal_is_an_ev
 
 
 def test_a_kept_run_whose_cache_cannot_be_copied_is_still_returned_as_kept(standin_repo, monkeypatch):
-    def full(*args):
+    def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(compilecache, "copy_regular", full)
+    monkeypatch.setattr(hostfiles, "copy_tree", full)
     row = run_baseline(standin_repo, cache_writing_train(1.0, "from-baseline"))
     assert row["status"] == "keep"
 

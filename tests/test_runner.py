@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import executor, results, runner
+from autoresearch import executor, hostfiles, results, runner
 from autoresearch.ledger import Ledger
 from conftest import git
 
@@ -228,7 +228,7 @@ def test_a_model_that_cannot_be_copied_is_refused_in_one_line(tmp_path, monkeypa
     def unwritable(source, target, size):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(executor.compilecache, "copy_file", unwritable)
+    monkeypatch.setattr(hostfiles, "copy_file", unwritable)
     model, error = executor.take_over({"file": "model.pt2", "batch_size": 4}, str(handoff), str(private))
     assert model is None and error == "model.pt2 could not be copied (Permission denied)"
 

@@ -49,7 +49,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-from autoresearch import compilecache, limits, proxy, sandbox
+from autoresearch import hostfiles, limits, proxy, sandbox
 from autoresearch.proposers import ProposerConfigError
 
 
@@ -69,24 +69,6 @@ CREDENTIALS_LIMIT = 256 << 10   # a bigger credentials file is not copied back
 
 
 # -- a file the CLI may have replaced ------------------------------------------------------------
-def read_small(path, limit):
-    """The bytes of the regular file at path when it holds at most limit bytes, else None: a link, a
-    FIFO, a device or a bigger file is never read."""
-    opened = compilecache.open_regular(path)
-    if opened is None:
-        return None
-    f, info = opened
-    with f:
-        if info.st_size > limit:
-            return None
-        try:
-            data = f.read(limit + 1)  # it may have grown since
-        except OSError:
-            return None
-    return data if len(data) <= limit else None
-
-
-# -- what the sandbox shows ----------------------------------------------------------------------
 def cli_environment(home):
     """The variables the sandboxed CLI gets: those it needs (CLI_ENV and the CLI_ENV_PREFIXES ones, CA
     bundles, the names in AUTORESEARCH_PASS_ENV), never an AUTORESEARCH_* one (where the data cache is,
@@ -258,45 +240,6 @@ class Config:
     moved: bool = False  # whether the user set variable
 
 
-def copy_tree(source, target, skip=(), file_limit=CONFIG_FILE_LIMIT, total_limit=CONFIG_TOTAL_LIMIT,
-              entry_limit=CONFIG_ENTRIES):
-    """Copy source's folders and regular files into target (an existing folder), leaving out links,
-    sockets and devices, the names in skip at its top, files over file_limit bytes, and what comes
-    once total_limit bytes or entry_limit entries are reached: the CLI gets its settings, not its
-    history, and a huge folder neither stalls nor fills the harness. Returns the bytes copied."""
-    total = entries = 0
-    pending = [(source, target, True)]
-    while pending:
-        folder, into, top = pending.pop()
-        try:
-            listing = os.scandir(folder)
-        except OSError:
-            continue
-        with listing:
-            for entry in listing:
-                entries += 1
-                if entries > entry_limit:
-                    return total
-                if top and entry.name in skip:
-                    continue
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                destination = os.path.join(into, entry.name)
-                if stat.S_ISDIR(info.st_mode):
-                    os.mkdir(destination, 0o700)
-                    pending.append((entry.path, destination, False))
-                elif stat.S_ISREG(info.st_mode) and info.st_size <= min(file_limit, total_limit - total):
-                    data = read_small(entry.path, min(file_limit, total_limit - total))
-                    if data is not None:
-                        mode = stat.S_IMODE(info.st_mode) | 0o600  # the CLI may rewrite it, the harness remove it
-                        with os.fdopen(os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
-                            f.write(data)
-                        total += len(data)
-    return total
-
-
 def key_paths(value, prefix=()):
     """The set of key paths of a JSON value's objects, at every depth (lists are leaves)."""
     if not isinstance(value, dict):
@@ -312,7 +255,7 @@ def copy_back(copy, original, before):
     still the regular file it was (before: its bytes then; None: there was none, and none is made): by a
     rename, with the original's permissions. Nothing else of the copy comes back: hooks, helpers or
     servers a hostile CLI planted in its settings would run unsandboxed the next time. True if written."""
-    data = read_small(copy, CREDENTIALS_LIMIT)
+    data = hostfiles.read_small(copy, CREDENTIALS_LIMIT)
     if before is None or data is None or data == before:
         return False
     try:
@@ -325,7 +268,7 @@ def copy_back(copy, original, before):
         info = os.lstat(original)
     except OSError:
         return False
-    if not stat.S_ISREG(info.st_mode) or read_small(original, CREDENTIALS_LIMIT) != before:
+    if not stat.S_ISREG(info.st_mode) or hostfiles.read_small(original, CREDENTIALS_LIMIT) != before:
         return False  # replaced meanwhile (the user logged in again): theirs is newer
     fd, temporary = tempfile.mkstemp(dir=os.path.dirname(original), prefix=f".{os.path.basename(original)}.")
     try:
@@ -436,15 +379,15 @@ class CLISandbox:
             return
         home = _home()
         config = self.config(home) if home else None
-        copy = compilecache.private_folder("autoresearch-cli-config-")
+        copy = hostfiles.private_folder("autoresearch-cli-config-")
         group = None
         try:
             group = limits.Group.make()
             before = None
             if config and os.path.isdir(config.source):
                 source = os.path.realpath(config.source)
-                copy_tree(source, copy, config.skip)
-                before = read_small(os.path.join(source, config.credentials), CREDENTIALS_LIMIT)
+                hostfiles.copy_tree(source, copy, config.skip, CONFIG_FILE_LIMIT, CONFIG_TOTAL_LIMIT, CONFIG_ENTRIES)
+                before = hostfiles.read_small(os.path.join(source, config.credentials), CREDENTIALS_LIMIT)
             with proxy.ConnectProxy(self.allowed, upstream=self.upstream) as gate:
                 argv, env, fds = self._argv(command, scratch, home, config, copy, gate.path)
                 launch = Launch(limits.command(argv, group), env, fds)
@@ -460,7 +403,7 @@ class CLISandbox:
         finally:
             if group is not None:
                 group.remove()
-            compilecache.remove_private(copy)
+            hostfiles.remove_private(copy)
 
     def _argv(self, command, scratch, home, config, copy, socket_path):
         """(argv, environment, file descriptors to pass on; the caller closes them): the relay running
@@ -473,7 +416,7 @@ class CLISandbox:
             if config.moved:
                 env[config.variable] = config.inside
             for path in config.home_files:
-                if read_small(path, CONFIG_FILE_LIMIT) is not None:  # a regular file, not too big
+                if hostfiles.read_small(path, CONFIG_FILE_LIMIT) is not None:  # a regular file, not too big
                     copies.append((os.open(path, os.O_RDONLY | os.O_NOFOLLOW), path))
         for key, value in self.inside_environment.items():
             env.setdefault(key, value)

@@ -23,10 +23,10 @@ import stat
 import subprocess
 import threading
 
-from autoresearch import compilecache
+from autoresearch import hostfiles
 from autoresearch.ledger import one_line
 from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError
-from autoresearch.proposers.cli_sandbox import PROXY_ALLOW_ENV, CLISandbox, Config, read_small
+from autoresearch.proposers.cli_sandbox import PROXY_ALLOW_ENV, CLISandbox, Config
 from autoresearch.proposers.llm import Pricing, build_prompt, description_of
 
 
@@ -41,7 +41,7 @@ def _scratch(repo, train_py):
     """(a throwaway folder with the proposal's context, {name: bytes} of what was written there): the
     train.py to edit and, to read, the checkout's program.md and the fixed files. The CLI never works
     in the checkout itself."""
-    folder = compilecache.private_folder("autoresearch-propose-")
+    folder = hostfiles.private_folder("autoresearch-propose-")
     written = {}
     for name in CONTEXT_FILES[1:]:
         path = os.path.join(repo, name)
@@ -83,7 +83,7 @@ def _changes(folder, written, after):
     the harness wrote is read back up to its own size, no further)."""
     changed = {path for path in after if path not in written}
     for path, data in written.items():
-        if path not in after or read_small(os.path.join(folder, path), len(data)) != data:
+        if path not in after or hostfiles.read_small(os.path.join(folder, path), len(data)) != data:
             changed.add(path)
     return sorted(changed)
 
@@ -98,7 +98,7 @@ def _new_train_py(folder, after):
     if info.st_size > MAX_TRAIN_PY:
         return None, (f"the new train.py is {info.st_size} bytes, more than the {MAX_TRAIN_PY >> 20} MiB a "
                       f"proposal may have")
-    data = read_small(os.path.join(folder, "train.py"), MAX_TRAIN_PY)
+    data = hostfiles.read_small(os.path.join(folder, "train.py"), MAX_TRAIN_PY)
     if data is None:
         return None, "the new train.py could not be read"
     return data.decode("utf-8", "replace"), None
@@ -205,7 +205,7 @@ class CodingCLIProposer(Proposer):
                 changed = _changes(scratch, written, after)
                 new, unusable = _new_train_py(scratch, after)
         finally:
-            compilecache.remove_private(scratch)  # whatever the CLI made of it (too deep for rmtree, setuid)
+            hostfiles.remove_private(scratch)  # whatever the CLI made of it (too deep for rmtree, setuid)
         text, prompt_tokens, completion_tokens, cost = self.parse_output(out or "")
         if cost is None:
             cost = self.pricing.cost(prompt_tokens, completion_tokens) if self.pricing else 0.0
