@@ -48,10 +48,29 @@ if [ "${1:-}" = "harness" ]; then
         if [ "$i" -ge 3 ]; then  # a hyper-parameter experiment, as an agent's would be
             sed -i "s/^MATRIX_LR = [0-9.]*/MATRIX_LR = 0.0$((i + 2))/" "$camp/train.py"
         fi
+        # per-process GPU use, once a second, to calibrate a bound on GPU-busy seconds (the compile
+        # allowance a hostile run could train in): SM % of each PID (experiment, evaluator) over time
+        nvidia-smi pmon -s u -d 1 -o T > "$OUT/pmon_run$i.txt" 2>&1 &
+        pmon=$!
         set +e
         (cd "$camp" && AUTORESEARCH_TIME_BUDGET="$budget" PYTHONPATH="$OLDPWD" timeout 300 $PY -m autoresearch.cli run -m "run $i")
         rc=$((rc | $?))
         set -e
+        kill "$pmon" 2>/dev/null || true
+        $PY - "$OUT/pmon_run$i.txt" <<'PY' || true
+import collections, sys
+busy, seen, header = collections.Counter(), collections.Counter(), None
+for line in open(sys.argv[1], errors="replace"):
+    fields = line.split()
+    if line.startswith("#") and "pid" in fields:
+        header = fields[1:]
+    elif header and len(fields) == len(header) and fields[header.index("pid")].isdigit():
+        pid, sm = fields[header.index("pid")], fields[header.index("sm")]
+        seen[pid] += 1
+        busy[pid] += int(sm) / 100 if sm.isdigit() else 0
+print("GPU-busy seconds by pid (SM % x 1 s samples):",
+      ", ".join(f"{pid} {busy[pid]:.1f} s of {seen[pid]} samples" for pid in seen) or "none seen")
+PY
         cp "$camp/run.log" "$OUT/harness_run$i.log" 2>/dev/null || true
         du -sh "$camp/.autoresearch/compile-cache"/*/* 2>/dev/null || true
     done
