@@ -5,10 +5,13 @@ A run that shares its CPUs or its GPU trains fewer steps and scores worse than t
 a quiet machine; a starved baseline makes every later change look like a gain. The harness measures,
 over the training window (first batch to export):
 - the CPU share of everyone else: the machine's busy time (steal included: a noisy neighbour on a
-  VM) minus the CPU time of this process and everything it started, over wall time x CPUs;
+  VM) minus the CPU time of this process and everything it started, over wall time x CPUs. The
+  experiment's own share is its control group's account where it has one (limits.py): a process it
+  starts and lets the kernel reap (its parent ignores SIGCHLD) is charged to no parent, and would
+  otherwise count as the others', widening the allowances a busy machine earns;
 - on CUDA, other processes holding a context on the experiment's GPU (nvidia-smi's own list).
 
-    watch = Watch()      # when training starts
+    watch = Watch(group=group)      # when training starts; group: the run's limits.Group, or None
     share, gpu_others = watch.stop()
 
 The numbers are the harness's own; train.py cannot change them.
@@ -30,20 +33,25 @@ def _busy_seconds():
     return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
 
 
-def _ours():
+def _ours(group=None):
     """(CPU seconds, pids) of this process and every process it started: the live ones, and those it
-    reaped already (their time moves into its children_* fields when they are reaped)."""
+    reaped already (their time moves into its children_* fields when they are reaped). With a group
+    that keeps a CPU account, the group's account stands for its members."""
     me = psutil.Process()
     t = me.cpu_times()
     total, pids = t.user + t.system + t.children_user + t.children_system, {me.pid}
+    account = group.cpu_seconds() if group is not None else None
+    members = set(group.members()) if account is not None else set()
     for child in me.children(recursive=True):
+        pids.add(child.pid)
+        if child.pid in members:
+            continue
         try:
             t = child.cpu_times()
         except psutil.Error:
             continue
         total += t.user + t.system + t.children_user + t.children_system
-        pids.add(child.pid)
-    return total, pids
+    return total + (account or 0.0), pids | members
 
 
 def _gpu_others(ours, visible=None):
@@ -72,11 +80,12 @@ def _gpu_others(ours, visible=None):
 
 class Watch:
     """Started when the training starts; stop() when it ends gives (CPU share of the others, number of
-    other processes on our GPU or None). gpu: the experiment's CUDA_VISIBLE_DEVICES."""
+    other processes on our GPU or None). gpu: the experiment's CUDA_VISIBLE_DEVICES; group: its
+    limits.Group."""
 
-    def __init__(self, gpu=None):
-        self.gpu = gpu
-        self.wall, self.busy, (self.ours, _) = time.monotonic(), _busy_seconds(), _ours()
+    def __init__(self, gpu=None, group=None):
+        self.gpu, self.group = gpu, group
+        self.wall, self.busy, (self.ours, _) = time.monotonic(), _busy_seconds(), _ours(group)
 
     def peek(self):
         """The CPU share of the others so far (None over too short a time)."""
@@ -87,7 +96,7 @@ class Watch:
         return share, _gpu_others(pids, self.gpu)
 
     def _share(self):
-        wall, busy, (ours, pids) = time.monotonic() - self.wall, _busy_seconds() - self.busy, _ours()
+        wall, busy, (ours, pids) = time.monotonic() - self.wall, _busy_seconds() - self.busy, _ours(self.group)
         capacity = wall * (psutil.cpu_count() or 1)
         share = max(0.0, min(1.0, (busy - (ours - self.ours)) / capacity)) if capacity > 0.5 else None
         return share, pids

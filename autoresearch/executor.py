@@ -224,7 +224,8 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
                 if max(size, lost) > WRITE_LIMIT or files > FILE_LIMIT:
                     outcome.stopped, outcome.written = "writes", (size, files, lost)
                     break
-            watch = _watch_training(watch, channel, outcome, now, launched + startup_allowance, placement)
+            watch = _watch_training(watch, channel, outcome, now, launched + startup_allowance, placement,
+                                    group=group)
             outcome.stopped = "cancelled" if cancel is not None and cancel.is_set() else _overdue(
                 channel, now, launched, startup_allowance, time_budget, outcome.grace_s, timeout)
             if outcome.stopped == "budget" and watch is not None:  # a busy machine widens the grace
@@ -275,14 +276,14 @@ def _warn_once(message):
     print(message, file=sys.stderr)
 
 
-def _watch_training(watch, channel, outcome, now, startup_ends, placement=None, ended=False):
+def _watch_training(watch, channel, outcome, now, startup_ends, placement=None, ended=False, group=None):
     """Measure what other processes took from the start of the training (prepare.py's message, or the
     end of the start-up allowance) to its end (the export, or the run's end). Returns the watch while
     the training runs, else None."""
     if watch is None:
         training = channel.training_at is not None or now >= startup_ends
         if training and channel.exporting_at is None and not ended and outcome.cpu_share_others is None:
-            return contention.Watch(gpu=(placement or {}).get("CUDA_VISIBLE_DEVICES"))
+            return contention.Watch(gpu=(placement or {}).get("CUDA_VISIBLE_DEVICES"), group=group)
         return None
     if channel.exporting_at is not None or ended:
         outcome.cpu_share_others, outcome.gpu_others = watch.stop()

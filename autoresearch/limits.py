@@ -1,24 +1,35 @@
 """
 What a sandboxed process (an experiment, a coding CLI) may take of the machine besides its sandbox's
-files: processes, memory and file size. Each runs under command(), which before it execs the process
-- puts it in a pids control group of its own (Group): its PID namespace hides its processes, but
-  they count against the machine's, and a fork bomb would leave the host (the harness, a concurrent
-  experiment, the operator's shell) unable to start anything until it is stopped. Forks past PIDS_MAX
-  tasks (threads count; torch starts one per core, inductor a pool of compile workers) fail inside;
-- makes it the kernel's first choice when memory runs out (oom_score_adj 1000; without capabilities
-  it cannot lower that): a run that fills the memory costs itself, not the harness or its evaluator;
+files: processes, memory, file size; and what it used of the CPUs, counted by the kernel. Each runs
+under command(), which before it execs the process
+- puts it in a control group of its own (Group), inside one per harness process (all its runs
+  together), for each controller the machine lets us use:
+  - pids: its PID namespace hides its processes, but they count against the machine's, and a fork
+    bomb would leave the host (the harness, a concurrent experiment, the operator's shell) unable to
+    start anything. Forks past PIDS_MAX tasks per run (threads count; torch starts one per core,
+    inductor a pool of compile workers), or past PIDS_SHARE of the machine's for all runs, fail inside;
+  - memory: all runs together get the machine's memory less MEMORY_RESERVE (the harness, its trusted
+    evaluators, the system); past it the kernel's out-of-memory killer acts inside the group, never
+    on the harness. Pages a run leaves in its /tmp or /dev/shm (tmpfs) count too;
+  - cpuacct (cgroup v2: every group's cpu.stat): the CPU time of everything the run started, reaped
+    or not (a child whose parent ignores SIGCHLD is reaped by the kernel, and its time is charged to
+    nobody else): the contention measure counts it as the run's own (contention.py);
+- makes it the kernel's first choice when memory runs out anyway (oom_score_adj 1000);
 - caps the size of any file it writes (RLIMIT_FSIZE), when asked.
 
-    group = Group.make()                       # None where the machine gives us no pids controller
+    group = Group.make()                       # None where the machine gives us no controller at all
     proc = subprocess.Popen(command(argv, group, file_size), ...)
+    group.cpu_seconds()                        # None without a CPU account
     group.remove()                             # once it is over: what is left in it is killed first
 
-cgroup v1 (a `pids` hierarchy) and v2 (the `pids` controller, where this process may enable it for
-a child: the root group) work as root; elsewhere (a rootless user, a container whose group holds
-processes) there is no group and unavailable() says why. The sandbox shows /sys read-only, and the
-process has no capabilities: it cannot move itself out.
+cgroup v1 (a hierarchy per controller, groups made under this process's own) and v2 (where this
+process is in the root group, which may enable controllers for a child) work as root; elsewhere (a
+rootless user, a container whose group holds processes) a controller is missing and unavailable()
+says which. The sandbox shows /sys read-only, and the process has no capabilities: it cannot move
+itself out.
 """
 
+import atexit
 import functools
 import os
 import signal
@@ -26,20 +37,21 @@ import sys
 import time
 import uuid
 
-PIDS_MAX = 4096
+CONTROLLERS = ("pids", "memory", "cpuacct")
+PIDS_MAX = 4096                    # tasks (processes and threads) of one run
+PIDS_SHARE = 0.5                   # of the machine's pid_max, for all runs of this harness together
+MEMORY_RESERVE = (2 << 30, 1 / 8)  # bytes, share of the memory: the larger is kept from all runs together
 PREFIX = "autoresearch-"
-V1 = "/sys/fs/cgroup/pids"
-V2 = "/sys/fs/cgroup"
-# a small exec, not preexec_fn: the harness has threads. argv: file size limit (0: none), the group's
-# cgroup.procs ("-": none), the command
+# a small exec, not preexec_fn: the harness has threads. argv: file size limit (0: none), the
+# cgroup.procs files to join, ":"-separated ("-": none), the command
 UNDER_LIMITS = """
 import os, resource, sys
 if int(sys.argv[1]):
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2)
 with open("/proc/self/oom_score_adj", "w") as f:
     f.write("1000")
-if sys.argv[2] != "-":
-    with open(sys.argv[2], "w") as f:
+for procs in sys.argv[2].split(":") if sys.argv[2] != "-" else ():
+    with open(procs, "w") as f:
         f.write(str(os.getpid()))
 os.execvp(sys.argv[3], sys.argv[3:])
 """
@@ -58,93 +70,235 @@ def _write(path, text):
         f.write(text)
 
 
-def _own_v2_group():
-    """This process's cgroup v2 path ('' for the root), or None when it is not in one."""
+def _mounts():
+    """(v1 {controller: mount point}, v2 mount point or None)."""
+    v1, v2 = {}, None
+    for line in _read("/proc/self/mounts").splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        if fields[2] == "cgroup2":
+            v2 = v2 or fields[1]
+        elif fields[2] == "cgroup":
+            for option in fields[3].split(","):
+                if option in CONTROLLERS:
+                    v1[option] = fields[1]
+    return v1, v2
+
+
+def _own_groups():
+    """({v1 controller: this process's group path}, its v2 group path or None)."""
+    v1, v2 = {}, None
     for line in _read("/proc/self/cgroup").splitlines():
-        if line.startswith("0::"):
-            return line[3:].strip().strip("/")
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            v2 = path.strip("/")
+        for controller in controllers.split(","):
+            v1[controller] = path.strip("/")
+    return v1, v2
+
+
+def memory_total():
+    """The machine's memory in bytes (None when /proc/meminfo does not say)."""
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
     return None
 
 
+def memory_limit():
+    """Bytes the runs may hold, each and all together: the machine's memory less MEMORY_RESERVE, in
+    whole MiB, at least 256 MiB (None when the machine's memory is not known)."""
+    total = memory_total()
+    if total is None:
+        return None
+    return max(256, (total - max(MEMORY_RESERVE[0], int(total * MEMORY_RESERVE[1]))) >> 20) << 20
+
+
 @functools.lru_cache(maxsize=1)
-def _where():
-    """(folder where experiments' groups are made, None) or (None, why there is none)."""
-    if os.path.isfile(os.path.join(V1, "cgroup.procs")):
-        return (V1, None) if os.access(V1, os.W_OK) else (None, f"{V1} is not writable by this user")
-    if "pids" not in _read(os.path.join(V2, "cgroup.controllers")).split():
-        return None, "no pids controller (cgroup v1 or v2) is mounted"
-    if _own_v2_group() != "":
-        return None, "this process's cgroup v2 group is not the root, where it could enable the pids controller"
-    try:
-        if "pids" not in _read(os.path.join(V2, "cgroup.subtree_control")).split():
-            _write(os.path.join(V2, "cgroup.subtree_control"), "+pids")
-    except OSError as e:
-        return None, f"the pids controller cannot be enabled ({e.strerror})"
-    return V2, None
+def _places():
+    """({controller: (version, folder this process's groups are made in)}, {controller: why not})."""
+    mounts_v1, mount_v2 = _mounts()
+    own_v1, own_v2 = _own_groups()
+    places, missing = {}, {}
+    v2_controllers = _read(os.path.join(mount_v2, "cgroup.controllers")).split() if mount_v2 else []
+    for controller in CONTROLLERS:
+        if controller in mounts_v1:
+            base = os.path.join(mounts_v1[controller], own_v1.get(controller, ""))
+            if os.path.isdir(base) and os.access(base, os.W_OK):
+                places[controller] = (1, base)
+            else:
+                missing[controller] = f"{base} is not writable by this user"
+        elif mount_v2 and (controller == "cpuacct" or controller in v2_controllers):
+            if own_v2 != "":
+                missing[controller] = "this process's cgroup v2 group is not the root, where it could enable controllers"
+            else:
+                places[controller] = (2, mount_v2)
+        else:
+            missing[controller] = "no such controller is mounted"
+    v2_wanted = [c for c, (version, _) in places.items() if version == 2 and c != "cpuacct"]
+    if v2_wanted:
+        enabled = _read(os.path.join(mount_v2, "cgroup.subtree_control")).split()
+        try:
+            for controller in v2_wanted:
+                if controller not in enabled:
+                    _write(os.path.join(mount_v2, "cgroup.subtree_control"), f"+{controller}")
+        except OSError as e:
+            for controller in v2_wanted:
+                places.pop(controller)
+                missing[controller] = f"cgroup v2 cannot enable it ({e.strerror})"
+    return places, missing
 
 
 def unavailable():
-    """None when runs get a pids group of their own, else why not (one line)."""
-    return _where()[1]
+    """None when runs get every controller, else which they lack and why (one line)."""
+    missing = _places()[1]
+    return "; ".join(f"{controller}: {why}" for controller, why in missing.items()) or None
 
 
-def parent_folder():
-    """The folder experiments' groups are made in, or None."""
-    return _where()[0]
+def available(controller):
+    return controller in _places()[0]
 
 
-def _remove_stale(parent):
-    """Empty groups of harnesses that died before removing them."""
-    for name in os.listdir(parent):
-        pid = name[len(PREFIX):].split("-")[0]
-        if name.startswith(PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            try:
-                os.rmdir(os.path.join(parent, name))
-            except OSError:
-                pass  # not empty: its processes still run, somebody else's to stop
+def _namespace():
+    """This process's PID namespace: a pid in a group's name means something only within it."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _remove_stale(folder):
+    """The groups of harnesses (of our PID namespace) that died before removing theirs, when empty."""
+    mine = f"{PREFIX}{_namespace()}-"
+    for name in os.listdir(folder):
+        pid = name[len(mine):]
+        if name.startswith(mine) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            path = os.path.join(folder, name)
+            for child in os.listdir(path):
+                if os.path.isdir(os.path.join(path, child)):
+                    _rmdir(os.path.join(path, child))
+            _rmdir(path)
+
+
+def _rmdir(path):
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass  # not empty: its processes still run, somebody else's to stop
+
+
+@functools.lru_cache(maxsize=1)
+def _parents():
+    """{controller: (version, this harness process's group, holding all its runs)}, made on first use."""
+    parents = {}
+    seen = {}
+    for controller, (version, base) in _places()[0].items():
+        if (version, base) in seen:  # cgroup v2: one group for every controller
+            parents[controller] = (version, seen[(version, base)])
+            continue
+        _remove_stale(base)
+        path = os.path.join(base, f"{PREFIX}{_namespace()}-{os.getpid()}")
+        os.makedirs(path, exist_ok=True)
+        atexit.register(_rmdir, path)
+        seen[(version, base)] = path
+        parents[controller] = (version, path)
+    for controller, (version, path) in parents.items():
+        if controller == "pids":
+            pid_max = int(_read("/proc/sys/kernel/pid_max").strip() or 32768)
+            _write(os.path.join(path, "pids.max"), str(max(PIDS_MAX, int(pid_max * PIDS_SHARE))))
+        elif controller == "memory" and memory_limit():
+            _write(os.path.join(path, "memory.limit_in_bytes" if version == 1 else "memory.max"), str(memory_limit()))
+    v2 = {path for version, path in parents.values() if version == 2}
+    for path in v2:  # its runs' groups get the controllers
+        wanted = [c for c, (version, p) in parents.items() if p == path and c != "cpuacct"]
+        if wanted:
+            _write(os.path.join(path, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted))
+    return parents
 
 
 class Group:
-    def __init__(self, path):
-        self.path = path
-        self.procs = os.path.join(path, "cgroup.procs")
+    """One run's control group, in each hierarchy (paths: {controller: folder})."""
+
+    def __init__(self, paths):
+        self.paths = paths
+        self.procs = ":".join(sorted({os.path.join(path, "cgroup.procs") for path in paths.values()}))
 
     @classmethod
     def make(cls, pids_max=None):
-        parent = parent_folder()
-        if parent is None:
+        parents = _parents() if _places()[0] else {}
+        if not parents:
             return None
-        _remove_stale(parent)
-        path = os.path.join(parent, f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.mkdir(path)
+        name, paths = f"run-{uuid.uuid4().hex[:12]}", {}
         try:
-            _write(os.path.join(path, "pids.max"), str(pids_max or PIDS_MAX))
+            for controller, (version, parent) in parents.items():
+                path = os.path.join(parent, name)
+                if path not in paths.values():
+                    os.mkdir(path)
+                paths[controller] = path
+            if "pids" in paths:
+                _write(os.path.join(paths["pids"], "pids.max"), str(pids_max or PIDS_MAX))
+            if "memory" in paths and memory_limit():
+                version = parents["memory"][0]
+                _write(os.path.join(paths["memory"], "memory.limit_in_bytes" if version == 1 else "memory.max"),
+                       str(memory_limit()))
+                if version == 2:
+                    _write(os.path.join(paths["memory"], "memory.oom.group"), "1")  # a run goes whole
         except OSError:
-            os.rmdir(path)
+            cls(paths).remove()
             raise
-        return cls(path)
+        return cls(paths)
 
     def members(self):
-        return [int(pid) for pid in _read(self.procs).split()]
+        found = set()
+        for path in set(self.paths.values()):
+            found.update(int(pid) for pid in _read(os.path.join(path, "cgroup.procs")).split())
+        return sorted(found)
+
+    def cpu_seconds(self):
+        """CPU seconds everything in the group used, reaped or not; None without a CPU account."""
+        path = self.paths.get("cpuacct")
+        if path is None:
+            return None
+        if _places()[0]["cpuacct"][0] == 1:
+            text = _read(os.path.join(path, "cpuacct.usage")).strip()
+            return int(text) / 1e9 if text.isdigit() else None
+        for line in _read(os.path.join(path, "cpu.stat")).splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1]) / 1e6
+        return None
 
     def remove(self, wait=5.0):
         """Kill what is still in the group, then remove it (its processes take a moment to go)."""
         deadline = time.monotonic() + wait
-        while True:
-            for pid in self.members():
+        for path in set(self.paths.values()):
+            while True:
+                _kill(path)
                 try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                os.rmdir(self.path)
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    return  # a process in uninterruptible sleep; the next make() removes the group
-                time.sleep(0.05)
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break  # a process in uninterruptible sleep; the group goes with the harness's
+                    time.sleep(0.05)
+
+
+def _kill(path):
+    """SIGKILL everything in the group at path (cgroup v2's cgroup.kill where there is one: no pid read
+    and then reused in between)."""
+    if os.path.exists(os.path.join(path, "cgroup.kill")):
+        try:
+            _write(os.path.join(path, "cgroup.kill"), "1")
+            return
+        except OSError:
+            pass
+    for pid in _read(os.path.join(path, "cgroup.procs")).split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
 
 
 def command(argv, group=None, file_size=None):

@@ -828,8 +828,8 @@ def judge_outcome(outcome, claimed, text, time_budget):
                            f"compile cache; the disk lost {lost / 2**30:.1f} GiB meanwhile): past the limit of "
                            f"{executor.WRITE_LIMIT / 2**30:g} GiB or {executor.FILE_LIMIT} files")
     if outcome.stopped == "budget":
-        return "timeout", (f"over budget: still training {outcome.wall_s - (outcome.startup_s or 0):.0f} s after "
-                           f"its first batch (budget {time_budget:g} s + {outcome.grace_s:.0f} s grace)")
+        return "timeout", (f"over budget: still training {outcome.wall_s:.0f} s after its launch (budget "
+                           f"{time_budget:g} s + {outcome.grace_s:.0f} s grace from its first batch)")
     printed = claimed.get("val_bpb")
     if outcome.returncode != 0:
         return "crash", crash_cause(text, outcome.returncode)

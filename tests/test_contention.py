@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 
-from autoresearch import contention
+import pytest
+
+from autoresearch import contention, limits
 
 BURN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
 
@@ -72,3 +74,23 @@ def test_the_reason_is_said_in_words():
 def test_a_busy_machine_widens_an_allowance_up_to_twice():
     assert contention.stretch(5.0, None) == 5.0 and contention.stretch(5.0, 0.0) == 5.0
     assert contention.stretch(5.0, 0.2) == 6.25 and contention.stretch(5.0, 0.99) == 10.0
+
+
+@pytest.mark.skipif(limits.unavailable() is not None, reason=f"missing control groups ({limits.unavailable()})")
+def test_children_the_kernel_reaps_count_as_ours_through_the_runs_group():
+    """A run's children whose parent ignores SIGCHLD are reaped by the kernel, their CPU time charged to
+    no process of ours: without the run's group they would look like others taking the CPUs (widening
+    the run's own allowances); its group's account counts them."""
+    cpus = os.cpu_count()
+    code = ("import os, signal, time\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+            f"for _ in range({cpus}):\n    if os.fork() == 0:\n        end = time.time() + 2.0\n"
+            "        while time.time() < end: pass\n        os._exit(0)\ntime.sleep(2.5)\n")
+    group = limits.Group.make()
+    try:
+        proc = subprocess.Popen(limits.command([sys.executable, "-c", code], group))
+        time.sleep(0.3)
+        without, with_group = contention.Watch(), contention.Watch(group=group)
+        proc.wait()
+        assert without.stop()[0] - with_group.stop()[0] > 0.25
+    finally:
+        group.remove()

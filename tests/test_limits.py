@@ -1,48 +1,92 @@
-"""The pids control group each experiment runs in (autoresearch/limits.py); the attacks on it are in
-test_hostile.py."""
+"""The control groups experiments and coding CLIs run in (autoresearch/limits.py); the attacks through
+the whole harness are in test_hostile.py."""
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from autoresearch import limits
 
 pytestmark = pytest.mark.skipif(limits.unavailable() is not None,
-                                reason=f"no pids control group ({limits.unavailable()})")
+                                reason=f"missing control groups ({limits.unavailable()})")
 
-JOIN_AND_SLEEP = "import sys, time; open(sys.argv[1], 'w').write(str(__import__('os').getpid())); time.sleep(60)"
+SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
+# children that burn the CPU and are reaped by the kernel: their parent ignores SIGCHLD
+UNCHARGED = ("import os, signal, time\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+             "for _ in range(4):\n    if os.fork() == 0:\n        end = time.time() + 0.5\n"
+             "        while time.time() < end: pass\n        os._exit(0)\ntime.sleep(2.5)\n")
 
 
-def test_a_group_has_the_process_limit_it_was_made_with():
+def joined(group, argv):
+    """argv started under the limits in group, once it is in it."""
+    proc = subprocess.Popen(limits.command(argv, group))
+    while proc.pid not in group.members():
+        assert proc.poll() is None
+        time.sleep(0.01)
+    return proc
+
+
+def test_a_run_gets_its_process_and_memory_limits():
     group = limits.Group.make(pids_max=17)
     try:
-        assert open(os.path.join(group.path, "pids.max")).read().strip() == "17"
+        assert open(os.path.join(group.paths["pids"], "pids.max")).read().strip() == "17"
+        memory = [name for name in ("memory.limit_in_bytes", "memory.max")
+                  if os.path.exists(os.path.join(group.paths["memory"], name))]
+        assert int(open(os.path.join(group.paths["memory"], memory[0])).read()) == limits.memory_limit()
         assert group.members() == []
     finally:
         group.remove()
-    assert not os.path.exists(group.path)
+    assert not any(os.path.exists(path) for path in group.paths.values())
 
 
-def test_removing_a_group_kills_what_is_left_in_it():
+def test_a_process_under_the_limits_is_in_every_hierarchy_and_first_to_go_when_memory_runs_out():
     group = limits.Group.make()
-    proc = subprocess.Popen([sys.executable, "-c", JOIN_AND_SLEEP, group.procs])
+    probe = "print(open('/proc/self/oom_score_adj').read().strip())"
     try:
-        while proc.pid not in group.members():
-            assert proc.poll() is None
-        group.remove()
-        assert proc.wait(timeout=10) == -9 and not os.path.exists(group.path)
+        out = subprocess.run(limits.command([sys.executable, "-c", probe], group), capture_output=True, text=True)
+        assert out.stdout.strip() == "1000", out.stderr
+        proc = joined(group, SLEEP)
+        for path in set(group.paths.values()):
+            assert str(proc.pid) in open(os.path.join(path, "cgroup.procs")).read().split()
     finally:
-        proc.kill()
+        group.remove()
+    assert proc.wait(timeout=10) == -9
 
 
-def test_the_groups_of_a_harness_that_died_go_with_the_next_group_made():
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
-    parent = limits.parent_folder()
-    stale = os.path.join(parent, f"{limits.PREFIX}{dead}-0badc0de")
-    os.mkdir(stale)
+def test_the_cpu_a_run_burns_in_children_the_kernel_reaps_is_charged_to_its_group():
     group = limits.Group.make()
-    group.remove()
-    assert not os.path.exists(stale)
+    try:
+        before = group.cpu_seconds()
+        subprocess.run(limits.command([sys.executable, "-c", UNCHARGED], group), check=True)
+        assert group.cpu_seconds() - before > 1.0  # 4 x 0.5 s on however many cores
+    finally:
+        group.remove()
+
+
+def test_a_run_past_its_memory_limit_is_killed_inside_its_group(monkeypatch):
+    """The kernel's OOM killer acts inside the group: the harness (this test) goes on."""
+    monkeypatch.setattr(limits, "MEMORY_RESERVE", (limits.memory_total() - (256 << 20), 0))
+    group = limits.Group.make()
+    hog = "x = [bytearray(16 << 20) for _ in range(64)]\nprint('ALLOCATED')"  # 1 GiB
+    try:
+        out = subprocess.run(limits.command([sys.executable, "-c", hog], group), capture_output=True, text=True)
+    finally:
+        group.remove()
+    assert out.returncode == -9 and "ALLOCATED" not in out.stdout, (out.returncode, out.stdout)
+
+
+def test_the_groups_of_a_harness_that_died_go_with_the_next_harness():
+    """A harness killed with -9 leaves its groups; the next harness process removes them."""
+    code = ("import json, os, signal; from autoresearch import limits; g = limits.Group.make(); "
+            "print(json.dumps(g.paths), flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    left = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout)
+    assert all(os.path.isdir(path) for path in left.values())
+    subprocess.run([sys.executable, "-c", "from autoresearch import limits; limits.Group.make().remove()"],
+                   check=True, env=env)
+    assert not any(os.path.exists(path) for path in left.values())
+    assert not any(os.path.exists(os.path.dirname(path)) for path in left.values())

@@ -788,7 +788,7 @@ def test_a_train_py_the_harness_will_not_read_is_an_invalid_proposal(code, error
 
 
 @needs_bwrap
-@pytest.mark.skipif(limits.unavailable() is not None, reason=f"no pids control group ({limits.unavailable()})")
+@pytest.mark.skipif(not limits.available("pids"), reason=f"no pids control group ({limits.unavailable()})")
 def test_a_cli_fork_bomb_stops_at_its_process_limit_and_memory_goes_from_it_first(repo, standins_on_path,
                                                                                   monkeypatch):
     """The CLI runs in a pids group of its own (limits.py) and the kernel's OOM killer takes it first:
