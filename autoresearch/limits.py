@@ -131,7 +131,8 @@ def _places():
                 missing[controller] = f"{base} is not writable by this user"
         elif mount_v2 and (controller == "cpuacct" or controller in v2_controllers):
             if own_v2 != "":
-                missing[controller] = "this process's cgroup v2 group is not the root, where it could enable controllers"
+                missing[controller] = ("this process's cgroup v2 group is not the root, where it could enable "
+                                       "controllers")
             else:
                 places[controller] = (2, mount_v2)
         else:

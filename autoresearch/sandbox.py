@@ -184,10 +184,14 @@ def _python_roots():
 
 
 # where another installation's packages sit under a folder the sandbox shows: the system's Python
-# (/usr/lib/python3/dist-packages, /usr/local/lib/...), a conda (/opt/conda/..., its envs), a root itself
+# (/usr/lib/python3/dist-packages, /usr/local/lib/...), a conda (/opt/conda/..., its envs), virtual
+# environments a level or two down (/opt/venvs/app/...), pip --target folders (/opt/python), eggs, a
+# root itself. A wheel or an archive of the package elsewhere is not looked for (a walk of /usr costs
+# seconds per experiment)
 SITE_FOLDERS = ("", "lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages",
                 "local/lib/python3*/site-packages", "local/lib/python3*/dist-packages",
-                "*/lib/python3*/site-packages", "*/envs/*/lib/python3*/site-packages")
+                "*/lib/python3*/site-packages", "*/*/lib/python3*/site-packages", "*/envs/*/lib/python3*/site-packages",
+                "python", "*/python", "lib/python3*/site-packages/*.egg", "*/lib/python3*/site-packages/*.egg")
 
 
 def hidden_text():

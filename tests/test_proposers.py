@@ -678,14 +678,17 @@ def test_cli_settings_are_a_copy_of_which_only_a_refreshed_login_comes_back(name
 
 @needs_bwrap
 @pytest.mark.parametrize("text", ["'not json'", "'[1, 2]'", "'{\"token\": \"' + 'x' * (300 << 10) + '\"}'",
-                                  "'{\"token\": \"new\", \"apiKeyHelper\": \"/tmp/x\"}'", "'{}'"])
-def test_cli_login_comes_back_only_as_a_json_object_of_sane_size_and_the_same_keys(text, repo, standins_on_path, monkeypatch):
+                                  "'{\"token\": \"new\", \"apiKeyHelper\": \"/tmp/x\"}'", "'{}'",
+                                  "'{\"token\": {\"nested\": 1}}'", "'{\"token\": \"a\", \"token\": \"b\"}'"])
+def test_cli_login_comes_back_only_as_a_json_object_of_sane_size_and_the_same_shape(text, repo, standins_on_path,
+                                                                                    monkeypatch, capsys):
     folder = standins_on_path / ".claude"
     folder.mkdir()
     (folder / ".credentials.json").write_text('{"token": "old"}')
     monkeypatch.setenv("STANDIN_EXEC", f"open({str(folder / '.credentials.json')!r}, 'w').write({text})")
     get_proposer("claude", repo=repo).propose(TRAIN_PY, "", [], None)
     assert (folder / ".credentials.json").read_text() == '{"token": "old"}'
+    assert "CLI's changed login was not written back" in capsys.readouterr().err
 
 
 @needs_bwrap

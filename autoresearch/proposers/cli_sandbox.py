@@ -240,36 +240,53 @@ class Config:
     moved: bool = False  # whether the user set variable
 
 
-def key_paths(value, prefix=()):
-    """The set of key paths of a JSON value's objects, at every depth (lists are leaves)."""
+def json_shape(value, prefix=()):
+    """The key paths of a JSON value's objects at every depth, each with the kind of its value (lists
+    are leaves)."""
     if not isinstance(value, dict):
         return set()
-    return {prefix + (key,) for key in value} | {path for key, inner in value.items()
-                                                 for path in key_paths(inner, prefix + (key,))}
+    return {(prefix + (key,), type(inner).__name__) for key, inner in value.items()} | {
+        shape for key, inner in value.items() for shape in json_shape(inner, prefix + (key,))}
+
+
+def strict_json(data):
+    """The JSON value in data (UTF-8, no key twice in an object), or None: a file another parser could
+    read otherwise (UTF-16, a repeated key) is not a login."""
+    def pairs(items):
+        keys = [key for key, _ in items]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a repeated key")
+        return dict(items)
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=pairs)
+    except ValueError:
+        return None
 
 
 def copy_back(copy, original, before):
     """Write the CLI's copy of its credentials file over the host's original when it changed (a
-    refreshed login), is a JSON object of at most CREDENTIALS_LIMIT bytes with the same keys as before
-    (at every depth: a refresh changes values, a planted setting would be a key), and the original is
-    still the regular file it was (before: its bytes then; None: there was none, and none is made): by a
-    rename, with the original's permissions. Nothing else of the copy comes back: hooks, helpers or
-    servers a hostile CLI planted in its settings would run unsandboxed the next time. True if written."""
+    refreshed login), is a JSON object of at most CREDENTIALS_LIMIT bytes with the same keys as before,
+    each with the same kind of value (at every depth: a refresh changes values, a planted setting would
+    be a key), and the original is still the regular file it was (before: its bytes then; None: there
+    was none, and none is made): by a rename, with the original's permissions. Nothing else of the copy
+    comes back: hooks, helpers or servers a hostile CLI planted in its settings would run unsandboxed the
+    next time. Returns None when it came back or nothing changed, else why it did not come back."""
     data = hostfiles.read_small(copy, CREDENTIALS_LIMIT)
-    if before is None or data is None or data == before:
-        return False
-    try:
-        new, old = json.loads(data), json.loads(before)
-    except ValueError:
-        return False
-    if not isinstance(new, dict) or key_paths(new) != key_paths(old):
-        return False
+    if before is None or data == before:
+        return None
+    if data is None:
+        return f"its copy is no longer a regular file of at most {CREDENTIALS_LIMIT} bytes"
+    new, old = strict_json(data), strict_json(before)
+    if not isinstance(new, dict):
+        return "its copy is not a JSON object (UTF-8, no key twice)"
+    if json_shape(new) != json_shape(old):
+        return "its copy has other keys, or other kinds of values, than the login had"
     try:
         info = os.lstat(original)
     except OSError:
-        return False
+        return None
     if not stat.S_ISREG(info.st_mode) or hostfiles.read_small(original, CREDENTIALS_LIMIT) != before:
-        return False  # replaced meanwhile (the user logged in again): theirs is newer
+        return None  # replaced meanwhile (the user logged in again): theirs is newer
     fd, temporary = tempfile.mkstemp(dir=os.path.dirname(original), prefix=f".{os.path.basename(original)}.")
     try:
         os.fchmod(fd, stat.S_IMODE(info.st_mode))
@@ -282,7 +299,7 @@ def copy_back(copy, original, before):
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
-    return True
+    return None
 
 
 def sandbox_choice(name, executable):
@@ -395,10 +412,12 @@ class CLISandbox:
             if before is not None:
                 original = os.path.join(os.path.realpath(config.source), config.credentials)
                 try:
-                    copy_back(os.path.join(copy, config.credentials), original, before)
+                    refused = copy_back(os.path.join(copy, config.credentials), original, before)
                 except OSError as e:
-                    print(f"warning: the {self.executable} CLI's refreshed login could not be written back to "
-                          f"{original}: {e}", file=sys.stderr)
+                    refused = str(e)
+                if refused:
+                    print(f"warning: the {self.executable} CLI's changed login was not written back to {original} "
+                          f"({refused}); if the CLI says it is logged out, log in again", file=sys.stderr)
             launch.refused = sorted(set(gate.refused))
         finally:
             if group is not None:
