@@ -227,6 +227,16 @@ class Group:
 
     @classmethod
     def make(cls, pids_max=None):
+        """A new group for one run, or None where no controller can be had, or where making it failed
+        (said once: a run without limits beats a harness that stops)."""
+        try:
+            return cls._make(pids_max)
+        except OSError as e:
+            _warn_once(f"warning: a run's control group could not be made ({e}); it runs without limits")
+            return None
+
+    @classmethod
+    def _make(cls, pids_max):
         parents = _parents() if _places()[0] else {}
         if not parents:
             return None
@@ -284,6 +294,11 @@ class Group:
                     if time.monotonic() > deadline:
                         break  # a process in uninterruptible sleep; the group goes with the harness's
                     time.sleep(0.05)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message):
+    print(message, file=sys.stderr)
 
 
 def _kill(path):
