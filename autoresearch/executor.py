@@ -175,8 +175,8 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         _warn_once(f"warning: the sandbox's /tmp and /dev/shm are unsized ({sandbox.bwrap_limits()}): "
                    f"an experiment can fill half the memory with each")
     if limits.unavailable() is not None:
-        _warn_once(f"warning: experiments get no process limit ({limits.unavailable()}): a run can start "
-                   f"processes until the machine has none left")
+        _warn_once(f"warning: experiments run without some control groups ({limits.unavailable()}): without "
+                   f"pids a run can start processes until the machine has none left, without memory fill it")
     outcome = Outcome(sandboxed=sandboxed, timeout_s=timeout)
     eval_timeout = eval_timeout or max(600.0, timeout)
     startup_allowance, outcome.slack_s, outcome.outside_s, outcome.grace_s = allowances(time_budget)
