@@ -206,6 +206,8 @@ class Loop:
         bar = None if row.get("is_baseline") or row.get("best_before") is None \
             else row["best_before"] - (row.get("threshold") or 0.0)
         cause = f"  [{row['cause']}]" if row.get("cause") and row["status"] != "keep" else ""
+        if not cause and row.get("starved"):  # its number says more about the machine than the change
+            cause = f"  [starved: {contention.describe(row)}]"
         self.say(f"#{row['id']:<4d} {row['status']:8} val_bpb {_fmt(row.get('val_bpb')):>9}  to beat {_fmt(bar):>9}  "
                  f"{row.get('description') or ''}{cause}")
 

@@ -166,6 +166,18 @@ def test_a_starved_would_be_keep_is_run_again_before_it_counts(repo, tmp_path, m
     assert git(repo, "show", "HEAD:train.py") == git(repo, "show", f"{experiments[1]['commit_sha']}:train.py")
 
 
+def test_a_starved_discard_says_on_its_line_that_the_machine_was_busy(repo, tmp_path, monkeypatch):
+    """It stands (a discard costs nothing to undo), but its number says more about the machine than
+    about the change: the line says so, and the search learns nothing from it."""
+    monkeypatch.setenv("STANDIN_CPU_SHARE", "0,0.6")
+    monkeypatch.setenv("STANDIN_CPU_SHARE_RUNS", str(tmp_path / "runs"))
+    code, out = run_loop(repo, Scripted([("worse", {"MATRIX_LR": 0.02})]), max_experiments=2)
+    experiments = assert_consistent(repo)
+    assert [(r["description"], r["status"], r["starved"]) for r in experiments] == [
+        ("baseline", "keep", 0), ("worse", "discard", 1)]
+    assert "worse  [starved: other processes took 60% of the CPUs during training]" in out
+
+
 def test_a_starved_baseline_is_run_again_and_is_no_noise_sample(repo, tmp_path, monkeypatch):
     monkeypatch.setenv("STANDIN_CPU_SHARE", "0.9,0")
     monkeypatch.setenv("STANDIN_CPU_SHARE_RUNS", str(tmp_path / "runs"))

@@ -135,11 +135,13 @@ def test_crashes_are_results_and_interrupted_or_starved_runs_are_not(campaign):
     crashed = campaign.row(campaign.knobs({"DEPTH": 8}), "crash", cause="OOM")
     cut = campaign.row(campaign.knobs({"DEPTH": 7}), "crash", cause="interrupted (SIGKILL)")
     starved = campaign.row(campaign.knobs({"DEPTH": 6}), "discard", 1.5, cause="starved: ...; re-run")
+    busy = campaign.row(campaign.knobs({"DEPTH": 5}), "discard", 2.9, starved=1)  # a discard the loop let stand
     running = campaign.row(campaign.knobs({"DEPTH": 3}), "running")
     proposer = get_proposer("search", repo=campaign.repo, device="cpu")
     obs = {o.rows[0]["id"]: o for o in proposer.observations(campaign.history, "cpu").values()}
     assert obs[crashed["id"]].failed["full"] == 1 and obs[crashed["id"]].measured("full")
     assert not obs[cut["id"]].measured("full") and not obs[starved["id"]].measured("full")
+    assert not obs[busy["id"]].measured("full")
     assert obs[running["id"]].pending["full"] == 1
     # none of them is proposed again
     tried = {search.fingerprint(o.values) for o in obs.values()}

@@ -34,7 +34,7 @@ import warnings
 import optuna
 from optuna.distributions import CategoricalDistribution
 
-from autoresearch.ledger import reference_of
+from autoresearch.ledger import reference_of, was_starved
 from autoresearch.proposers import Proposal, ProposalError, Proposer, ProposerConfigError, space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial lines would drown the loop's
@@ -264,7 +264,7 @@ class Observation:
 
 def interrupted_or_starved(row):
     cause = row.get("cause") or ""
-    return (row.get("status") == "crash" and cause.startswith("interrupted")) or cause.startswith("starved")
+    return (row.get("status") == "crash" and cause.startswith("interrupted")) or was_starved(row)
 
 
 def row_fidelity(row, full_budget):
