@@ -155,34 +155,36 @@ def campaign_snapshot(tag, rows, campaign, now):
                 counts=counts, running=running, last_results=last)
 
 
-def status_json(ledger, now=None):
-    """Every campaign of the ledger, as the JSON text of `status --json`."""
+def status_json(ledger, now=None, tag=None):
+    """Every campaign of the ledger (or the one tagged `tag`), as the JSON text of `status --json`."""
     now = time.time() if now is None else now
     rows = ledger.experiments()
-    campaigns = [campaign_snapshot(tag, [r for r in rows if r["tag"] == tag], ledger.campaign(tag) or {}, now)
-                 for tag in ledger.tags()]
+    campaigns = [campaign_snapshot(t, [r for r in rows if r["tag"] == t], ledger.campaign(t) or {}, now)
+                 for t in ledger.tags() if tag in (None, t)]
     return json.dumps(dict(time=now, ledger=ledger.path, campaigns=campaigns), indent=1)
 
 
-def status_text(ledger, now=None):
-    """The whole screen, as text."""
+def status_text(ledger, now=None, tag=None):
+    """The whole screen, as text: the running campaigns (or the latest ones), or the one tagged `tag`."""
     now = time.time() if now is None else now
-    rows = ledger.experiments()
+    rows = [r for r in ledger.experiments() if tag in (None, r["tag"])]
     lines = [f"autoresearch status  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))}"]
     if not rows:
         return "\n".join(lines + ["No experiment is running, and the ledger has no experiments yet."])
     by_tag = {}
     for r in rows:
         by_tag.setdefault(r["tag"], []).append(r)
-    live = [tag for tag, some in by_tag.items() if any(r["status"] == "running" for r in some)]
-    if not live:
+    live = [t for t, some in by_tag.items() if any(r["status"] == "running" for r in some)]
+    if tag is not None:
+        latest = [tag]
+    elif not live:
         lines.append("No campaign is running. The last results:")
-        latest = sorted(by_tag, key=lambda tag: by_tag[tag][-1]["id"], reverse=True)[:3]
+        latest = sorted(by_tag, key=lambda t: by_tag[t][-1]["id"], reverse=True)[:3]
     else:
         latest = live
-    for tag in latest:
+    for t in latest:
         lines.append("")
-        lines += campaign_lines(tag, by_tag[tag], ledger.campaign(tag), now)
+        lines += campaign_lines(t, by_tag[t], ledger.campaign(t), now)
     return "\n".join(lines)
 
 
@@ -198,16 +200,20 @@ def cmd_status(args):
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.tag is not None and args.tag not in ledger.tags():
+        known = ", ".join(ledger.tags()) or "none yet"
+        print(f"error: no campaign '{args.tag}' in {ledger.path} (campaigns: {known})", file=sys.stderr)
+        return 2
     if args.json:
-        print(status_json(ledger))
+        print(status_json(ledger, tag=args.tag))
         return 0
     if not args.watch:
-        print(status_text(ledger))
+        print(status_text(ledger, tag=args.tag))
         return 0
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops it even if started with SIGINT ignored
     try:
         while True:
-            screen = status_text(ledger)
+            screen = status_text(ledger, tag=args.tag)
             sys.stdout.write(CLEAR + screen + f"\n\n(refreshing every {args.interval:g}s; Ctrl-C to stop)\n")
             sys.stdout.flush()
             time.sleep(args.interval)
@@ -220,6 +226,8 @@ def register(subparsers):
     p = subparsers.add_parser("status", help="live view of running campaigns",
                               description="Show each running experiment's progress, the last results, "
                                           "the best so far and experiments per hour.")
+    p.add_argument("--tag", metavar="T", help="only this campaign, running or not (default: the running ones, "
+                                               "else the latest)")
     p.add_argument("--watch", action="store_true", help="redraw every --interval seconds until Ctrl-C")
     p.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between redraws (default 2)")
     p.add_argument("--json", action="store_true",

@@ -189,3 +189,21 @@ def test_status_counts_screened_runs_apart(tmp_path):
     text = status.status_text(ledger)
     assert "2 done, 0 kept, 1 screened, best 1.500000" in text
     assert json.loads(status.status_json(ledger))["campaigns"][0]["counts"]["screened"] == 1
+
+
+def test_status_of_one_campaign_shows_it_running_or_not_and_only_it(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, [exp("keep", 1.5, "baseline", t=0), exp("keep", 2.0, "other campaign", tag="day", t=1)],
+                 [dict(tag="night"), dict(tag="day")])
+    out = run_status("--tag", "night", cwd=repo).stdout
+    assert "campaign night" in out and "campaign day" not in out and "No campaign is running" not in out
+    snapshot = json.loads(run_status("--tag", "day", "--json", cwd=repo).stdout)
+    assert [c["tag"] for c in snapshot["campaigns"]] == ["day"]
+
+
+def test_status_of_a_campaign_the_ledger_lacks_is_one_line_naming_those_it_has(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, [exp("keep", 1.5, "baseline", t=0)], [dict(tag="night")])
+    result = run_status("--tag", "nigth", cwd=repo)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: no campaign 'nigth' in ") and result.stderr.strip().endswith("(campaigns: night)")
