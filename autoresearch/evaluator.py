@@ -338,9 +338,11 @@ VERDICTS = ("the model is not causal",)  # prepare.py's own refusals, not the pr
 def failure_text(error, path, prepare, tokenizer):
     """What an evaluation's failure may say: it was raised while the program ran on validation rows, and
     its message could carry their tokens (an index out of bounds says which index) back to train.py, the
-    ledger and the next proposer's prompt. The program is run again, eagerly, on random tokens: when it
-    fails there too, that message says what is wrong; when it fails on the validation rows only, the
-    message is withheld. A verdict of prepare.py's comes back with its numbers withheld."""
+    ledger and the next proposer's prompt. The program is run again, eagerly, on random tokens (it holds
+    no state, draws no random numbers and takes no path by its input's values: modelfile.check_program):
+    when it fails there too, that message, its numbers withheld, says what is wrong; when it fails on
+    the validation rows only, the message is withheld. A verdict of prepare.py's comes back with its
+    numbers withheld."""
     import torch
     text = " ".join(str(error).split())
     if text.startswith(VERDICTS):
@@ -352,8 +354,8 @@ def failure_text(error, path, prepare, tokenizer):
                                generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             module(tokens.to(device))
-    except Exception as again:
-        return f"{type(again).__name__}: {' '.join(str(again).split())[:500]} (on random tokens too)"
+    except Exception as again:  # numbers withheld still: an allocator's counts carry what ran before
+        return f"{type(again).__name__}: {withheld(' '.join(str(again).split()))[:500]} (on random tokens too)"
     return (f"{type(error).__name__} on the validation rows only, not on random tokens; its message is "
             f"withheld (it could carry validation tokens)")
 

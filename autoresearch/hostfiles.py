@@ -46,12 +46,13 @@ def remove(path):
         subprocess.run(["rm", "-rf", "--one-file-system", "--", path], capture_output=True)
 
 
-def open_regular(path):
+def open_regular(path, dir_fd=None):
     """(the file at path opened for reading, its fstat) when it is a regular file, else None. Opened
     once, without following a link or waiting on a pipe, and checked as opened: a check of the path
-    and then an open of it would open whatever a sandboxed process swapped in between."""
+    and then an open of it would open whatever a sandboxed process swapped in between. dir_fd: path
+    is a name in that open folder."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return None
     f = os.fdopen(fd, "rb")
@@ -95,48 +96,55 @@ def copy_file(src, dst, size):
 def copy_tree(source, target, skip=(), file_limit=None, total_limit=None, entry_limit=None):
     """Copy source's folders and regular files into target (an existing folder), following no links
     and leaving out sockets, FIFOs and devices, the names in skip at its top, and files over file_limit
-    bytes; copies are the user's to rewrite, no one else's, and never setuid. Returns (bytes copied,
-    entries left out, complete): complete is False when the copy stopped short of total_limit bytes or
-    entry_limit entries (what it copied until then stays)."""
+    bytes; copies are the user's to rewrite, no one else's, and never setuid. Each folder is opened
+    once and read by its descriptor, so a folder swapped for a link meanwhile is not followed. Returns
+    (bytes copied, entries left out, complete): complete is False when the copy stopped short of
+    total_limit bytes or entry_limit entries (what it copied until then stays)."""
     total = entries = skipped = 0
-    pending = [(source, target, True)]
-    while pending:
-        folder, into, top = pending.pop()
-        try:
-            listing = os.scandir(folder)
-        except OSError:
-            skipped += 1
-            continue
-        with listing:
-            for entry in listing:
-                entries += 1
-                if entry_limit is not None and entries > entry_limit:
-                    return total, skipped, False
-                if top and entry.name in skip:
-                    continue
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
-                    skipped += 1
-                    continue
-                destination = os.path.join(into, entry.name)
-                if stat.S_ISDIR(info.st_mode):
-                    os.mkdir(destination, 0o700)
-                    pending.append((entry.path, destination, False))
-                    continue
-                opened = open_regular(entry.path) if stat.S_ISREG(info.st_mode) else None
-                if opened is None:  # a link, a pipe, a device, or gone
-                    skipped += 1
-                    continue
-                src, info = opened
-                with src:
-                    if file_limit is not None and info.st_size > file_limit:
-                        skipped += 1
-                        continue
-                    if total_limit is not None and total + info.st_size > total_limit:
-                        return total, skipped, False
-                    mode = stat.S_IMODE(info.st_mode) & 0o755 | 0o600
-                    with os.fdopen(os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as dst:
-                        copy_file(src, dst, info.st_size)
-                    total += info.st_size
+    try:
+        top = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return 0, 1, True
+    pending = [(top, target, True)]
+    try:
+        while pending:
+            folder, into, at_top = pending.pop()
+            try:
+                with os.scandir(folder) as listing:
+                    for entry in listing:
+                        entries += 1
+                        if entry_limit is not None and entries > entry_limit:
+                            return total, skipped, False
+                        if at_top and entry.name in skip:
+                            continue
+                        destination = os.path.join(into, entry.name)
+                        try:
+                            inner = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+                        except OSError:
+                            inner = None  # not a folder (or one that cannot be opened)
+                        if inner is not None:
+                            pending.append((inner, destination, False))
+                            os.mkdir(destination, 0o700)
+                            continue
+                        opened = open_regular(entry.name, dir_fd=folder)
+                        if opened is None:  # a link, a pipe, a device, or gone
+                            skipped += 1
+                            continue
+                        src, info = opened
+                        with src:
+                            if file_limit is not None and info.st_size > file_limit:
+                                skipped += 1
+                                continue
+                            if total_limit is not None and total + info.st_size > total_limit:
+                                return total, skipped, False
+                            mode = stat.S_IMODE(info.st_mode) & 0o755 | 0o600
+                            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                            with os.fdopen(os.open(destination, flags, mode), "wb") as dst:
+                                copy_file(src, dst, info.st_size)
+                            total += info.st_size
+            finally:
+                os.close(folder)
+    finally:
+        for folder, _, _ in pending:
+            os.close(folder)
     return total, skipped, True

@@ -176,9 +176,13 @@ def _remove_stale(folder):
         pid = name[len(mine):]
         if name.startswith(mine) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
             path = os.path.join(folder, name)
-            for child in os.listdir(path):
-                if os.path.isdir(os.path.join(path, child)):
-                    _rmdir(os.path.join(path, child))
+            try:  # another harness starting now may be removing it too
+                children = [os.path.join(path, child) for child in os.listdir(path)]
+            except OSError:
+                continue
+            for child in children:
+                if os.path.isdir(child):
+                    _rmdir(child)
             _rmdir(path)
 
 
@@ -209,13 +213,26 @@ def _parents():
             pid_max = int(_read("/proc/sys/kernel/pid_max").strip() or 32768)
             _write(os.path.join(path, "pids.max"), str(max(PIDS_MAX, int(pid_max * PIDS_SHARE))))
         elif controller == "memory" and memory_limit():
-            _write(os.path.join(path, "memory.limit_in_bytes" if version == 1 else "memory.max"), str(memory_limit()))
+            _limit_memory(path, version, memory_limit())
     v2 = {path for version, path in parents.values() if version == 2}
     for path in v2:  # its runs' groups get the controllers
         wanted = [c for c, (version, p) in parents.items() if p == path and c != "cpuacct"]
         if wanted:
             _write(os.path.join(path, "cgroup.subtree_control"), " ".join(f"+{c}" for c in wanted))
     return parents
+
+
+def _limit_memory(path, version, limit):
+    """limit bytes of memory for the group at path, and no swap past it (where swap is accounted): at its
+    limit a run is killed, not left to thrash the host's swap."""
+    if version == 1:
+        _write(os.path.join(path, "memory.limit_in_bytes"), str(limit))
+        if os.path.exists(os.path.join(path, "memory.memsw.limit_in_bytes")):
+            _write(os.path.join(path, "memory.memsw.limit_in_bytes"), str(limit))
+    else:
+        _write(os.path.join(path, "memory.max"), str(limit))
+        if os.path.exists(os.path.join(path, "memory.swap.max")):
+            _write(os.path.join(path, "memory.swap.max"), "0")
 
 
 class Group:
@@ -250,10 +267,8 @@ class Group:
             if "pids" in paths:
                 _write(os.path.join(paths["pids"], "pids.max"), str(pids_max or PIDS_MAX))
             if "memory" in paths and memory_limit():
-                version = parents["memory"][0]
-                _write(os.path.join(paths["memory"], "memory.limit_in_bytes" if version == 1 else "memory.max"),
-                       str(memory_limit()))
-                if version == 2:
+                _limit_memory(paths["memory"], parents["memory"][0], memory_limit())
+                if parents["memory"][0] == 2:
                     _write(os.path.join(paths["memory"], "memory.oom.group"), "1")  # a run goes whole
         except OSError:
             cls(paths).remove()

@@ -246,6 +246,7 @@ def check_program(program):
         raise Rejected("the model changes its own state when called (mutated buffers); evaluation needs "
                        "a pure function of the input tokens")
     _check_operations(program, in_place=False)
+    _check_data_independence(program)
     return program
 
 
@@ -267,10 +268,49 @@ def _check_operations(program, in_place):
             raise Rejected(f"the model calls {qualified}, which the evaluator does not run")
         if not in_place and schema is not None and schema.is_mutable:
             raise Rejected(f"the model calls {qualified}, which changes its inputs or state in place")
-        if _reads_values(node):
-            raise Rejected(f"the model takes a number or a size from its input's values ({qualified}): what "
+
+
+# higher-order operations that branch or loop on a tensor's values
+CONTROL_FLOW = ("CondOp", "WhileLoopOp", "ScanOp", "MapImpl", "AssociativeScanOp")
+
+
+def _check_data_independence(program):
+    """What the program does besides its arithmetic depends on no tensor's values and on no random
+    numbers: no number or size read out of a tensor (.item(), nonzero), no branch or loop on one, no
+    random draw (its generator's state would carry what an earlier call saw). Else which path it took
+    (a check failing with its message, an index out of bounds, how long it ran, where the random
+    numbers stood) could carry validation tokens back with an error. Checked by what each operation
+    is (its tags) where that says it; sizes taken from values (nonzero, a boolean mask) by the symbols
+    the file gives them, which it could disguise: what such a program says back is bounded by
+    evaluator.failure_text."""
+    import torch
+    for node in _all_nodes(program):
+        if node.op != "call_function":
+            continue
+        target, tags = node.target, set(getattr(node.target, "tags", ()))
+        name = str(getattr(target, "__name__", target))
+        if type(target).__name__ in CONTROL_FLOW:
+            raise Rejected(f"the model branches or loops on its input's values ({name}), which the evaluator "
+                           f"does not run")
+        if torch.Tag.data_dependent_output in tags or _reads_values(node):
+            raise Rejected(f"the model takes a number or a size from its input's values ({name}): what "
                            f"follows from it (a shape, a check and its message) would depend on the "
                            f"validation tokens")
+        if torch.Tag.nondeterministic_seeded in tags and _draws(node):
+            raise Rejected(f"the model draws random numbers ({name}): its evaluation must be a function of "
+                           f"its input alone")
+
+
+def _draws(node):
+    """Whether a node tagged as drawing random numbers does: attention takes a dropout probability
+    (0 at evaluation), anything else with the tag draws."""
+    schema = getattr(node.target, "_schema", None)
+    names = [a.name for a in schema.arguments] if schema is not None else []
+    if "dropout_p" not in names:
+        return True
+    index = names.index("dropout_p")
+    p = node.kwargs.get("dropout_p", node.args[index] if index < len(node.args) else 0.0)
+    return not isinstance(p, (int, float)) or p != 0
 
 
 def _reads_values(node):

@@ -12,6 +12,10 @@ from autoresearch.modelfile import Rejected, check_program, load_program, module
 from exports import Embed, Windowed, exported, saved
 
 
+def saved_and_loaded(model, tmp_path):
+    return load_program(saved(model, tmp_path, "model.pt2"))
+
+
 def test_a_model_that_counts_its_calls_is_rejected(tmp_path):
     class Counting(Embed):
         def __init__(self):
@@ -60,8 +64,8 @@ def test_an_operation_hidden_in_a_branch_of_torch_cond_is_rejected(tmp_path):
 
 
 class ReadsItsInput(Embed):
-    """Takes a number out of its input tokens: .item() and a check on it (whose failure message would
-    name the token), or nonzero (a size that depends on them)."""
+    """Takes a number out of its input tokens: .item() (a check on it would fail with a message naming
+    the token), or nonzero (a size that depends on them)."""
 
     def __init__(self, how):
         super().__init__()
@@ -69,9 +73,7 @@ class ReadsItsInput(Embed):
 
     def forward(self, x):
         if self.how == "item":
-            token = x[0, 1].item()
-            torch._check(token != 7)
-            return self.e(x)
+            return self.e(x) * x[0, 1].item()
         return self.e(x) * torch.nonzero(x == 3).shape[0]
 
 
@@ -79,6 +81,29 @@ class ReadsItsInput(Embed):
 def test_a_model_that_reads_a_number_out_of_its_input_is_rejected(how, tmp_path):
     with pytest.raises(Rejected, match="a number or a size from its input's values"):
         check_program(exported(ReadsItsInput(how), tmp_path))
+
+
+class Branches(Embed):
+    def forward(self, x):
+        return torch.cond(x[0, 0] > 4, lambda t: t * 2, lambda t: t * 3, (self.e(x),))
+
+
+class Draws(Embed):
+    def forward(self, x):
+        return self.e(x) + torch.rand(x.shape[0], x.shape[1], 10)
+
+
+def test_a_model_that_branches_on_its_input_or_draws_random_numbers_is_rejected(tmp_path):
+    """Which branch it took, or where its random numbers stood after the validation rows, could come
+    back in an error's message on the next input."""
+    with pytest.raises(Rejected, match="branches or loops on its input's values"):
+        check_program(exported(Branches(), tmp_path))
+    with pytest.raises(Rejected, match="draws random numbers"):
+        check_program(exported(Draws(), tmp_path))
+
+
+def test_attention_without_dropout_is_accepted(tmp_path):
+    check_program(saved_and_loaded(Windowed(), tmp_path))
 
 
 def test_in_place_work_on_intermediates_is_accepted(tmp_path):

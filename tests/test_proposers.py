@@ -874,3 +874,10 @@ def test_cli_installed_as_a_package_under_the_home_runs_in_its_sandbox(repo, sta
     monkeypatch.setenv("PATH", f"{prefix / 'bin'}{os.pathsep}{os.environ['PATH']}")
     proposal = get_proposer("claude", repo=repo).propose(TRAIN_PY, "", [], None)
     assert "MATRIX_LR = 0.05" in proposal.train_py and proposal.cost_usd == 0.0123
+
+
+def test_a_login_nested_past_pythons_recursion_is_no_login():
+    assert cli_sandbox.strict_json(b"[" * 100_000 + b"]" * 100_000) is None
+    assert cli_sandbox.strict_json(b'{"token": "a", "token": "b"}') is None
+    assert cli_sandbox.strict_json('{"token": "a"}'.encode("utf-16")) is None
+    assert cli_sandbox.strict_json(b'{"token": {"expires": 1}}') == {"token": {"expires": 1}}

@@ -259,7 +259,7 @@ def strict_json(data):
         return dict(items)
     try:
         return json.loads(data.decode("utf-8"), object_pairs_hook=pairs)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past Python's recursion: no login is
         return None
 
 
