@@ -144,7 +144,10 @@ class _Channel(threading.Thread):
                         self.result = {"error": f"the model could not be taken over ({type(e).__name__}: {e})"}
                     finally:  # the run's clock goes on again
                         self.evaluated_at = time.time()
-                    stream.write(json.dumps(self.result) + "\n")
+                    # what the run needs back, no more: how long its evaluation took would say which
+                    # path the program took on the validation rows
+                    said = {k: v for k, v in self.result.items() if k in ("val_bpb", "error")}
+                    stream.write(json.dumps(said) + "\n")
                     stream.flush()
                 elif event == "model":
                     stream.write(json.dumps({"error": "a model was handed over already"}) + "\n")

@@ -263,6 +263,19 @@ def test_a_message_without_an_end_ends_the_conversation_before_it_fills_the_harn
     theirs.close()
 
 
+def test_the_run_hears_back_its_val_bpb_and_nothing_of_how_the_evaluation_went(tmp_path):
+    """How long the evaluation took would tell the run which path its program took on the validation
+    rows; the harness keeps that to itself."""
+    ours, theirs = socket.socketpair()
+    channel = executor._Channel(ours, evaluate=lambda message: {"val_bpb": 1.25, "seconds": 3.21, "ahead": True})
+    channel.start()
+    theirs.sendall(json.dumps({"event": "model", "file": "model.pt2", "batch_size": 4}).encode() + b"\n")
+    reply = theirs.makefile("r").readline()
+    assert json.loads(reply) == {"val_bpb": 1.25} and channel.result["seconds"] == 3.21
+    theirs.close()
+    channel.join(10)
+
+
 def test_a_kept_log_is_cut_to_its_last_bytes(tmp_path, monkeypatch):
     """A swarm keeps each run's log where it was written; a run may write gigabytes into it."""
     monkeypatch.setattr(runner, "MAX_ARCHIVED_LOG", 1000)
