@@ -201,7 +201,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         ours, theirs = socket.socketpair()
         argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed, placement,
                                     compile_cache)
-        group = limits.Group.make()
+        group = limits.Group.make(memory_share=(placement or {}).get("memory_share"))
         argv = limits.command(argv, group, WRITE_LIMIT)
         launched = time.time()
         with open(log_path, "wb") as log:

@@ -243,17 +243,19 @@ class Group:
         self.procs = ":".join(sorted({os.path.join(path, "cgroup.procs") for path in paths.values()}))
 
     @classmethod
-    def make(cls, pids_max=None):
+    def make(cls, pids_max=None, memory_share=None):
         """A new group for one run, or None where no controller can be had, or where making it failed
-        (said once: a run without limits beats a harness that stops)."""
+        (said once: a run without limits beats a harness that stops). memory_share: the share of all
+        runs' memory this one may hold (a swarm's slot: one run filling it all could get the kernel to
+        kill a sibling)."""
         try:
-            return cls._make(pids_max)
+            return cls._make(pids_max, memory_share)
         except OSError as e:
             _warn_once(f"warning: a run's control group could not be made ({e}); it runs without limits")
             return None
 
     @classmethod
-    def _make(cls, pids_max):
+    def _make(cls, pids_max, memory_share):
         parents = _parents() if _places()[0] else {}
         if not parents:
             return None
@@ -267,7 +269,8 @@ class Group:
             if "pids" in paths:
                 _write(os.path.join(paths["pids"], "pids.max"), str(pids_max or PIDS_MAX))
             if "memory" in paths and memory_limit():
-                _limit_memory(paths["memory"], parents["memory"][0], memory_limit())
+                share = min(1.0, max(0.0, memory_share or 1.0))
+                _limit_memory(paths["memory"], parents["memory"][0], max(256 << 20, int(memory_limit() * share)))
                 if parents["memory"][0] == 2:
                     _write(os.path.join(paths["memory"], "memory.oom.group"), "1")  # a run goes whole
         except OSError:

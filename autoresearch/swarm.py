@@ -65,7 +65,8 @@ class Done:
 
 
 def placements(workers, devices=None):
-    """The environment of each worker slot: one GPU each on CUDA, else an equal share of the cores."""
+    """The environment of each worker slot: one GPU each on CUDA, else an equal share of the cores; and
+    an equal share of the memory the runs may hold (limits.Group)."""
     gpus = sandbox.gpu_count()
     if gpus:
         devices = devices or [str(i) for i in range(gpus)]
@@ -74,12 +75,13 @@ def placements(workers, devices=None):
         if workers > len(devices):
             raise SwarmError(f"{workers} workers need {workers} GPUs, but --devices names {len(devices)} "
                              f"({','.join(devices)}); never two experiments share a GPU")
-        return [{"CUDA_VISIBLE_DEVICES": d} for d in devices[:workers]]
+        return [{"CUDA_VISIBLE_DEVICES": d, "memory_share": 1 / workers} for d in devices[:workers]]
     if devices:
         raise SwarmError("--devices names GPUs, and this machine has none; use --workers alone on a CPU")
     workers = workers or 1
     threads = max(1, (os.cpu_count() or 1) // workers)
-    return [{"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} for _ in range(workers)]
+    return [{"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "memory_share": 1 / workers}
+            for _ in range(workers)]
 
 
 class LocalBackend:

@@ -55,6 +55,16 @@ def test_a_run_gets_its_process_and_memory_limits():
     assert not any(os.path.exists(path) for path in group.paths.values())
 
 
+def test_a_swarm_slots_run_may_hold_its_share_of_the_memory():
+    group = limits.Group.make(memory_share=0.25)
+    try:
+        memory = [os.path.join(group.paths["memory"], name) for name in ("memory.limit_in_bytes", "memory.max")
+                  if os.path.exists(os.path.join(group.paths["memory"], name))]
+        assert int(open(memory[0]).read()) == pytest.approx(limits.memory_limit() / 4, abs=1 << 20)
+    finally:
+        group.remove()
+
+
 def test_a_process_under_the_limits_is_in_every_hierarchy_and_first_to_go_when_memory_runs_out():
     group = limits.Group.make()
     probe = "print(open('/proc/self/oom_score_adj').read().strip())"

@@ -123,12 +123,12 @@ def assert_consistent(repo, tag="t"):
 
 # ------------------------------------------------------------------------------------------ workers
 
-def test_cpu_workers_split_the_cores_equally():
+def test_cpu_workers_split_the_cores_and_the_memory_equally():
     if sandbox.gpu_count():
         pytest.skip("a GPU machine places one worker per GPU")
     slots = swarm.placements(2)
     share = str(max(1, (os.cpu_count() or 1) // 2))
-    assert slots == [{"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}] * 2
+    assert slots == [{"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share, "memory_share": 0.5}] * 2
 
 
 def test_devices_on_a_machine_without_gpus_is_a_one_line_error(repo):
