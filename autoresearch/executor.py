@@ -286,7 +286,9 @@ def _watch_training(watch, channel, outcome, now, startup_ends, placement=None, 
     if watch is None:
         training = channel.training_at is not None or now >= startup_ends
         if training and channel.exporting_at is None and not ended and outcome.cpu_share_others is None:
-            return contention.Watch(gpu=(placement or {}).get("CUDA_VISIBLE_DEVICES"), group=group)
+            # every run of this harness counts as its own (a swarm's sibling runs too), by their groups
+            return contention.Watch(gpu=(placement or {}).get("CUDA_VISIBLE_DEVICES"),
+                                    group=limits.all_runs() if group is not None else None)
         return None
     if channel.exporting_at is not None or ended:
         outcome.cpu_share_others, outcome.gpu_others = watch.stop()

@@ -222,6 +222,13 @@ def _parents():
     return parents
 
 
+def all_runs():
+    """A Group standing for every run of this harness process together (their parent groups; its CPU
+    account counts theirs), or None. Never to remove: the runs' own groups are."""
+    parents = _parents() if _places()[0] else {}
+    return Group({controller: path for controller, (_, path) in parents.items()}) if parents else None
+
+
 def _limit_memory(path, version, limit):
     """limit bytes of memory for the group at path, and no swap past it (where swap is accounted): at its
     limit a run is killed, not left to thrash the host's swap."""
@@ -279,9 +286,11 @@ class Group:
         return cls(paths)
 
     def members(self):
+        """The pids in the group and the groups below it."""
         found = set()
         for path in set(self.paths.values()):
-            found.update(int(pid) for pid in _read(os.path.join(path, "cgroup.procs")).split())
+            for folder, _, _ in os.walk(path):
+                found.update(int(pid) for pid in _read(os.path.join(folder, "cgroup.procs")).split())
         return sorted(found)
 
     def cpu_seconds(self):

@@ -89,6 +89,21 @@ def test_the_cpu_a_run_burns_in_children_the_kernel_reaps_is_charged_to_its_grou
         group.remove()
 
 
+def test_all_runs_of_the_harness_together_account_for_each_runs_cpu_and_processes():
+    """A swarm's runs count as the harness's own, each other's kernel-reaped children included."""
+    first, second = limits.Group.make(), limits.Group.make()
+    everything = limits.all_runs()
+    try:
+        before = everything.cpu_seconds()
+        for group in (first, second):
+            subprocess.run(limits.command([sys.executable, "-c", UNCHARGED], group), check=True)
+        assert everything.cpu_seconds() - before >= 2.4
+        proc = joined(second, SLEEP)
+        assert proc.pid in everything.members()
+    finally:
+        first.remove(), second.remove()
+
+
 def test_a_run_past_its_memory_limit_is_killed_inside_its_group(monkeypatch):
     """The kernel's OOM killer acts inside the group: the harness (this test) goes on."""
     monkeypatch.setattr(limits, "MEMORY_RESERVE", (limits.memory_total() - (256 << 20), 0))
