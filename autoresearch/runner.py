@@ -866,9 +866,12 @@ def judge_outcome(outcome, claimed, text, time_budget):
     if outcome.handoff_s is not None:  # training hidden in the start-up, between steps or in the export
         outside = contention.stretch(outcome.outside_s, outcome.cpu_share_others)
         if outcome.handoff_s - said > outside:
+            parts = [(name, value) for name, value in (("start-up", outcome.startup_s), ("training", measured),
+                                                         ("export", outcome.export_s)) if value is not None]
+            where = ", ".join(f"{name} {value:.1f} s" for name, value in parts)
             return "invalid", (f"handed its model over {outcome.handoff_s:.1f} s after launch for {said:g} s of "
                                f"training by its own count: more than {outside:.1f} s outside training "
-                               f"(start-up, untimed first steps, export)")
+                               f"(start-up, untimed first steps, export{'; measured: ' + where if where else ''})")
     return "keep", None
 
 

@@ -817,6 +817,7 @@ def test_training_hidden_outside_the_claimed_time_is_invalid():
     status, cause = judged(300.0, measured=301.0, handoff=340.0)
     assert status == "invalid" and cause.startswith("handed its model over 340.0 s after launch for 300 s of "
                                                     "training by its own count: more than 26.0 s outside"), cause
+    assert cause.endswith("; measured: training 301.0 s)"), cause  # where the time went, as far as known
 
 
 def test_on_a_busy_machine_the_time_outside_training_may_be_longer():
