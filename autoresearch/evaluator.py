@@ -353,9 +353,12 @@ def failure_text(error, path, prepare, tokenizer):
         tokens = torch.randint(0, tokenizer.get_vocab_size(), (2, prepare.MAX_SEQ_LEN),
                                generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            module(tokens.to(device))
+            logits = module(tokens.to(device))
     except Exception as again:  # numbers withheld still: an allocator's counts carry what ran before
         return f"{type(again).__name__}: {withheld(' '.join(str(again).split()))[:500]} (on random tokens too)"
+    shape = tuple(getattr(logits, "shape", ()))
+    if shape[:2] != tuple(tokens.shape) or len(shape) != 3 or shape[2] < tokenizer.get_vocab_size():
+        return f"the model must return logits of shape (B, T, vocab); on random tokens it returned {shape}"
     return (f"{type(error).__name__} on the validation rows only, not on random tokens; its message is "
             f"withheld (it could carry validation tokens)")
 

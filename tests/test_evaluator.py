@@ -213,6 +213,23 @@ def test_an_error_the_program_makes_on_any_tokens_says_what_it_is(smoke_cache, t
     assert error.startswith("IndexError: index ") and error.endswith("(on random tokens too)"), error
 
 
+class Flat(torch.nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(vocab, 3))
+
+    def forward(self, x):
+        return self.table[x]  # (B, T, 3): not logits over the vocabulary
+
+
+def test_a_model_that_returns_the_wrong_shape_is_told_which(smoke_cache, tmp_path):
+    tok = prepare.Tokenizer.from_directory()
+    model = handed_over(Flat(tok.get_vocab_size()), tmp_path, "model.pt2")
+    error = answer({"model": model, "batch_size": 4}, prepare, tok)["error"]
+    assert error == (f"the model must return logits of shape (B, T, vocab); on random tokens it returned "
+                     f"(2, {prepare.MAX_SEQ_LEN}, 3)"), error
+
+
 def test_numbers_in_an_evaluation_error_are_withheld_but_names_stay():
     assert withheld("index 4521 is out of bounds at 0x7f3a; float32 conv2d bf16 -12, changed by 1.5e-05.") == \
         "index # is out of bounds at #; float32 conv2d bf16 -#, changed by #."
