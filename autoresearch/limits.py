@@ -222,6 +222,16 @@ def _parents():
     return parents
 
 
+def swap_unbounded():
+    """Whether a run past its memory limit would swap rather than be killed: swap is on, and the memory
+    controller does not account it."""
+    parents = _parents() if available("memory") else {}
+    if "memory" not in parents or len(_read("/proc/swaps").splitlines()) <= 1:
+        return False
+    accounts = ("memory.memsw.limit_in_bytes", "memory.swap.max")
+    return not any(os.path.exists(os.path.join(parents["memory"][1], name)) for name in accounts)
+
+
 def all_runs():
     """A Group standing for every run of this harness process together (their parent groups; its CPU
     account counts theirs), or None. Never to remove: the runs' own groups are."""

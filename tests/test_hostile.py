@@ -726,6 +726,8 @@ raise SystemExit(3)
 def test_a_run_that_fills_the_memory_is_killed_inside_its_group(campaign, monkeypatch):
     """The kernel's OOM killer acts inside the run's group: the run ends, the harness and its evaluator
     go on (the score a run's processes start with, oom_score_adj 1000, it may lower to 0; not the group)."""
+    if limits.swap_unbounded():
+        pytest.skip("swap is on and not accounted by the memory controller: past its limit a run swaps")
     monkeypatch.setattr(limits, "MEMORY_RESERVE", (limits.memory_total() - (768 << 20), 0))
     body = """
 with open("/proc/self/oom_score_adj", "w") as f:
