@@ -125,6 +125,8 @@ def _places():
     for controller in CONTROLLERS:
         if controller in mounts_v1:
             base = os.path.join(mounts_v1[controller], own_v1.get(controller, ""))
+            if not os.path.isdir(base):  # a container shown its own group as the mount's root
+                base = mounts_v1[controller]
             if os.path.isdir(base) and os.access(base, os.W_OK):
                 places[controller] = (1, base)
             else:
