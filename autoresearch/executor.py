@@ -202,6 +202,9 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed, placement,
                                     compile_cache)
         group = limits.Group.make(memory_share=(placement or {}).get("memory_share"))
+        if group is not None and limits.swap_unbounded():
+            _warn_once("warning: swap is on and the memory controller does not count it: a run past its memory "
+                       "limit swaps (and slows the machine) instead of being stopped")
         argv = limits.command(argv, group, WRITE_LIMIT)
         launched = time.time()
         with open(log_path, "wb") as log:
