@@ -961,6 +961,33 @@ def test_training_after_saying_the_export_started_is_not_judged(campaign):
     campaign.assert_untouched()
 
 
+def test_children_the_kernel_reaps_do_not_make_the_machine_look_busy(campaign):
+    """A starved run may say it trained past its budget (one step can take any time): train.py ignores
+    SIGCHLD, so the kernel reaps its children and charges their CPU to no process of the harness's, and
+    keeps short-lived burners running while it trains three budgets and says so. Its control group's
+    CPU account counts them as the run's own: not starved, past the budget, invalid."""
+    burn = textwrap.dedent("""
+        import signal as _signal, threading as _threading
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
+        def _burn():
+            while True:
+                for _ in range(os.cpu_count() or 1):
+                    if os.fork() == 0:
+                        _end = time.time() + 0.3
+                        while time.time() < _end:
+                            pass
+                        os._exit(0)
+                time.sleep(0.3)
+        _threading.Thread(target=_burn, daemon=True).start()
+        TIME_BUDGET = 3 * TIME_BUDGET
+        """)
+    hostile = before_the_clock(burn)
+    row = campaign.attack(hostile, "children reaped by the kernel")
+    assert row["status"] in ("invalid", "timeout"), (row["status"], row["cause"], row["cpu_share_others"])
+    assert not row["starved"], row["cpu_share_others"]
+    campaign.assert_untouched()
+
+
 def test_processes_of_its_own_that_keep_the_machine_busy_buy_no_slack(campaign):
     """A busy machine widens the slack (contention.stretch): train.py starts CPU-burning processes of
     its own so the box looks busy, then trains 25 s before the clock as above. Its processes are
