@@ -210,12 +210,13 @@ def _parents():
         atexit.register(_rmdir, path)
         seen[(version, base)] = path
         parents[controller] = (version, path)
+    limit = memory_limit()
     for controller, (version, path) in parents.items():
         if controller == "pids":
             pid_max = int(_read("/proc/sys/kernel/pid_max").strip() or 32768)
             _write(os.path.join(path, "pids.max"), str(max(PIDS_MAX, int(pid_max * PIDS_SHARE))))
-        elif controller == "memory" and memory_limit():
-            _limit_memory(path, version, memory_limit())
+        elif controller == "memory" and limit is not None:
+            _limit_memory(path, version, limit)
     v2 = {path for version, path in parents.values() if version == 2}
     for path in v2:  # its runs' groups get the controllers
         wanted = [c for c, (version, p) in parents.items() if p == path and c != "cpuacct"]
@@ -227,31 +228,32 @@ def _parents():
 def swap_unbounded():
     """Whether a run past its memory limit would swap rather than be killed: swap is on, and the memory
     controller does not account it."""
-    parents = _parents() if available("memory") else {}
+    parents = _parents()
     if "memory" not in parents or len(_read("/proc/swaps").splitlines()) <= 1:
         return False
-    accounts = ("memory.memsw.limit_in_bytes", "memory.swap.max")
-    return not any(os.path.exists(os.path.join(parents["memory"][1], name)) for name in accounts)
+    version, path = parents["memory"]
+    return not os.path.exists(os.path.join(path, SWAP_LIMIT[version]))
 
 
 def all_runs():
     """A Group standing for every run of this harness process together (their parent groups; its CPU
     account counts theirs), or None. Never to remove: the runs' own groups are."""
-    parents = _parents() if _places()[0] else {}
+    parents = _parents()
     return Group({controller: path for controller, (_, path) in parents.items()}) if parents else None
+
+
+# by cgroup version: the file of a group's memory limit, and of its swap limit (where swap is accounted;
+# v1 counts memory and swap together, v2 swap alone)
+MEMORY_LIMIT = {1: "memory.limit_in_bytes", 2: "memory.max"}
+SWAP_LIMIT = {1: "memory.memsw.limit_in_bytes", 2: "memory.swap.max"}
 
 
 def _limit_memory(path, version, limit):
     """limit bytes of memory for the group at path, and no swap past it (where swap is accounted): at its
     limit a run is killed, not left to thrash the host's swap."""
-    if version == 1:
-        _write(os.path.join(path, "memory.limit_in_bytes"), str(limit))
-        if os.path.exists(os.path.join(path, "memory.memsw.limit_in_bytes")):
-            _write(os.path.join(path, "memory.memsw.limit_in_bytes"), str(limit))
-    else:
-        _write(os.path.join(path, "memory.max"), str(limit))
-        if os.path.exists(os.path.join(path, "memory.swap.max")):
-            _write(os.path.join(path, "memory.swap.max"), "0")
+    _write(os.path.join(path, MEMORY_LIMIT[version]), str(limit))
+    if os.path.exists(os.path.join(path, SWAP_LIMIT[version])):
+        _write(os.path.join(path, SWAP_LIMIT[version]), str(limit) if version == 1 else "0")
 
 
 class Group:
@@ -275,7 +277,7 @@ class Group:
 
     @classmethod
     def _make(cls, pids_max, memory_share):
-        parents = _parents() if _places()[0] else {}
+        parents = _parents()
         if not parents:
             return None
         name, paths = f"run-{uuid.uuid4().hex[:12]}", {}
@@ -287,9 +289,10 @@ class Group:
                 paths[controller] = path
             if "pids" in paths:
                 _write(os.path.join(paths["pids"], "pids.max"), str(pids_max or PIDS_MAX))
-            if "memory" in paths and memory_limit():
+            limit = memory_limit()
+            if "memory" in paths and limit is not None:
                 share = min(1.0, max(0.0, memory_share or 1.0))
-                _limit_memory(paths["memory"], parents["memory"][0], max(256 << 20, int(memory_limit() * share)))
+                _limit_memory(paths["memory"], parents["memory"][0], max(256 << 20, int(limit * share)))
                 if parents["memory"][0] == 2:
                     _write(os.path.join(paths["memory"], "memory.oom.group"), "1")  # a run goes whole
         except OSError:

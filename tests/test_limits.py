@@ -46,7 +46,7 @@ def test_a_run_gets_its_process_and_memory_limits():
     group = limits.Group.make(pids_max=17)
     try:
         assert open(os.path.join(group.paths["pids"], "pids.max")).read().strip() == "17"
-        memory = [name for name in ("memory.limit_in_bytes", "memory.max")
+        memory = [name for name in limits.MEMORY_LIMIT.values()
                   if os.path.exists(os.path.join(group.paths["memory"], name))]
         assert int(open(os.path.join(group.paths["memory"], memory[0])).read()) == limits.memory_limit()
         assert group.members() == []
@@ -58,7 +58,7 @@ def test_a_run_gets_its_process_and_memory_limits():
 def test_a_swarm_slots_run_may_hold_its_share_of_the_memory():
     group = limits.Group.make(memory_share=0.25)
     try:
-        memory = [os.path.join(group.paths["memory"], name) for name in ("memory.limit_in_bytes", "memory.max")
+        memory = [os.path.join(group.paths["memory"], name) for name in limits.MEMORY_LIMIT.values()
                   if os.path.exists(os.path.join(group.paths["memory"], name))]
         assert int(open(memory[0]).read()) == pytest.approx(limits.memory_limit() / 4, abs=1 << 20)
     finally:
