@@ -31,7 +31,8 @@ unsandboxed the next time the user starts it. Inside it has:
   and ~/.claude.json; ~/.codex or $CODEX_HOME): no link, device or file over CONFIG_FILE_LIMIT, at
   most CONFIG_TOTAL_LIMIT in all, without the history, session and log folders. Of what it changes,
   only its credentials file (.credentials.json, auth.json: a refreshed login) comes back, if it is a
-  JSON object of sane size and the host's is as it was, written by a rename with the original's mode;
+  JSON object of sane size with the keys and kinds of values it had, and the host's is as it was,
+  written by a rename with the original's mode (else a warning says why not);
 - writable: the scratch folder (its working directory) and that copy; private and in memory: /tmp
   (no experiment's or other proposal's folder) and the rest of $HOME;
 - hidden behind empty masks wherever a bind shows them: the data cache ($AUTORESEARCH_CACHE,
@@ -68,7 +69,6 @@ CONFIG_ENTRIES = 20_000         # nor past this many files and folders
 CREDENTIALS_LIMIT = 256 << 10   # a bigger credentials file is not copied back
 
 
-# -- a file the CLI may have replaced ------------------------------------------------------------
 def cli_environment(home):
     """The variables the sandboxed CLI gets: those it needs (CLI_ENV and the CLI_ENV_PREFIXES ones, CA
     bundles, the names in AUTORESEARCH_PASS_ENV), never an AUTORESEARCH_* one (where the data cache is,
