@@ -6,12 +6,12 @@ a quiet machine; a starved baseline makes every later change look like a gain. T
 over the training window (first batch to export):
 - the CPU share of everyone else: the machine's busy time (steal included: a noisy neighbour on a
   VM) minus the CPU time of this process and everything it started, over wall time x CPUs. The
-  experiment's own share is its control group's account where it has one (limits.py): a process it
-  starts and lets the kernel reap (its parent ignores SIGCHLD) is charged to no parent, and would
-  otherwise count as the others', widening the allowances a busy machine earns;
+  experiments' own share is their control groups' account where they have one (limits.all_runs): a
+  process a run starts and lets the kernel reap (its parent ignores SIGCHLD) is charged to no parent,
+  and would otherwise count as the others', widening the allowances a busy machine earns;
 - on CUDA, other processes holding a context on the experiment's GPU (nvidia-smi's own list).
 
-    watch = Watch(group=group)      # when training starts; group: the run's limits.Group, or None
+    watch = Watch(group=runs)       # when training starts; runs: a limits.Group (all_runs()), or None
     share, gpu_others = watch.stop()
 
 The numbers are the harness's own; train.py cannot change them.
