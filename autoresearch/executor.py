@@ -170,17 +170,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
     threads of a swarm's worker (sandbox.PLACEMENT_ENV); cancel: a threading.Event that stops the run
     (stopped = "cancelled") when set from another thread. compile_cache: the experiment's writable copy of
     its campaign's compile cache; eval_compile_cache: the trusted evaluator's (compilecache.py)."""
-    if sandboxed is None:
-        sandboxed = sandbox.bwrap_problem() is None
-        if not sandboxed:
-            print(f"warning: running unsandboxed: {sandbox.bwrap_problem()}", file=sys.stderr)
-    elif sandbox.bwrap_limits() is not None:
-        _warn_once(f"warning: the sandbox's /tmp and /dev/shm are unsized ({sandbox.bwrap_limits()}): "
-                   f"an experiment can fill half the memory with each")
-    if limits.unavailable() is not None:
-        _warn_once(f"warning: experiments run without some control groups ({limits.unavailable()}): without "
-                   f"pids a run can start processes until the machine has none left, without memory fill it")
-    outcome = Outcome(sandboxed=sandboxed, timeout_s=timeout)
+    outcome = Outcome(sandboxed=_sandboxed(sandboxed), timeout_s=timeout)
     eval_timeout = eval_timeout or max(600.0, timeout)
     startup_allowance, outcome.slack_s, outcome.outside_s, outcome.grace_s = allowances(time_budget)
     work = tempfile.mkdtemp(prefix="autoresearch-experiment-")
@@ -192,8 +182,8 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         sandbox.materialize(spec, repo, folder)
         os.chmod(folder, 0o555)
 
-        trusted = evaluator.Evaluator(folder, private, spec.profile, os.path.dirname(profile_dir), sandboxed,
-                                      placement, eval_compile_cache)
+        trusted = evaluator.Evaluator(folder, private, spec.profile, os.path.dirname(profile_dir),
+                                      outcome.sandboxed, placement, eval_compile_cache)
 
         def evaluate(message):
             return _evaluate(message, handoff, private, trusted, eval_timeout)
@@ -201,10 +191,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         ours, theirs = socket.socketpair()
         argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed, placement,
                                     compile_cache)
-        group = limits.Group.make(memory_share=(placement or {}).get("memory_share"))
-        if group is not None and limits.swap_unbounded():
-            _warn_once("warning: swap is on and the memory controller does not count it: a run past its memory "
-                       "limit swaps (and slows the machine) instead of being stopped")
+        group = _group(placement)
         argv = limits.command(argv, group, WRITE_LIMIT)
         launched = time.time()
         with open(log_path, "wb") as log:
@@ -215,54 +202,21 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         channel.start()
         if started:
             started(proc.pid, folder)
-        watch, measured_at = None, 0.0
+        clock = _Clock(launched, startup_allowance, time_budget, timeout)
         writable = [log_path, handoff] + ([compile_cache] if compile_cache else [])
-        disks = {path: _free_bytes(path) for path in (work, os.path.dirname(os.path.abspath(log_path)))}
-        while proc.poll() is None:
-            time.sleep(0.2)
-            now = time.time()
-            if tick and int(now * 5) % 5 == 0:
-                tick(launched)
-            if now - measured_at >= 1.0:
-                measured_at = now
-                # what the disks lost counts too: files it deleted but holds open, folders it made unreadable
-                (size, files), lost = disk_use(writable, FILE_LIMIT), _lost(disks)
-                if max(size, lost) > WRITE_LIMIT or files > FILE_LIMIT:
-                    outcome.stopped, outcome.written = "writes", (size, files, lost)
-                    break
-            watch = _watch_training(watch, channel, outcome, now, launched + startup_allowance, placement,
-                                    group=group)
-            outcome.stopped = "cancelled" if cancel is not None and cancel.is_set() else _overdue(
-                channel, now, launched, startup_allowance, time_budget, outcome.grace_s, timeout)
-            if outcome.stopped == "budget" and watch is not None:  # a busy machine widens the grace
-                grace = contention.stretch(outcome.grace_s, watch.peek())
-                outcome.stopped = _overdue(channel, now, launched, startup_allowance, time_budget, grace, timeout)
-            if outcome.stopped:
-                break
-        _watch_training(watch, channel, outcome, time.time(), launched + startup_allowance, placement, ended=True)
+        watched = _Watched(gpu=(placement or {}).get("CUDA_VISIBLE_DEVICES"),
+                           runs=limits.all_runs() if group is not None else None)
+        _supervise(proc, channel, outcome, clock, watched, writable, (work, os.path.dirname(os.path.abspath(log_path))),
+                   tick, cancel)
         kill_group(proc, grace=KILL_GRACE if outcome.stopped not in (None, "writes") else 0)
         ours.shutdown(socket.SHUT_RDWR)
         # a cancelled run does not wait for an evaluation in progress (the evaluator is stopped below)
         channel.join(timeout=1 if outcome.stopped == "cancelled" else eval_timeout + 10)
         outcome.returncode = proc.returncode
         outcome.wall_s = time.time() - launched
-        # as the run said (its start-up however long: the outside allowance bounds it), else the end of
-        # the start-up allowance
-        training_from = channel.training_at or launched + startup_allowance
-        outcome.startup_s = training_from - launched
-        if channel.handoff_at is not None:
-            outcome.handed_over = True
-            outcome.training_s = channel.exporting_at - training_from
-            outcome.export_s = channel.handoff_at - channel.exporting_at
-            outcome.handoff_s = channel.handoff_at - launched
-            result = channel.result or {}
-            outcome.val_bpb = result.get("val_bpb")
-            outcome.eval_error = result.get("error")
-            outcome.eval_ahead = result.get("ahead") is True
-            outcome.eval_s = (channel.evaluated_at or time.time()) - channel.handoff_at
-            if outcome.val_bpb is not None and eval_compile_cache:  # a kept run's: compiled ahead next time
-                model = os.path.join(private, "model.pt2")
-                outcome.program = compilecache.stash_program(eval_compile_cache, model)
+        _read_timings(outcome, channel, clock)
+        if outcome.val_bpb is not None and eval_compile_cache:  # a kept run's: compiled ahead next time
+            outcome.program = compilecache.stash_program(eval_compile_cache, os.path.join(private, "model.pt2"))
         return outcome
     finally:
         if proc is not None and proc.poll() is None:
@@ -277,12 +231,100 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         hostfiles.remove(work)  # whatever the run made of its hand-off (unreadable, deep) goes too
 
 
+def _sandboxed(sandboxed):
+    """Whether the run is sandboxed (None: when bubblewrap works), with a warning, once, for each
+    protection this machine cannot give."""
+    if sandboxed is None:
+        sandboxed = sandbox.bwrap_problem() is None
+        if not sandboxed:
+            print(f"warning: running unsandboxed: {sandbox.bwrap_problem()}", file=sys.stderr)
+    elif sandbox.bwrap_limits() is not None:
+        _warn_once(f"warning: the sandbox's /tmp and /dev/shm are unsized ({sandbox.bwrap_limits()}): "
+                   f"an experiment can fill half the memory with each")
+    if limits.unavailable() is not None:
+        _warn_once(f"warning: experiments run without some control groups ({limits.unavailable()}): without "
+                   f"pids a run can start processes until the machine has none left, without memory fill it")
+    return sandboxed
+
+
+def _group(placement):
+    """The run's own control groups (limits.Group), or None where this machine has none."""
+    group = limits.Group.make(memory_share=(placement or {}).get("memory_share"))
+    if group is not None and limits.swap_unbounded():
+        _warn_once("warning: swap is on and the memory controller does not count it: a run past its memory "
+                   "limit swaps (and slows the machine) instead of being stopped")
+    return group
+
+
+class _Clock(NamedTuple):
+    """When a run was launched, and the times its training is held to (seconds)."""
+    launched: float
+    startup_allowance: float
+    time_budget: float
+    timeout: float
+
+
+class _Watched(NamedTuple):
+    """What the contention watch of a run looks at: its GPU (CUDA_VISIBLE_DEVICES, or None) and the CPU
+    account of all this harness's runs (limits.all_runs(), or None where runs have no groups)."""
+    gpu: str
+    runs: object
+
+
+def _supervise(proc, channel, outcome, clock, watched, writable, disks, tick=None, cancel=None):
+    """Watch the running experiment until it ends or must be stopped (outcome.stopped says why): what
+    it writes to the host's disks (the `writable` paths, and what the disks of `disks` lose), how long
+    it trains, what other processes take meanwhile (outcome.cpu_share_others, gpu_others)."""
+    watch, measured_at = None, 0.0
+    free = {path: _free_bytes(path) for path in disks}
+    while proc.poll() is None:
+        time.sleep(0.2)
+        now = time.time()
+        if tick and int(now * 5) % 5 == 0:
+            tick(clock.launched)
+        if now - measured_at >= 1.0:
+            measured_at = now
+            # what the disks lost counts too: files it deleted but holds open, folders it made unreadable
+            (size, files), lost = disk_use(writable, FILE_LIMIT), _lost(free)
+            if max(size, lost) > WRITE_LIMIT or files > FILE_LIMIT:
+                outcome.stopped, outcome.written = "writes", (size, files, lost)
+                break
+        watch = _watch_training(watch, channel, outcome, now, clock.launched + clock.startup_allowance, watched)
+        outcome.stopped = "cancelled" if cancel is not None and cancel.is_set() else _overdue(
+            channel, now, clock, outcome.grace_s)
+        if outcome.stopped == "budget" and watch is not None:  # a busy machine widens the grace
+            outcome.stopped = _overdue(channel, now, clock, contention.stretch(outcome.grace_s, watch.peek()))
+        if outcome.stopped:
+            break
+    _watch_training(watch, channel, outcome, time.time(), clock.launched + clock.startup_allowance, watched,
+                    ended=True)
+
+
+def _read_timings(outcome, channel, clock):
+    """Fill the outcome's start-up, training, export and evaluation from what the channel saw."""
+    # as the run said (its start-up however long: the outside allowance bounds it), else the end of
+    # the start-up allowance
+    training_from = channel.training_at or clock.launched + clock.startup_allowance
+    outcome.startup_s = training_from - clock.launched
+    if channel.handoff_at is None:
+        return
+    outcome.handed_over = True
+    outcome.training_s = channel.exporting_at - training_from
+    outcome.export_s = channel.handoff_at - channel.exporting_at
+    outcome.handoff_s = channel.handoff_at - clock.launched
+    result = channel.result or {}
+    outcome.val_bpb = result.get("val_bpb")
+    outcome.eval_error = result.get("error")
+    outcome.eval_ahead = result.get("ahead") is True
+    outcome.eval_s = (channel.evaluated_at or time.time()) - channel.handoff_at
+
+
 @functools.lru_cache(maxsize=None)
 def _warn_once(message):
     print(message, file=sys.stderr)
 
 
-def _watch_training(watch, channel, outcome, now, startup_ends, placement=None, ended=False, group=None):
+def _watch_training(watch, channel, outcome, now, startup_ends, watched, ended=False):
     """Measure what other processes took from the start of the training (prepare.py's message, or the
     end of the start-up allowance) to its end (the export, or the run's end). Returns the watch while
     the training runs, else None."""
@@ -290,8 +332,7 @@ def _watch_training(watch, channel, outcome, now, startup_ends, placement=None, 
         training = channel.training_at is not None or now >= startup_ends
         if training and channel.exporting_at is None and not ended and outcome.cpu_share_others is None:
             # every run of this harness counts as its own (a swarm's sibling runs too), by their groups
-            return contention.Watch(gpu=(placement or {}).get("CUDA_VISIBLE_DEVICES"),
-                                    group=limits.all_runs() if group is not None else None)
+            return contention.Watch(gpu=watched.gpu, group=watched.runs)
         return None
     if channel.exporting_at is not None or ended:
         outcome.cpu_share_others, outcome.gpu_others = watch.stop()
@@ -299,16 +340,16 @@ def _watch_training(watch, channel, outcome, now, startup_ends, placement=None, 
     return watch
 
 
-def _overdue(channel, now, launched, startup_allowance, time_budget, grace, timeout):
+def _overdue(channel, now, clock, grace):
     """Why the run must be stopped now ("budget", "export", "timeout"), or None."""
-    training_from = min(channel.training_at or now, launched + startup_allowance)
+    training_from = min(channel.training_at or now, clock.launched + clock.startup_allowance)
     if channel.handoff_at is None:
-        if channel.exporting_at is None and now > training_from + time_budget + grace:
+        if channel.exporting_at is None and now > training_from + clock.time_budget + grace:
             return "budget"
         if channel.exporting_at is not None and now > channel.exporting_at + EXPORT_ALLOWANCE:
             return "export"
     evaluating = (channel.evaluated_at or now) - channel.handoff_at if channel.handoff_at else 0.0
-    return "timeout" if now - launched - evaluating > timeout else None
+    return "timeout" if now - clock.launched - evaluating > clock.timeout else None
 
 
 def _evaluate(message, handoff, private, trusted, timeout):
