@@ -624,6 +624,8 @@ class _Experiment:
         checkout, ledger, tag = self.checkout, self.ledger, self.tag
         # 1. checks (Ctrl-C simply stops here; nothing changes but fixed files an index flag hid)
         self.signals.arm()
+        if ledger_cols["proposer"] == "manual":
+            self.check_uncommitted()
         campaign = ledger.campaign(tag) or {}
         base = campaign.get("base_commit") or gitutil.head(checkout)
         rules, fingerprint, cause = self.check_integrity(campaign, base)
@@ -717,6 +719,21 @@ class _Experiment:
         if self.signals.pending:
             raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
         return row
+
+    def check_uncommitted(self):
+        """RunError (an event in the ledger, nothing committed, moved or removed) when the checkout holds
+        uncommitted changes other than train.py: `autoresearch run` commits everything it runs, and an
+        experiment may change train.py only. (A loop's proposers are checked by the loop; what is
+        committed already is judged by check_integrity, and recorded invalid.)"""
+        untracked = set(gitutil.untracked_paths(self.checkout))
+        others = sorted(set(gitutil.dirty_paths(self.checkout)) - {"train.py"})
+        if not others:
+            return
+        listed = ", ".join(p + (" (untracked)" if p in untracked else " (modified)") for p in others[:5])
+        listed += f" and {len(others) - 5} more" if len(others) > 5 else ""
+        self.ledger.event(self.tag, "refused", f"uncommitted changes other than train.py: {listed}", self.worker)
+        raise RunError(f"uncommitted changes other than train.py: {listed}; an experiment changes train.py only: "
+                       f"restore them (git checkout -- FILE), move them away, or list them in .git/info/exclude")
 
     def check_integrity(self, campaign, base):
         """(rules, data fingerprint, cause): cause None when only train.py differs from the campaign's base

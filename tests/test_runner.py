@@ -442,11 +442,12 @@ def test_default_timeout_is_twice_the_budget_plus_a_margin(repo, short_budget):
 
 
 # -- integrity -----------------------------------------------------------------------------------------
-def test_edit_to_prepare_is_invalid_and_reverted(repo):
+def test_a_committed_edit_to_prepare_is_invalid_and_reverted(repo):
     baseline = run(repo, "baseline")
     prepare = (repo / "prepare.py").read_text()
     (repo / "prepare.py").write_text(prepare + "\nEVAL_TOKENS = 1\n")
     (repo / "train.py").write_text(fake_train(0.5))
+    git(repo, "commit", "-qam", "shrink the eval")
     row = run(repo, "shrink the eval")
     assert row["status"] == "invalid" and row["cause"] == "changed files other than train.py: prepare.py"
     assert row["log_path"] is None and row["val_bpb"] is None  # never ran
@@ -457,9 +458,36 @@ def test_edit_to_prepare_is_invalid_and_reverted(repo):
     assert Ledger(repo=repo).best("t") == 1.0
 
 
-def test_new_untracked_file_is_invalid_and_removed(repo):
+def test_an_uncommitted_edit_to_prepare_is_refused_and_left_in_place(repo):
+    baseline = run(repo, "baseline")
+    edited = (repo / "prepare.py").read_text() + "\nEVAL_TOKENS = 1\n"
+    (repo / "prepare.py").write_text(edited)
+    (repo / "train.py").write_text(fake_train(0.5))
+    with pytest.raises(runner.RunError, match=r"other than train.py: prepare.py \(modified\);"):
+        run(repo, "shrink the eval")
+    assert [r["id"] for r in Ledger(repo=repo).experiments()] == [baseline["id"]]
+    assert git(repo, "rev-parse", "HEAD") == baseline["commit_sha"]
+    assert (repo / "prepare.py").read_text() == edited and (repo / "train.py").read_text() == fake_train(0.5)
+    assert "prepare.py (modified)" in Ledger(repo=repo).events("t")[-1]["message"]
+
+
+def test_an_untracked_file_is_refused_and_left_in_place(repo):
+    run(repo, "baseline")
+    (repo / "notes.txt").write_text("my notes\n")
+    (repo / "train.py").write_text(fake_train(0.5))
+    result = cli(repo, "run", "-m", "halve the batch")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: uncommitted changes other than train.py: notes.txt (untracked);")
+    assert len(result.stderr.splitlines()) == 1
+    assert (repo / "notes.txt").read_text() == "my notes\n" and (repo / "train.py").read_text() == fake_train(0.5)
+    assert len(Ledger(repo=repo).experiments()) == 1
+
+
+def test_a_committed_new_file_is_invalid_and_removed(repo):
     run(repo, "baseline")
     (repo / "helper.py").write_text("SECRET = 1\n")
+    git(repo, "add", "helper.py")
+    git(repo, "commit", "-qm", "helper module")
     row = run(repo, "helper module")
     assert row["status"] == "invalid" and "helper.py" in row["cause"] and not (repo / "helper.py").exists()
     assert "SECRET = 1" in git(repo, "show", f"{row['commit_sha']}:helper.py")
