@@ -109,12 +109,16 @@ MAX_MESSAGE_CHARS = 1 << 16   # characters one may have
 
 class _Channel(threading.Thread):
     """The harness's end of the socket train.py's prepare.py talks to: records the training start,
-    takes the hand-off, runs the trusted evaluation and answers with its val_bpb."""
+    takes the hand-off, runs the trusted evaluation and answers with its val_bpb. take(message) copies
+    the model out of the run's reach: (path, None) or (None, what is wrong); evaluate(path, message)
+    gives the evaluator's reply."""
 
-    def __init__(self, sock, evaluate):
+    def __init__(self, sock, take, evaluate):
         super().__init__(daemon=True)
-        self.sock, self.evaluate = sock, evaluate
-        self.training_at = self.exporting_at = self.handoff_at = self.evaluated_at = None
+        self.sock, self.take, self.evaluate = sock, take, evaluate
+        # handoff_at: the run asked; copied_at: the harness holds its copy of the model. The run trains on
+        # meanwhile if it likes (and may rewrite what is not copied yet): the hand-off ends at copied_at.
+        self.training_at = self.exporting_at = self.handoff_at = self.copied_at = self.evaluated_at = None
         self.result = None
         self.events = []
 
@@ -138,12 +142,7 @@ class _Channel(threading.Thread):
                 elif event == "model" and self.handoff_at is None:
                     self.handoff_at = time.time()
                     self.exporting_at = self.exporting_at or self.handoff_at
-                    try:
-                        self.result = self.evaluate(message)
-                    except Exception as e:  # a model file it cannot read or copy: the run's fault, said
-                        self.result = {"error": f"the model could not be taken over ({type(e).__name__}: {e})"}
-                    finally:  # the run's clock goes on again
-                        self.evaluated_at = time.time()
+                    self.result = self._take_and_evaluate(message)
                     # what the run needs back, no more: how long its evaluation took would say which
                     # path the program took on the validation rows
                     said = {k: v for k, v in self.result.items() if k in ("val_bpb", "error")}
@@ -159,6 +158,20 @@ class _Channel(threading.Thread):
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def _take_and_evaluate(self, message):
+        try:
+            model, error = self.take(message)
+        except Exception as e:  # a model file it cannot read or copy: the run's fault, said
+            model, error = None, f"the model could not be taken over ({type(e).__name__}: {e})"
+        finally:
+            self.copied_at = time.time()
+        try:
+            return {"error": error} if error else self.evaluate(model, message)
+        except Exception as e:
+            return {"error": f"the model could not be evaluated ({type(e).__name__}: {e})"}
+        finally:  # the run's clock goes on again
+            self.evaluated_at = time.time()
 
 
 def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=None, tick=None, sandboxed=None,
@@ -185,8 +198,11 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         trusted = evaluator.Evaluator(folder, private, spec.profile, os.path.dirname(profile_dir),
                                       outcome.sandboxed, placement, eval_compile_cache)
 
-        def evaluate(message):
-            return _evaluate(message, handoff, private, trusted, eval_timeout)
+        def take(message):
+            return take_over(message, handoff, private)
+
+        def evaluate(model, message):
+            return _evaluate(model, message, trusted, eval_timeout)
 
         ours, theirs = socket.socketpair()
         argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed, placement,
@@ -198,7 +214,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
             proc = subprocess.Popen(argv, cwd=folder, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=True, pass_fds=(theirs.fileno(),))
         theirs.close()
-        channel = _Channel(ours, evaluate)
+        channel = _Channel(ours, take, evaluate)
         channel.start()
         if started:
             started(proc.pid, folder)
@@ -310,13 +326,14 @@ def _read_timings(outcome, channel, clock):
         return
     outcome.handed_over = True
     outcome.training_s = channel.exporting_at - training_from
-    outcome.export_s = channel.handoff_at - channel.exporting_at
-    outcome.handoff_s = channel.handoff_at - clock.launched
+    # to the end of the harness's copy: a run may go on training while it lasts (a large or sparse file)
+    outcome.export_s = channel.copied_at - channel.exporting_at
+    outcome.handoff_s = channel.copied_at - clock.launched
     result = channel.result or {}
     outcome.val_bpb = result.get("val_bpb")
     outcome.eval_error = result.get("error")
     outcome.eval_ahead = result.get("ahead") is True
-    outcome.eval_s = (channel.evaluated_at or time.time()) - channel.handoff_at
+    outcome.eval_s = (channel.evaluated_at or time.time()) - channel.copied_at
 
 
 @functools.lru_cache(maxsize=None)
@@ -343,20 +360,17 @@ def _watch_training(watch, channel, outcome, now, startup_ends, watched, ended=F
 def _overdue(channel, now, clock, grace):
     """Why the run must be stopped now ("budget", "export", "timeout"), or None."""
     training_from = min(channel.training_at or now, clock.launched + clock.startup_allowance)
-    if channel.handoff_at is None:
-        if channel.exporting_at is None and now > training_from + clock.time_budget + grace:
-            return "budget"
-        if channel.exporting_at is not None and now > channel.exporting_at + EXPORT_ALLOWANCE:
-            return "export"
-    evaluating = (channel.evaluated_at or now) - channel.handoff_at if channel.handoff_at else 0.0
+    if channel.exporting_at is None and now > training_from + clock.time_budget + grace:
+        return "budget"
+    # the export until the harness holds its copy of the model (a run may train on while it copies)
+    if channel.exporting_at is not None and channel.copied_at is None and now > channel.exporting_at + EXPORT_ALLOWANCE:
+        return "export"
+    evaluating = (channel.evaluated_at or now) - channel.copied_at if channel.copied_at else 0.0
     return "timeout" if now - clock.launched - evaluating > clock.timeout else None
 
 
-def _evaluate(message, handoff, private, trusted, timeout):
-    """Take the handed-over model out of the experiment's reach, then evaluate it."""
-    model, error = take_over(message, handoff, private)
-    if error:
-        return {"error": error}
+def _evaluate(model, message, trusted, timeout):
+    """Evaluate the model the harness took out of the experiment's reach."""
     reply = trusted.evaluate(model, message["batch_size"], timeout)
     if "val_bpb" in reply and not isinstance(reply["val_bpb"], (int, float)):
         return {"error": "the evaluator returned no number"}

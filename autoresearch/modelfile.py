@@ -74,6 +74,9 @@ def check_archive(path):
     torch.export.load to read; Rejected when it holds what that loader would run code from."""
     import io
     import torch
+    with open(path, "rb") as f:  # zipfile reads past bytes in front of the first entry; torch writes none
+        if f.read(4) != b"PK\x03\x04":
+            raise Rejected("the model file is not a torch.export archive (it does not start with a zip entry)")
     try:
         archive = zipfile.ZipFile(path)
         names = archive.namelist()

@@ -292,3 +292,14 @@ def test_input_guards_about_sizes_are_accepted_and_nothing_else():
                                   "Symbol('__import__')", "Float(chr(49))", "Mul(s0, open)", "(lambda: 1)()"])
 def test_code_written_as_a_shape_expression_is_not_one(text):
     assert not safe_expression(text)
+
+
+def test_a_model_file_with_bytes_before_its_first_entry_is_refused(tmp_path):
+    """zipfile reads an archive behind any prefix (a sparse pad a run rewrites while the harness copies
+    the file); torch.export.save writes none, so a prefix is refused, whatever follows it."""
+    honest = honest_archive(tmp_path).read_bytes()
+    path = tmp_path / "model.pt2"
+    path.write_bytes(b"\0" * 4096 + honest)
+    assert zipfile.ZipFile(path).namelist()  # Python's zipfile still finds the archive
+    with pytest.raises(Rejected, match="does not start with a zip entry"):
+        load_program(str(path))

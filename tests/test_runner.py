@@ -248,10 +248,15 @@ def test_a_model_file_that_is_not_a_regular_file_is_never_opened_as_one(tmp_path
     assert not os.listdir(private)
 
 
+def channel_answering(sock, reply):
+    """The harness's end of a hand-off socket whose copy and evaluation give `reply` at once."""
+    return executor._Channel(sock, take=lambda message: ("model.pt2", None), evaluate=lambda model, message: reply)
+
+
 def test_a_message_without_an_end_ends_the_conversation_before_it_fills_the_harness(tmp_path):
     """One endless line on the hand-off socket would be read into the harness's memory whole."""
     ours, theirs = socket.socketpair()
-    channel = executor._Channel(ours, evaluate=lambda message: {"val_bpb": 1.0})
+    channel = channel_answering(ours, {"val_bpb": 1.0})
     channel.start()
     theirs.sendall(json.dumps({"event": "training"}).encode() + b"\n")
     try:
@@ -267,13 +272,37 @@ def test_the_run_hears_back_its_val_bpb_and_nothing_of_how_the_evaluation_went(t
     """How long the evaluation took would tell the run which path its program took on the validation
     rows; the harness keeps that to itself."""
     ours, theirs = socket.socketpair()
-    channel = executor._Channel(ours, evaluate=lambda message: {"val_bpb": 1.25, "seconds": 3.21, "ahead": True})
+    channel = channel_answering(ours, {"val_bpb": 1.25, "seconds": 3.21, "ahead": True})
     channel.start()
     theirs.sendall(json.dumps({"event": "model", "file": "model.pt2", "batch_size": 4}).encode() + b"\n")
     reply = theirs.makefile("r").readline()
     assert json.loads(reply) == {"val_bpb": 1.25} and channel.result["seconds"] == 3.21
     theirs.close()
     channel.join(10)
+
+
+def test_the_hand_off_ends_when_the_harness_holds_its_copy_of_the_model():
+    """A run may go on training while the harness copies its model (a sparse pad in front of the archive
+    makes a copy of seconds, and the run rewrites what is not copied yet): the copy counts as the run's
+    export, within the time outside training the rules allow, not as the harness's evaluation."""
+    ours, theirs = socket.socketpair()
+
+    def slow_copy(message):
+        time.sleep(1.0)
+        return "model.pt2", None
+
+    channel = executor._Channel(ours, take=slow_copy, evaluate=lambda model, message: {"val_bpb": 1.0})
+    launched = time.time()
+    channel.start()
+    for event in ("training", "exporting"):
+        theirs.sendall(json.dumps({"event": event}).encode() + b"\n")
+    theirs.sendall(json.dumps({"event": "model", "file": "model.pt2", "batch_size": 4}).encode() + b"\n")
+    assert json.loads(theirs.makefile("r").readline()) == {"val_bpb": 1.0}
+    theirs.close()
+    channel.join(10)
+    outcome = executor.Outcome()
+    executor._read_timings(outcome, channel, executor._Clock(launched, 10.0, 3.0, 100.0))
+    assert outcome.export_s >= 1.0 and outcome.handoff_s >= 1.0 and outcome.eval_s < 0.5
 
 
 def test_a_kept_log_is_cut_to_its_last_bytes(tmp_path, monkeypatch):
