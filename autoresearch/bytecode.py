@@ -124,12 +124,13 @@ def _read(path):
         return None
 
 
-def sandbox_args(folder):
+def sandbox_args(folder, inside=None):
     """bubblewrap arguments that give a sandboxed Python, and the processes it starts, the bytecode
-    folder, read-only."""
+    folder, read-only, at `inside` (default: where it is; the sources' paths name the files in it)."""
     if not folder:
         return []
-    return ["--ro-bind", folder, folder, "--setenv", "PYTHONPYCACHEPREFIX", folder]
+    inside = inside or folder
+    return ["--ro-bind", folder, inside, "--setenv", "PYTHONPYCACHEPREFIX", inside]
 
 
 def python_args(folder):

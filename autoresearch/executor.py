@@ -206,7 +206,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
 
         ours, theirs = socket.socketpair()
         argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed, placement,
-                                    compile_cache)
+                                    compile_cache, hidden=_harness_folders(repo, log_path))
         group = _group(placement)
         argv = limits.command(argv, group, WRITE_LIMIT)
         launched = time.time()
@@ -245,6 +245,14 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         if trusted is not None:
             trusted.close()
         hostfiles.remove(work)  # whatever the run made of its hand-off (unreadable, deep) goes too
+
+
+def _harness_folders(repo, log_path):
+    """The harness's folders an experiment must not see (sandbox.command hides them wherever a bind would
+    show them): the checkout (its ledger, compile caches, results), the run log's, the temporary folder
+    (other experiments' hand-offs and workspaces)."""
+    folders = [os.path.dirname(os.path.abspath(log_path)), tempfile.gettempdir()]
+    return tuple(folders + ([os.path.abspath(repo)] if repo else []))
 
 
 def _sandboxed(sandboxed):

@@ -45,6 +45,7 @@ PEAK_FLOPS = "peak_flops.json"  # prepare.py's note of this machine's peak FLOP/
 INSIDE_EXPERIMENT = "/autoresearch/experiment"
 INSIDE_CACHE = "/autoresearch/cache"
 INSIDE_HANDOFF = "/autoresearch/handoff"
+INSIDE_BYTECODE = "/autoresearch/bytecode"  # the harness's bytecode folder (bytecode.py), in the data cache outside
 # environment variables an experiment keeps (everything else, API keys included, is dropped)
 ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
             "NVIDIA_DRIVER_CAPABILITIES", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
@@ -272,20 +273,40 @@ def environment(spec, cache, handoff_fd, handoff_dir, placement=None, compile_ca
     return env
 
 
-def base_args():
+def base_args(hidden=()):
     """bubblewrap with no network, its own PID namespace, a clean environment, the system and Python
     read-only, the validation text of installed packages hidden, private /tmp, $HOME and /dev/shm
     of at most SCRATCH_BYTES each, and no capabilities: bubblewrap started by root keeps them all for
     the process inside, whose CAP_SYS_ADMIN would remount every read-only bind writable and unmount
-    every mask (the experiment folder's prepare.py, which the evaluator imports; the hidden text)."""
-    args = isolated() + ["--clearenv"] + _system()[0]
+    every mask (the experiment folder's prepare.py, which the evaluator imports; the hidden text).
+    The folders of `hidden` (the harness's own: the data cache, the checkout, its temporary folder) are
+    empty wherever the system's or Python's binds would show them (a cache under /opt, a checkout under
+    /usr/local); a Python inside one of them (a checkout's .venv) still shows."""
+    system, shows = _system()
+    args = isolated() + ["--clearenv"] + system
     # a private /tmp first: what is bound after it (a virtual environment under /tmp) shows through
     args += sized(SCRATCH_BYTES) + ["--tmpfs", "/tmp", "--dir", "/tmp/home"]
-    for root in _python_roots():
-        args += ["--ro-bind", root, root]
+    roots = _python_roots()
+    places = shown_at(hidden, shows + [(root, root) for root in roots])
+    # a folder before what lies in it: a mask above a Python lets its bind show, a bind above a mask is hidden
+    layers = [(root, ["--ro-bind", root, root]) for root in roots] + [(place, ["--tmpfs", place]) for place in places]
+    args += [arg for _, layer in sorted(layers, key=lambda layer: _depth(layer[0])) for arg in layer]
+    for place in places:
+        args += ["--remount-ro", place]
     for hidden in hidden_text():
         args += ["--tmpfs", hidden, "--remount-ro", hidden]
     return args + private_dev(gpu_nodes()) + proc_args()
+
+
+def shown_at(folders, shows):
+    """Where inside the folders (that exist) show through the binds of `shows`, (real path, path
+    inside) pairs whose source holds them."""
+    places = set()
+    for folder in folders:
+        real = os.path.realpath(folder)
+        if os.path.isdir(real):
+            places.update(inside + real[len(source):] for source, inside in shows if within(real, source))
+    return sorted(places, key=_depth)
 
 
 def isolated():
@@ -343,13 +364,17 @@ def bwrap_limits():
     return None
 
 
-def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, placement=None, compile_cache=None):
+def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, placement=None, compile_cache=None,
+            hidden=()):
     """(argv, env) to run the experiment's train.py, in bubblewrap when sandboxed (env None: bwrap sets it).
-    compile_cache: the experiment's own writable copy of its campaign's compile cache (compilecache.py)."""
+    compile_cache: the experiment's own writable copy of its campaign's compile cache (compilecache.py);
+    hidden: the harness's folders (its checkout, its temporary folder) beside the data cache, which the
+    sandbox hides wherever a bind would show them (base_args)."""
     if not sandboxed:
         env = environment(spec, os.path.dirname(profile_dir), handoff_fd, handoff_dir, placement, compile_cache)
         return [sys.executable, "train.py"], env
-    args = base_args() + sized(CACHE_SCRATCH_BYTES) + ["--tmpfs", INSIDE_CACHE]
+    args = base_args(hidden=(os.path.dirname(profile_dir), *hidden)) + sized(CACHE_SCRATCH_BYTES)
+    args += ["--tmpfs", INSIDE_CACHE]
     inside_profile = f"{INSIDE_CACHE}/{os.path.basename(profile_dir)}"
     for outside, name in training_files(profile_dir):
         args += ["--ro-bind", outside, f"{inside_profile}/{name}"]
@@ -363,7 +388,7 @@ def command(spec, folder, profile_dir, handoff_dir, handoff_fd, sandboxed=True, 
              "--chdir", INSIDE_EXPERIMENT]
     if compile_cache:
         args += ["--bind", compile_cache, compilecache.INSIDE]
-    args += bytecode.sandbox_args(python_bytecode(os.path.dirname(profile_dir)))
+    args += bytecode.sandbox_args(python_bytecode(os.path.dirname(profile_dir)), inside=INSIDE_BYTECODE)
     inside_compile_cache = compilecache.INSIDE if compile_cache else None
     for key, value in sorted(environment(spec, INSIDE_CACHE, handoff_fd, INSIDE_HANDOFF, placement,
                                          inside_compile_cache).items()):

@@ -170,3 +170,34 @@ def test_the_kernels_settings_and_triggers_are_read_only_inside():
     seen = dict(line.split() for line in proc.stdout.splitlines())
     assert seen["/proc/sys/kernel/core_pattern"] == seen["/proc/sys/kernel/hostname"] == "EROFS", proc.stdout + proc.stderr
     assert seen["/proc/sysrq-trigger"] in ("EROFS", "ENOENT")  # a kernel without magic SysRq has none
+
+
+def test_the_data_cache_and_the_checkout_are_hidden_where_a_bind_would_show_them(tmp_path, smoke_cache,
+                                                                                monkeypatch):
+    """Everything under one folder the sandbox shows read-only (a container's /opt holding the Python, the
+    data cache and the checkout): the cache's validation rows and the checkout's ledger and kept model
+    must not show there, while the Python inside it still runs."""
+    import shutil
+    from conftest import ROOT
+    opt = tmp_path / "opt"
+    cache, checkout = opt / "cache", opt / "app"
+    shutil.copytree(os.path.join(smoke_cache, "smoke"), cache / "smoke")
+    (checkout / ".autoresearch").mkdir(parents=True)
+    (checkout / ".autoresearch" / "ledger.sqlite").write_text("every experiment")
+    roots = sandbox._python_roots()
+    monkeypatch.setattr(sandbox, "_python_roots", lambda: roots + [str(opt)])
+    folder, handoff = tmp_path / "exp", tmp_path / "handoff"
+    folder.mkdir(), handoff.mkdir()
+    for name in sandbox.FIXED_FILES:
+        (folder / name).write_bytes((ROOT / name).read_bytes())
+    (folder / "train.py").write_text(f"import os\nprint(os.path.isdir({str(opt)!r}), os.listdir({str(cache)!r}), "
+                                     f"os.listdir({str(checkout)!r}), sorted(os.listdir('/autoresearch/cache/smoke')))\n")
+    assert "val_rows.npy" in os.listdir(cache / "smoke")  # outside: the validation rows are there
+    spec = sandbox.Spec(train_py="", base_commit="0" * 40, profile="smoke")
+    argv, _ = sandbox.command(spec, str(folder), str(cache / "smoke"), str(handoff), 5, sandboxed=True,
+                              hidden=(str(checkout),))
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    shown, cache_inside, checkout_inside, training = proc.stdout.strip().split(" ", 3)
+    assert (shown, cache_inside, checkout_inside) == ("True", "[]", "[]")
+    assert "train_tokens.npy" in training and "val_rows.npy" not in training  # what training needs, no more
