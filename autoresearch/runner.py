@@ -795,9 +795,11 @@ class _Experiment:
             status = "crash"
         else:
             status, cause = self.judge(outcome, state, fingerprint, claims(text), text)
-            if status in ("keep", "discard"):
+            if status == "keep":  # judged on its trusted val_bpb
                 val = outcome.val_bpb
                 status = "keep" if is_baseline or best is None or val < best - threshold else "discard"
+            elif status == "discard" and is_baseline:  # judged, never a gain: the campaign's own train.py
+                status, cause = "keep", None             # sets the bar (its starved flag says how it ran)
         if status == "invalid" or (decide and status != "keep"):
             revert(checkout, tag, commit, start)
         cols = result_columns(outcome, text, status, seed=self.ledger.experiment(exp_id)["seed"])
@@ -831,7 +833,8 @@ class _Experiment:
 
 def judge_outcome(outcome, claimed, text, time_budget):
     """(status, cause) of a run from what the executor measured (outcome) and what train.py printed
-    (claimed: its summary's numbers; text: its log); "keep" stands for "judged on its trusted val_bpb".
+    (claimed: its summary's numbers; text: its log); "keep" stands for "judged on its trusted val_bpb",
+    "discard" for judged but never kept (a starved run that trained past its budget).
     Every executor's result goes through here, wherever it ran."""
     if outcome.stopped == "cancelled":
         return "crash", "interrupted: the run was cancelled"
@@ -871,7 +874,8 @@ def judge_outcome(outcome, claimed, text, time_budget):
                            "says it had against the budget and its own clock")
     last_step = contention.stretch(max(LAST_STEP, LAST_STEP_SHARE * time_budget), outcome.cpu_share_others)
     starved = contention.starved(outcome.cpu_share_others, outcome.gpu_others)
-    if said > time_budget + last_step and not starved:  # starved, one step can take any time: it says so
+    past_budget = said > time_budget + last_step
+    if past_budget and not starved:
         return "invalid", f"trained {said:g} s by its own count: past the budget of {time_budget:g} s"
     if measured is not None:
         if said > measured + CLAIM_TOLERANCE:
@@ -889,6 +893,10 @@ def judge_outcome(outcome, claimed, text, time_budget):
             return "invalid", (f"handed its model over {outcome.handoff_s:.1f} s after launch for {said:g} s of "
                                f"training by its own count: more than {outside:.1f} s outside training "
                                f"(start-up, untimed first steps, export{'; measured: ' + where if where else ''})")
+    if past_budget:  # starved, one step can take any time: judged, but more training never wins a keep
+        others = contention.describe(dict(cpu_share_others=outcome.cpu_share_others, gpu_others=outcome.gpu_others))
+        return "discard", (f"trained {said:g} s by its own count while starved ({others}): past the budget of "
+                           f"{time_budget:g} s, so it is not kept; re-run it on a quieter machine")
     return "keep", None
 
 
@@ -1011,5 +1019,6 @@ def register(subparsers):
                    help="kill the run after S seconds (default: 2 x the profile's TIME_BUDGET + 120)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (env AUTORESEARCH_SEED; default 42)")
     p.add_argument("--threshold", type=float, metavar="D",
-                   help="keep only if val_bpb < best - D (default: the campaign's max(min_delta, 2 x noise std), else 0)")
+                   help="keep only if val_bpb < best - D (default: the campaign's max(min_delta, 2 x noise std), "
+                        "else 0); a negative D keeps a result up to -D worse (a simplification worth having)")
     p.set_defaults(func=cmd_run)
