@@ -15,13 +15,15 @@ from pathlib import Path
 
 from autoresearch import gitutil
 from autoresearch.ledger import STATUSES
-from autoresearch.report import ReportError, is_failed, open_ledger, short, summarize
+from autoresearch.report import FAILED, ReportError, is_failed, mark_baselines, open_ledger, short, summarize
 
 # train.py's progress line, e.g. "step 00042 (13.9%) | loss: 5.123456 | ... | remaining: 258s",
 # newline-terminated in a log file, rewritten in place with '\r' on a terminal
 PROGRESS = re.compile(r"^step (\d+) \((\d+(?:\.\d+)?)%\).*\| remaining: (\d+)s")
 BAR_WIDTH = 30
 LAST_RESULTS = 5
+VAL_WIDTH = 8  # "1.234567"; a failed run's word ("crashed", "timeout", "invalid") lines up with it
+FAILED_WORDS = {"crash": "crashed"}  # a failed run's val column: its status, "crash" as "crashed"
 CLEAR = "\x1b[H\x1b[2J"
 
 
@@ -87,9 +89,16 @@ def running_line(row, now):
     return f"{head}  {tail}  {timing}".rstrip()
 
 
+def val_text(row):
+    """The val column: val_bpb, or why there is none (crashed, timeout, invalid; n/a for a row without one)."""
+    if not is_failed(row):
+        return f"{row['val_bpb']:.6f}"
+    return FAILED_WORDS.get(row["status"], row["status"]) if row["status"] in FAILED else "n/a"
+
+
 def result_line(row):
     """One finished experiment: status, val_bpb, commit, how much it trained, what it was."""
-    val = "   crashed" if is_failed(row) else f"{row['val_bpb']:.6f}"
+    val = f"{val_text(row):>{VAL_WIDTH}}"
     who = f" ({row['worker']})" if row.get("worker") else ""
     cause = f" [{short(row['cause'], 40)}]" if row.get("cause") and is_failed(row) else \
         " [starved]" if row.get("starved") else ""
@@ -99,42 +108,76 @@ def result_line(row):
             f"{short(row.get('description'), 36)}{who}{cause}")
 
 
+def finished_of(rows):
+    """The finished rows, each marked is_baseline or not as the report marks them (an older ledger does
+    not say: its rows up to the first result are the baseline), so that every count leaves it out alike."""
+    return mark_baselines([r for r in rows if r["status"] != "running"])
+
+
+def where_text(profile, device):
+    """" [profile / device]", leaving out what no row recorded (an invalid run has no device)."""
+    known = [part for part in (profile, device) if part]
+    return f" [{' / '.join(known)}]" if known else ""
+
+
+def counts_text(s, finished):
+    """"5 done, baseline + 2 kept": the kept count leaves out the baseline (as the keep rate does), so
+    the line says the baseline is there when its row is a keep."""
+    baseline = "baseline + " if any(r.get("is_baseline") and r["status"] == "keep" for r in finished) else ""
+    screened = f", {s['screened']} screened" if s.get("screened") else ""
+    return f"{s['experiments']} done, {baseline}{s['kept']} kept{screened}"
+
+
 def campaign_lines(tag, rows, campaign, now):
     """The block of one campaign: its running experiments, then its last results."""
-    finished = [r for r in rows if r["status"] != "running"]
+    campaign = campaign or {}
+    finished = finished_of(rows)
     running = [r for r in rows if r["status"] == "running"]
+    s = summarize(tag, finished, campaign) if finished else {}
     lines = []
     if finished:
-        s = summarize(tag, finished, campaign or {})
         best = f"{s['best']:.6f}" if s["best"] is not None else "n/a"
         rate = f", {s['per_hour']:.1f} experiments/hour" if s["per_hour"] else ""
-        profile = f" [{s['profile']} / {s['device']}]" if s["profile"] else ""
-        screened = f", {s['screened']} screened" if s.get("screened") else ""
-        lines.append(f"campaign {tag}{profile}: {s['experiments']} done, {s['kept']} kept{screened}, best {best}{rate}")
+        where = where_text(s["profile"] or campaign.get("profile"), s["device"])
+        lines.append(f"campaign {tag}{where}: {counts_text(s, finished)}, best {best}{rate}")
     else:
-        profile = (campaign or {}).get("profile") or running[0].get("profile")
-        lines.append(f"campaign {tag}{f' [{profile}]' if profile else ''}: no finished experiment yet")
+        where = where_text(campaign.get("profile") or running[0].get("profile"), None)
+        lines.append(f"campaign {tag}{where}: no finished experiment yet")
     if running:
         lines.append("  running:")
         lines += [running_line(r, now) for r in sorted(running, key=lambda r: r.get("worker") or "")]
-    lines.append(noise_line(campaign or {}, summarize(tag, finished, campaign or {}) if finished else {}))
+    lines.append(noise_line(campaign, s, finished))
     if finished:
         lines.append("  last results:")
         lines += [result_line(r) for r in finished[-LAST_RESULTS:]]
     return lines
 
 
-def noise_line(campaign, summary):
-    """How big a gain must be to count: the measured noise (or that it was not measured) and the threshold."""
-    noise = (f"noise std {campaign['noise_std']:.6f}" if campaign.get("noise_std") is not None
-             else "noise not measured (loop --baseline-repeats K)")
+def baseline_results(finished):
+    """The baseline runs that count towards the noise, as the loop counts them: a result, not starved."""
+    return [r for r in finished if r.get("is_baseline") and r["status"] in ("keep", "discard")
+            and r.get("val_bpb") is not None and not (r.get("cause") or "").startswith("starved")]
+
+
+def noise_line(campaign, summary, finished=()):
+    """How big a gain must be to count: the measured noise (or that its baseline repeats are still to
+    run, or that it is not measured) and the threshold. The campaign's baseline_repeats is what the
+    loop was asked for (loop --baseline-repeats K); 1 or unset: no measurement."""
+    repeats = campaign.get("baseline_repeats") or 1
+    if campaign.get("noise_std") is not None:
+        noise = f"noise std {campaign['noise_std']:.6f}"
+    elif repeats > 1:
+        done = min(len(baseline_results(finished)), repeats)
+        noise = f"noise pending: {done} of {repeats} baseline runs done"
+    else:
+        noise = "noise not measured (loop --baseline-repeats K)"
     threshold = summary.get("threshold", campaign.get("min_delta"))
     return f"  {noise}; keep threshold {threshold or 0:.6f}"
 
 
 def campaign_snapshot(tag, rows, campaign, now):
     """One campaign for `status --json`: plain numbers and strings, null where unknown."""
-    finished = [r for r in rows if r["status"] != "running"]
+    finished = finished_of(rows)
     s = summarize(tag, finished, campaign) if finished else {}
     counts = dict.fromkeys(STATUSES, 0)
     for r in rows:
@@ -151,6 +194,7 @@ def campaign_snapshot(tag, rows, campaign, now):
             for r in finished[-LAST_RESULTS:]]
     return dict(tag=tag, profile=campaign.get("profile") or s.get("profile"), device=s.get("device"),
                 best=s.get("best"), noise_std=campaign.get("noise_std"),
+                baseline_repeats=campaign.get("baseline_repeats"),
                 threshold=s.get("threshold", campaign.get("min_delta")), per_hour=s.get("per_hour"),
                 counts=counts, running=running, last_results=last)
 

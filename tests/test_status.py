@@ -70,8 +70,8 @@ def test_status_with_nothing_running_says_so_and_shows_the_last_results(tmp_path
     result = run_status(cwd=repo)
     assert result.returncode == 0, result.stderr
     assert "No campaign is running. The last results:" in result.stdout
-    assert "campaign night [smoke / cpu]: 3 done, 2 kept, best 1.400000" in result.stdout
-    assert "crash       crashed" in result.stdout and "[NaN loss]" in result.stdout
+    assert "campaign night [smoke / cpu]: 3 done, baseline + 1 kept, best 1.400000" in result.stdout
+    assert re.search(r"crash +crashed ", result.stdout) and "[NaN loss]" in result.stdout
     assert "better <lr>" in result.stdout
 
 
@@ -187,7 +187,7 @@ def test_status_counts_screened_runs_apart(tmp_path):
     ledger = write_ledger(repo, [exp("keep", 1.5, "baseline", t=0, is_baseline=1),
                                  exp("screened", 1.3, "screen 30%: DEPTH 4 -> 6", t=1)])
     text = status.status_text(ledger)
-    assert "2 done, 0 kept, 1 screened, best 1.500000" in text
+    assert "2 done, baseline + 0 kept, 1 screened, best 1.500000" in text
     assert json.loads(status.status_json(ledger))["campaigns"][0]["counts"]["screened"] == 1
 
 
@@ -207,3 +207,56 @@ def test_status_of_a_campaign_the_ledger_lacks_is_one_line_naming_those_it_has(t
     result = run_status("--tag", "nigth", cwd=repo)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: no campaign 'nigth' in ") and result.stderr.strip().endswith("(campaigns: night)")
+
+
+def test_status_leaves_out_a_device_no_run_recorded(tmp_path):
+    """An invalid run (it never trained) records its profile but no device: no literal 'None'."""
+    repo = git_repo(tmp_path / "repo")
+    ledger = write_ledger(repo, [dict(exp("invalid", None, "edits prepare.py", tag="t2", t=0), device=None)],
+                          [dict(tag="t2", profile="smoke")])
+    text = status.status_text(ledger)
+    assert "campaign t2 [smoke]: 1 done" in text and "None" not in text
+
+
+def test_status_shows_timeout_and_invalid_as_themselves_in_the_val_column(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    ledger = write_ledger(repo, [exp("keep", 1.5, "baseline", t=0, is_baseline=1),
+                                 exp("crash", None, "oops", t=1, cause="NaN loss"),
+                                 exp("timeout", None, "slow", t=2, cause="killed after 30s"),
+                                 exp("invalid", None, "edits prepare", t=3, cause="prepare.py changed")])
+    lines = {line.split()[1]: line for line in status.status_text(ledger).splitlines() if line.startswith("    #")}
+    assert re.search(r"crash +crashed ", lines["crash"]), lines
+    assert re.search(r"timeout +timeout ", lines["timeout"]) and "crashed" not in lines["timeout"], lines
+    assert re.search(r"invalid +invalid ", lines["invalid"]) and "crashed" not in lines["invalid"], lines
+    # the commit column lines up whatever the val column holds
+    assert len({re.search(r" ([0-9a-f]{7}) ", line).start(1) for line in lines.values()}) == 1, lines
+
+
+def test_status_counts_the_baseline_apart_from_the_kept_experiments(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    ledger = write_ledger(repo, [exp("keep", 1.5, "baseline", t=0, is_baseline=1)])
+    text = status.status_text(ledger)
+    assert "campaign night [smoke / cpu]: 1 done, baseline + 0 kept, best 1.500000" in text
+    ledger.start_experiment(**exp("keep", 1.4, "better", t=1, is_baseline=0))
+    assert "2 done, baseline + 1 kept, best 1.400000" in status.status_text(ledger)
+
+
+def test_status_counts_the_baseline_the_same_where_the_ledger_does_not_mark_it(tmp_path):
+    """An older ledger has no is_baseline: its first result is the baseline, as the report says."""
+    repo = git_repo(tmp_path / "repo")
+    ledger = write_ledger(repo, [exp("crash", None, "baseline", t=0), exp("keep", 1.5, "baseline", t=1),
+                                 exp("keep", 1.4, "better", t=2)])
+    assert "3 done, baseline + 1 kept, best 1.400000" in status.status_text(ledger)
+
+
+def test_status_says_the_noise_is_pending_while_baseline_repeats_are_to_run(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    ledger = write_ledger(repo, [exp("keep", 1.5, "baseline", t=0, is_baseline=1)],
+                          [dict(tag="night", min_delta=0.002, baseline_repeats=3)])
+    text = status.status_text(ledger)
+    assert "noise pending: 1 of 3 baseline runs done" in text and "--baseline-repeats" not in text
+    ledger.start_experiment(**exp("discard", 1.51, "baseline (repeat 2/3, seed 1)", t=1, is_baseline=1,
+                                  cause="baseline repeat on seed 1: measures the noise"))
+    assert "noise pending: 2 of 3 baseline runs done" in status.status_text(ledger)
+    ledger.save_campaign(tag="night", baseline_repeats=1)
+    assert "noise not measured (loop --baseline-repeats K)" in status.status_text(ledger)
