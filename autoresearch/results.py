@@ -6,7 +6,9 @@ branch `autoresearch/<tag>`: its finished experiments in ledger order, one line 
 header `commit val_bpb memory_gb status description` (tab-separated). The status is `keep`,
 `discard` or `crash`, the only three the reference knows: `timeout` and `invalid` are written as
 `crash`, with `[timeout]` or `[invalid]` ending the description. A crash has val_bpb 0.000000 and
-memory 0.0.
+memory 0.0. A run other processes starved (contention.py) has `[starved]` ending its description, as
+`autoresearch log` and `status` say it: its val_bpb says more about the machine than the program, and a
+reader leaves it out of a program's mean as the ledger does (Ledger.reference).
 
 The harness never edits the file line by line: whenever one of the campaign's ledger rows is written
 or changes, write() regenerates the whole file from the ledger (temp file + os.replace, so a reader
@@ -45,6 +47,8 @@ def cells(row):
     description = _clean(row.get("description"))
     if row["status"] in ("timeout", "invalid", "screened"):
         description += f" [{row['status']}]"
+    if ok and (row.get("starved") or (row.get("cause") or "").startswith("starved")):  # ledger.was_starved
+        description += " [starved]"
     memory = row["peak_vram_mb"] / 1024 if ok and row.get("peak_vram_mb") is not None else 0.0
     return [gitutil.short(row.get("commit_sha")), f"{row['val_bpb'] if ok else 0.0:.6f}", f"{memory:.1f}",
             status, description]
@@ -81,8 +85,8 @@ def write(checkout, ledger, tag):
 
 def read(path):
     """The rows of a results.tsv or `autoresearch log --format tsv` output as ledger-like dicts (the
-    columns the file lacks are None, is_baseline among them). The campaign is the `tag` column, else
-    the file's name."""
+    columns the file lacks are None, is_baseline among them; starved is 1 where the description ends
+    with [starved]). The campaign is the `tag` column, else the file's name."""
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"no such results file: {path} (pass the path of a results.tsv)")
@@ -117,7 +121,9 @@ def _parse(path, number, line, header):
         raise ResultsError(f"{path} line {number}: status {status!r} is not one of {', '.join(STATUSES)}")
     ok = status != "crash"
     ident = named.get("id", "").strip()
+    description = named["description"].strip()
     return dict(id=int(ident) if ident.isdigit() else number - 1, tag=named.get("tag") or path.stem,
                 commit_sha=commit, status=status, val_bpb=val_bpb if ok else None,
-                peak_vram_mb=memory_gb * 1024 if ok else None, description=named["description"].strip(),
-                proposer=named.get("proposer") or None, cause=named.get("cause") or None, is_baseline=None)
+                peak_vram_mb=memory_gb * 1024 if ok else None, description=description,
+                proposer=named.get("proposer") or None, cause=named.get("cause") or None, is_baseline=None,
+                starved=1 if ok and description.endswith("[starved]") else None)

@@ -70,3 +70,14 @@ def test_a_screened_run_is_a_discard_marked_screened(ledger, tmp_path):
     results.write(tmp_path, ledger, "night")
     assert (tmp_path / "results.tsv").read_text().splitlines()[-1] == \
         "bbbbbbb\t1.300000\t3.0\tdiscard\tscreen 30%: DEPTH 4 -> 6 [screened]"
+
+
+def test_a_starved_run_is_marked_starved_and_read_back_as_starved(ledger, tmp_path):
+    add(ledger, "night", "keep", 1.5, "baseline", "a")
+    starved = add(ledger, "night", "discard", 1.9, "baseline (repeat 2/2)", "a")
+    ledger.update_experiment(starved, starved=1, cause="starved: other processes took 60% of the CPUs; re-run")
+    add(ledger, "night", "discard", 1.6, "baseline (repeat 2/2) [re-run: #2 was starved]", "a")
+    results.write(tmp_path, ledger, "night")
+    assert (tmp_path / "results.tsv").read_text().splitlines()[2] == \
+        "aaaaaaa\t1.900000\t3.0\tdiscard\tbaseline (repeat 2/2) [starved]"
+    assert [r["starved"] for r in results.read(tmp_path / "results.tsv")] == [None, 1, None]
