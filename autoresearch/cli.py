@@ -65,7 +65,8 @@ def build_parser():
         prog="autoresearch",
         description="Run, record and report autonomous train.py experiments.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"autoresearch {version()}")
+    shown = f"autoresearch {version()}"
+    parser.add_argument("--version", action="version", version=shown)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in MODULES:
         try:
@@ -75,6 +76,13 @@ def build_parser():
                 continue
             raise
         module.register(sub)
+    # `autoresearch run --version`, as users type it: the version, before a missing -m is an error
+    # (left out of the verbs' help: the top-level one documents it)
+    for verb in {id(p): p for p in sub.choices.values()}.values():
+        try:
+            verb.add_argument("--version", action="version", version=shown, help=argparse.SUPPRESS)
+        except argparse.ArgumentError:  # the verb has a --version of its own
+            pass
     return parser
 
 

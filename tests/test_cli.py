@@ -76,3 +76,11 @@ def test_a_closed_output_pipe_ends_the_command_quietly(tmp_path, verb):
     assert result.stderr == ""
     assert len(result.stdout.splitlines()) == 1
     assert result.returncode in (0, 141)  # 141: 128 + SIGPIPE, what a C program's death by SIGPIPE shows
+
+
+@pytest.mark.parametrize("verb", [["log"], ["run"], ["status", "--watch"], ["loop"], ["report"], ["swarm"]])
+def test_version_after_any_subcommand_prints_the_version(tmp_path, verb):
+    """`autoresearch run --version`: the version and exit 0, not a missing -m or an unrecognized flag."""
+    result = cli(*verb, "--version", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.strip() == f"autoresearch {autoresearch.__version__}"
