@@ -64,7 +64,8 @@ BUSY_TIMEOUT_MS = 60_000
 def reference_of(rows):
     """The val_bpb a change must beat (by the threshold): over the kept programs (commits), the lowest
     mean of a program's full-budget results (the baseline with its noise repeats, a keep with its
-    confirmation), leaving out runs other processes starved unless a program has no other. One sample
+    confirmation), leaving out runs other processes starved unless a program has no other (then the ones
+    that counted, not those thrown away to be run again). One sample
     would let a lucky or unlucky draw set the bar: a first baseline drawn one std high lets a change
     within the noise through. None before anything is kept."""
     programs = {}
@@ -74,8 +75,10 @@ def reference_of(rows):
     means = []
     for runs in programs.values():
         if any(r["status"] == "keep" for r in runs):
-            fair = [r["val_bpb"] for r in runs if not was_starved(r)]
-            means.append(statistics.fmean(fair or [r["val_bpb"] for r in runs]))
+            # all starved: the runs that counted, not those thrown away to be run again ("starved: ...")
+            counted = [r for r in runs if not (r.get("cause") or "").startswith("starved")]
+            fair = [r for r in runs if not was_starved(r)] or counted or runs
+            means.append(statistics.fmean(r["val_bpb"] for r in fair))
     return min(means, default=None)
 
 
@@ -241,7 +244,8 @@ class Ledger:
             return [dict(row) for row in conn.execute(sql + " ORDER BY id", args)]
 
     def best(self, tag):
-        """The campaign's best val_bpb: the lowest of its `keep` experiments (None before the baseline)."""
+        """The lowest val_bpb of the campaign's `keep` experiments (None before the baseline): one sample.
+        The best a person is shown, and a change must beat, is the reference (below)."""
         with self._read() as conn:
             row = conn.execute("SELECT MIN(val_bpb) FROM experiments WHERE tag = ? AND status = 'keep' "
                                "AND val_bpb IS NOT NULL", (tag,)).fetchone()

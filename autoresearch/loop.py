@@ -652,7 +652,7 @@ class Loop:
         noise_text = (f"noise std {noise:.6f}" if noise is not None else
                       f"noise: {repeats} baseline runs will measure it" if repeats > 1 else "noise not measured")
         self.say(f"campaign {self.tag}: {len(self.finished())} experiments so far, best "
-                 f"{_fmt(self.ledger.best(self.tag))}; proposer {self.proposer_name}"
+                 f"{_fmt(self.ledger.reference(self.tag))}; proposer {self.proposer_name}"
                  + (f" ({self.proposer.sampler}" + (f", screening on {self.proposer.screen:.0%} of the budget"
                                                     if getattr(self.proposer, "screen", None) else "") + ")"
                     if getattr(self.proposer, "sampler", None) else "")
@@ -665,7 +665,7 @@ class Loop:
     def finish(self, why):
         rows = self.rows()
         kept = sum(r["status"] == "keep" for r in rows)
-        best = self.ledger.best(self.tag)
+        best = self.ledger.reference(self.tag)
         self.note("done", f"done: {why}. Campaign {self.tag}: {len(rows)} experiments, {kept} kept, best val_bpb "
                           f"{_fmt(best)} at {gitutil.short(self.best_commit())} on branch {self.branch}. "
                           f"Results: `autoresearch log --tag {self.tag}`, {os.path.join(self.checkout, 'results.tsv')}")

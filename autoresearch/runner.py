@@ -959,7 +959,7 @@ def claims(text):
 # -- autoresearch run --------------------------------------------------------------------------
 def summary_text(row, ledger):
     """Two short lines for a human: what happened and where the branch is."""
-    best = ledger.best(row["tag"])
+    best = ledger.reference(row["tag"])  # the best as status and report say it: what a change must beat
     parts = [f"{row['status']}", f"#{row['id']}", f"commit {gitutil.short(row['commit_sha'])}"]
     if row["val_bpb"] is not None:
         parts.append(f"val_bpb {row['val_bpb']:.6f}")

@@ -104,6 +104,19 @@ def test_the_reference_is_the_lowest_mean_of_a_kept_commits_unstarved_results(re
     assert ledger.best("a") == 1.10
 
 
+def test_on_a_starved_machine_runs_thrown_away_to_be_run_again_never_set_the_reference(repo):
+    """Every run starved: the two the loop threw away (and ran again) are no part of the bar; the run
+    that counted is, and so are the noise repeats that counted."""
+    ledger = Ledger(repo=repo)
+    for status, val, cause in (("discard", 2.740, "starved: other processes took 60% of the CPUs; re-run"),
+                               ("discard", 2.296, "starved: other processes took 55% of the CPUs; re-run"),
+                               ("keep", 2.341, None),
+                               ("discard", 2.300, "baseline repeat on seed 43: measures the noise")):
+        exp = ledger.start_experiment(tag="a", commit_sha="base", description="baseline")
+        ledger.finish_experiment(exp, status=status, val_bpb=val, starved=1, cause=cause)
+    assert ledger.reference("a") == pytest.approx((2.341 + 2.300) / 2)
+
+
 def test_a_kept_program_measured_only_on_a_starved_machine_still_sets_the_reference(repo):
     ledger = Ledger(repo=repo)
     exp = ledger.start_experiment(tag="a", commit_sha="base", description="baseline")
