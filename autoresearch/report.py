@@ -8,10 +8,12 @@ into `report_logs/` beside report.html. A log is an experiment's only while no l
 to the same path and the file is no newer than the experiment's end; otherwise the ledger's last lines
 stand in for it. `--json` prints the same numbers and rows instead of writing anything.
 
-The baseline is what a campaign measured before its first experiment: the rows the ledger marks
+The baseline is what a campaign measured of the program it started from: the rows the ledger marks
 is_baseline, or, where nothing says (a results.tsv, an older ledger), the rows up to the first result
-(the reference's first run is the baseline; crashes before it were attempts at it). The keep rate and
-the top hits leave it out, and every improvement is measured from it.
+(the reference's first run is the baseline; crashes before it were attempts at it) and every later row
+of their commits (the same program run again: a noise repeat, the re-run of a starved run). The keep
+rate and the top hits leave it out, and every improvement is measured from it: the mean of its
+unstarved results, as the keep rule measures a kept program (Ledger.reference).
 """
 
 import base64
@@ -101,16 +103,21 @@ def log_owners(repo="."):
 # numbers
 
 def mark_baselines(rows):
-    """Where no row of a campaign says whether it is the baseline, the rows up to its first result are."""
+    """Where no row of a campaign says whether it is the baseline, the rows up to its first result are,
+    and so is every later row of their commits: a run of the unchanged program measures the baseline
+    again (a repeat, a re-run of a starved run), it never improves on it, though the harness records
+    the one that counted as `keep` after a discarded one."""
     for tag in dict.fromkeys(r["tag"] for r in rows):
         campaign = [r for r in rows if r["tag"] == tag]
         if any(r.get("is_baseline") is not None for r in campaign):
             for r in campaign:
                 r["is_baseline"] = int(bool(r.get("is_baseline")))
             continue
-        before_result = True
+        before_result, commits = True, set()
         for r in campaign:
-            r["is_baseline"] = int(before_result)
+            if before_result and r.get("commit_sha"):
+                commits.add(r["commit_sha"])
+            r["is_baseline"] = int(before_result or r.get("commit_sha") in commits)
             before_result = before_result and is_failed(r)
     return rows
 

@@ -126,6 +126,10 @@ def crash_cause(log_text, returncode):
         final = [line.strip() for line in block if not line.startswith((" ", "\t"))]
         message = final[-1] if final else block[-1].strip()
         return f"exception: {message[:300]}" + (f" ({where[-1]})" if where else "")
+    compile_error = [i for i, line in enumerate(lines) if re.match(r"(SyntaxError|IndentationError|TabError): ", line)]
+    if compile_error:  # Python prints no traceback header for a train.py that does not compile
+        where = [line.strip() for line in lines[:compile_error[-1]] if line.lstrip().startswith('File "')]
+        return f"exception: {lines[compile_error[-1]].strip()[:300]}" + (f" ({where[-1]})" if where else "")
     if returncode is not None and returncode < 0:
         name = signal.Signals(-returncode).name
         return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import report
+from autoresearch import report, results
 from autoresearch.ledger import Ledger
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -56,10 +56,32 @@ def campaign_rows():
     ]
 
 
+BASELINE_SHA = "33d2885" + "0" * 33
+
+
+def baseline_only_rows():
+    """A campaign of the unchanged baseline only, as the loop records it: an interrupted run, a starved run
+    (discarded and run again), the re-run that counted (keep) and two noise repeats; one commit throughout."""
+    rows = [exp("crash", None, "baseline", t=0, cause="interrupted"),
+            exp("discard", 2.740018, "baseline", t=1, starved=1,
+                cause="starved: other processes took 60% of the CPUs during training; re-run"),
+            exp("keep", 2.340574, "baseline [re-run: #2 was starved]", t=2, starved=0, retry_of=2),
+            exp("discard", 2.09, "baseline (repeat 2/3, seed 43)", t=3, starved=0),
+            exp("discard", 2.24, "baseline (repeat 3/3, seed 44)", t=4, starved=0)]
+    return [dict(r, commit_sha=BASELINE_SHA, is_baseline=1) for r in rows]
+
+
 def run_cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "autoresearch.cli", "report", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[1])})
+
+
+def log_tsv(repo):
+    """What `autoresearch log --format tsv` prints in repo."""
+    return subprocess.run([sys.executable, "-m", "autoresearch.cli", "log", "--format", "tsv"], cwd=repo,
+                          capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[1])}).stdout
 
 
 def assert_png(path):
@@ -321,15 +343,39 @@ def test_log_tsv_output_is_read_as_one_campaign_per_tag(tmp_path):
     repo = git_repo(tmp_path / "repo")
     write_ledger(repo, campaign_rows() + [exp("keep", 1.6, "base", tag="day", t=7, is_baseline=1),
                                           exp("keep", 1.55, "x", tag="day", t=8, best_before=1.6)])
-    log = subprocess.run([sys.executable, "-m", "autoresearch.cli", "log", "--format", "tsv"], cwd=repo,
-                         capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(Path(report.__file__).parents[1])}).stdout
-    (tmp_path / "log.tsv").write_text(log)
+    (tmp_path / "log.tsv").write_text(log_tsv(repo))
     result = run_cli("--results", str(tmp_path / "log.tsv"), cwd=repo)
     assert result.returncode == 0, result.stderr
     assert "campaign night: 7 experiments (1 baseline run), 2 kept" in result.stdout
     assert "campaign day: 2 experiments (1 baseline run), 1 kept" in result.stdout
     assert "baseline val_bpb:  1.600000" in result.stdout
+
+
+def test_without_baseline_marks_every_run_of_the_first_rows_commit_is_a_baseline_run():
+    rows = [dict(r, is_baseline=None) for r in baseline_only_rows()]
+    rows.append(exp("discard", 2.5, "DEPTH 4 -> 6", t=5, is_baseline=None))
+    assert [r["is_baseline"] for r in report.mark_baselines(rows)] == [1, 1, 1, 1, 1, 0]
+
+
+@pytest.mark.parametrize("source", ["results.tsv", "log --format tsv"])
+def test_a_tsv_of_baseline_runs_only_reports_no_keep_and_the_ledgers_baseline(tmp_path, source):
+    repo = git_repo(tmp_path / "repo")
+    ledger = write_ledger(repo, baseline_only_rows())
+    if source == "results.tsv":
+        results.write(repo, ledger, "night")
+        tsv = repo / "results.tsv"
+    else:
+        tsv = tmp_path / "log.tsv"
+        tsv.write_text(log_tsv(repo))
+    from_ledger, from_tsv = run_cli(cwd=repo), run_cli("--results", str(tsv), "--out", str(tmp_path / "t"), cwd=repo)
+    assert from_ledger.returncode == 0 and from_tsv.returncode == 0, from_ledger.stderr + from_tsv.stderr
+    assert "5 experiments (5 baseline runs), 0 kept" in from_tsv.stdout
+    # the starved run is left out, as the ledger leaves it out: the mean of 2.340574, 2.09 and 2.24
+    assert "baseline val_bpb:  2.223525" in from_tsv.stdout
+    assert "improvement:       0.000000 (0.00%)" in from_tsv.stdout
+    assert "top hits:" not in from_tsv.stdout
+    assert "No experiment improved on the baseline yet." in (tmp_path / "t" / "report.html").read_text()
+    assert from_tsv.stdout.splitlines()[3:6] == from_ledger.stdout.splitlines()[3:6]  # baseline, best, improvement
 
 
 @pytest.mark.parametrize("content, message", [

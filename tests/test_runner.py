@@ -124,6 +124,9 @@ def test_crash_cause_names_oom_fail_exception_or_exit_code():
         "FAIL: loss is nan at step 3; the run diverged"
     exc = 'x\nTraceback (most recent call last):\n  File "train.py", line 7, in <module>\n    boom()\nValueError: bad\n'
     assert runner.crash_cause(exc, 1) == 'exception: ValueError: bad (File "train.py", line 7, in <module>)'
+    syntax = '  File "/autoresearch/experiment/train.py", line 12\n    x = (\n        ^\nSyntaxError: \'(\' was never closed\n'
+    assert runner.crash_cause(syntax, 1) == \
+        'exception: SyntaxError: \'(\' was never closed (File "/autoresearch/experiment/train.py", line 12)'
     assert runner.crash_cause("", 3) == "exit code 3 without a val_bpb line"
     assert runner.crash_cause("", -9) == "killed by SIGKILL (out of memory?)"
 
