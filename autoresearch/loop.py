@@ -294,7 +294,9 @@ class Loop:
 
     def restore(self):
         """Recover rows a dead loop left running, then put the branch and tree on the campaign's best;
-        whatever else is there is saved under refs/autoresearch/<tag>/leftover-<time> first."""
+        whatever else is there is saved under refs/autoresearch/<tag>/leftover-<time> first. Before a
+        baseline is kept, branch and tree stay as they are: no proposal ran yet, so they hold the person's
+        work (the fix of a train.py whose baseline failed)."""
         with runner._CheckoutLock(self.checkout):  # no `autoresearch run` is running here
             for row in runner.recover(self.checkout, self.ledger):
                 self.say(f"recovered #{row['id']} ({row['description']}): left running by a stopped loop, "
@@ -302,6 +304,8 @@ class Loop:
         for row in self.rows():  # a would-be keep whose confirmation run never finished
             if row["status"] == "discard" and row.get("cause") == AWAITING:
                 self.ledger.update_experiment(row["id"], cause=UNCONFIRMED_STOP)
+        if not self.ledger.experiments(tag=self.tag, status="keep"):
+            return  # no baseline kept yet: what is there is the person's (a fix of a baseline that failed)
         target = self.best_commit()
         head = gitutil.head(self.checkout)
         dirty = gitutil.dirty_paths(self.checkout)

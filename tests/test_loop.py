@@ -558,3 +558,19 @@ def test_a_stop_during_a_confirmation_run_leaves_the_candidate_unconfirmed_and_d
     assert [r["status"] for r in experiments] == ["keep", "discard", "crash"]
     assert experiments[1]["cause"] == loop_module.UNCONFIRMED_STOP
     assert git(repo, "rev-parse", "HEAD") == experiments[0]["commit_sha"]
+
+
+def test_after_a_failed_baseline_the_fix_is_what_the_loop_runs(repo):
+    """The baseline failed three times and the loop said "fix train.py and start the loop again": the
+    fix is run, not set aside for the broken base commit."""
+    git(repo, "checkout", "-qb", "autoresearch/t")
+    (repo / "train.py").write_text(STANDIN_TRAIN.replace("DEPTH = 4 ", "DEPTH = (4"))
+    git(repo, "commit", "-qam", "broken train.py")
+    with pytest.raises(loop_module.LoopError, match="the baseline failed 3 times in a row"):
+        run_loop(repo, None, max_experiments=5)
+    (repo / "train.py").write_text(STANDIN_TRAIN)
+    git(repo, "commit", "-qam", "fix DEPTH")
+    fixed = git(repo, "rev-parse", "HEAD")
+    code, out = run_loop(repo, None, max_experiments=4)
+    assert code == 0, out
+    assert "restored" not in out and rows(repo)[3]["commit_sha"] == fixed and rows(repo)[3]["status"] == "keep"
