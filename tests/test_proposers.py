@@ -319,6 +319,15 @@ def test_cli_proposer_returns_the_cli_edit_and_leaves_the_checkout_clean(name, r
     assert status(repo) == ""  # the loop, not the CLI, writes and runs the experiment
 
 
+@pytest.mark.parametrize("name, flag, value", [("claude", "--disallowedTools", "WebSearch,WebFetch"),
+                                               ("codex", "-c", 'web_search="disabled"')])
+def test_cli_is_told_not_to_search_the_web_whatever_its_settings_allow(name, flag, value, repo, standins_on_path):
+    """Search runs on the API's side, past the sandbox's proxy, and public speeches are the cpu and
+    smoke profiles' validation text: the CLI is told to leave it off (a person's settings may allow it)."""
+    argv = get_proposer(name, repo=repo).command("edit train.py")
+    assert argv[argv.index(flag, 1) + 1] == value
+
+
 def test_claude_proposer_records_the_cost_the_cli_reports(repo, standins_on_path):
     proposal = get_proposer("claude", repo=repo).propose(TRAIN_PY, "", [], None)
     assert (proposal.prompt_tokens, proposal.completion_tokens, proposal.cost_usd) == (2000, 90, 0.0123)

@@ -240,6 +240,10 @@ class CodingCLIProposer(Proposer):
         return Proposal(description=description or f"(edit by {self.executable}, no description)", train_py=new, **used)
 
 
+# how each CLI is told not to search or fetch the web (whatever the person's own settings say)
+WEB_TOOLS = {"claude": "WebSearch,WebFetch", "codex": 'web_search="disabled"'}
+
+
 class ClaudeProposer(CodingCLIProposer):
     """Claude Code: `claude -p PROMPT --output-format json`, file tools only, edits accepted."""
     name = executable = "claude"
@@ -249,8 +253,10 @@ class ClaudeProposer(CodingCLIProposer):
     inside_environment = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
 
     def command(self, prompt):
-        cmd = ["claude", "-p", prompt, "--output-format", "json",
-               "--allowedTools", "Read,Edit,Write", "--permission-mode", "acceptEdits"]
+        # --allowedTools adds to what the person's settings allow; web search runs on the API's side, where
+        # the sandbox's proxy cannot stop it, and could fetch the validation text (public speeches): denied
+        cmd = ["claude", "-p", prompt, "--output-format", "json", "--allowedTools", "Read,Edit,Write",
+               "--disallowedTools", WEB_TOOLS["claude"], "--permission-mode", "acceptEdits"]
         return cmd + (["--model", self.model] if self.model else [])
 
     def config(self, home):
@@ -285,7 +291,8 @@ class CodexProposer(CodingCLIProposer):
     base_url_variables = ("OPENAI_BASE_URL",)
 
     def command(self, prompt):
-        cmd = ["codex", "exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check"]
+        cmd = ["codex", "exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check",
+               "-c", WEB_TOOLS["codex"]]  # search runs on the API's side, past the proxy (see ClaudeProposer)
         return cmd + (["--model", self.model] if self.model else []) + [prompt]
 
     def config(self, home):
