@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 from autoresearch import gitutil, results
-from autoresearch.ledger import Ledger, ledger_path, was_starved
+from autoresearch.ledger import Ledger, ledger_path, reference_of, was_starved
 
 FAILED = ("crash", "timeout", "invalid")  # statuses that produced no usable val_bpb
 LOG_SLACK = 5.0  # seconds a run's log may be newer than its row's end (file-system clocks)
@@ -123,9 +123,15 @@ def mark_baselines(rows):
 
 
 def baseline_of(rows):
-    """The baseline's val_bpb: the mean of the baseline rows with a result, else the first result. Runs
-    other processes starved are left out unless all were, as the keep rule leaves them out."""
+    """The baseline's val_bpb: what the keep rule makes of its runs (ledger.reference_of, the baseline rows
+    taken as one program: a results.tsv may name an attempt by another commit), so that the report's
+    baseline is the bar the campaign's first change had to beat. Where no baseline run was kept (a
+    results.tsv), the mean of the baseline rows with a result, starved runs left out unless all were;
+    else the first result."""
     marked = [r for r in rows if r.get("is_baseline") and not is_failed(r)]
+    reference = reference_of([dict(r, commit_sha="baseline") for r in marked])
+    if reference is not None:
+        return reference
     fair = [r["val_bpb"] for r in marked if not was_starved(r)] or [r["val_bpb"] for r in marked]
     if fair:
         return statistics.fmean(fair)

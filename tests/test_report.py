@@ -194,6 +194,17 @@ def test_a_starved_baseline_run_is_left_out_of_the_baseline_as_the_keep_rule_lea
     assert "baseline val_bpb:  1.600000" in result.stdout
 
 
+def test_on_a_starved_machine_the_baseline_is_the_reference_the_keep_rule_uses(tmp_path):
+    """Every baseline run starved: the two the loop threw away (and ran again) are no part of it, as they
+    are no part of the ledger's reference."""
+    repo = git_repo(tmp_path / "repo")
+    ledger = write_ledger(repo, [dict(r, starved=1) for r in baseline_only_rows()])
+    assert ledger.reference("night") == pytest.approx((2.340574 + 2.09 + 2.24) / 3)
+    result = run_cli("--json", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["summaries"][0]["baseline"] == pytest.approx(ledger.reference("night"))
+
+
 # --- what a researcher asks next ------------------------------------------------------------------
 
 def test_every_experiment_has_its_diff_steps_and_tokens_per_second_on_the_page(campaign):
