@@ -325,23 +325,74 @@ def _fmt(value, digits):
     return f"{value:.{digits}f}"
 
 
-def format_table(rows):
-    header = ["id", "tag", "commit", "status", "val_bpb", "mem_gb", "seconds", "steps", "tok/s", "proposer",
-              "description"]
-    lines = [header]
+DESCRIPTION_MAX = 100  # the description's room in a table that is not shown on a terminal (a file, a pipe)
+DESCRIPTION_MIN = 40   # on a terminal, FIT_DROP's columns go (in order) before the description + [cause] get less
+FIT_DROP = ("mem_gb", "proposer", "seconds", "tok/s", "steps")
+DESCRIPTION_FLOOR = 16  # a terminal narrower than the columns left and this many characters: its lines wrap
+
+
+def _table_width():
+    """The terminal's width when stdout is one (COLUMNS first, as shutil reads it), else None."""
+    import shutil
+    isatty = getattr(sys.stdout, "isatty", None)
+    return shutil.get_terminal_size().columns if isatty and isatty() else None
+
+
+def _markers(row):
+    """(cause, flags) following the description: the cause of a run that was not kept, and " [starved]" when
+    other processes starved the run and the cause does not already say so (a starved noise repeat's cause
+    is 'baseline repeat on seed N: measures the noise')."""
+    cause = _clean(row.get("cause")) if row["status"] != "keep" else ""
+    return cause, " [starved]" if row.get("starved") and not cause.startswith("starved") else ""
+
+
+def _ellipsis(text, room):
+    return text if len(text) <= room else text[:max(room - 1, 0)].rstrip() + "…"
+
+
+def _cut(description, cause, flags, room):
+    """description [cause] flags in about room characters: the flags kept whole, the cause given what the
+    description leaves it but at least half the room, each cut with an ellipsis."""
+    tail = f" [{cause}]" if cause else ""
+    if len(description) + len(tail) + len(flags) <= room:
+        return description + tail + flags
+    room = max(room - len(flags), 2)
+    if len(tail) > room // 2 and len(description) + len(tail) > room:
+        tail = f" [{_ellipsis(cause, max(room // 2, room - len(description)) - 3)}]"
+    return _ellipsis(description, room - len(tail)) + tail + flags
+
+
+def format_table(rows, width=None):
+    """`log`'s table, one line per experiment. width: the length its lines fit in (None: the terminal's
+    when stdout is one, see _table_width); to fit, the columns of FIT_DROP are left out while the
+    description would get less than DESCRIPTION_MIN characters, and the description is cut with an
+    ellipsis (to DESCRIPTION_MAX characters without a width), its [cause] and [starved] kept. Only the
+    table is cut: `--format tsv/json` are for machines."""
+    width = _table_width() if width is None else width
+    header = ["id", "tag", "commit", "status", "val_bpb", "mem_gb", "seconds", "steps", "tok/s", "proposer"]
+    lines = [dict(zip(header, header))]
+    texts = []
     for r in rows:
         seconds = r["ended_at"] - r["started_at"] if r.get("ended_at") and r.get("started_at") else None
-        desc = _clean(r["description"])
-        if r.get("cause") and r["status"] != "keep":
-            desc += f" [{_clean(r['cause'])}]"
-        elif r.get("starved"):
-            desc += " [starved]"
-        lines.append([str(r["id"]), r["tag"] or "", gitutil.short(r["commit_sha"]), r["status"] or "",
-                      _fmt(r["val_bpb"], 6), _fmt(_memory_gb(r), 1), _fmt(seconds, 0), _fmt(r.get("num_steps"), 0),
-                      _fmt(r.get("tokens_per_second"), 0), r["proposer"] or "", desc[:100]])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1]
-                     for line in lines)
+        cells = [str(r["id"]), r["tag"] or "", gitutil.short(r["commit_sha"]), r["status"] or "",
+                 _fmt(r["val_bpb"], 6), _fmt(_memory_gb(r), 1), _fmt(seconds, 0), _fmt(r.get("num_steps"), 0),
+                 _fmt(r.get("tokens_per_second"), 0), r["proposer"] or ""]
+        lines.append(dict(zip(header, cells)))
+        texts.append((_clean(r["description"]), *_markers(r)))
+    widths = {name: max(len(line[name]) for line in lines) for name in header}
+    shown = list(header)
+
+    def prefix():  # each column and the two spaces after it
+        return sum(widths[name] + 2 for name in shown)
+
+    for name in FIT_DROP:
+        if width is None or width - prefix() >= DESCRIPTION_MIN:
+            break
+        shown.remove(name)
+    room = DESCRIPTION_MAX if width is None else max(width - prefix(), DESCRIPTION_FLOOR)
+    descriptions = ["description"] + [_cut(*text, room) for text in texts]
+    return "\n".join("".join(line[name].ljust(widths[name]) + "  " for name in shown) + description
+                     for line, description in zip(lines, descriptions))
 
 
 def format_tsv(rows):

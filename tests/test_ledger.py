@@ -254,6 +254,64 @@ def test_log_table_shows_how_much_each_run_trained_and_which_were_starved(repo, 
     assert busy.endswith("run 1 [starved]") and not quiet.endswith("]")
 
 
+def add_long_rows(ledger):
+    """A keep with a long description, a crash with a long one and its cause, a starved noise repeat."""
+    long = "MATRIX_LR 0.04 -> 0.06 and WARMDOWN_RATIO 0.5 -> 0.7; " * 4 + "the end"
+    rows = [dict(status="keep", description=long, val_bpb=1.25),
+            dict(status="crash", description=long, cause="OOM: out of memory"),
+            dict(status="discard", description="baseline (repeat 2/3, seed 1)", val_bpb=1.26, starved=1,
+                 cause="baseline repeat on seed 1: measures the noise")]
+    for i, cols in enumerate(rows):
+        exp_id = ledger.start_experiment(tag="a", commit_sha=str(i) * 40, proposer="manual",
+                                         description=cols.pop("description"))
+        ledger.finish_experiment(exp_id, num_steps=1234, tokens_per_second=9457.4, peak_vram_mb=2048.0, **cols)
+    return long
+
+
+def test_log_table_cuts_a_long_description_with_an_ellipsis_keeping_its_cause(repo, monkeypatch, capsys):
+    long = add_long_rows(Ledger(repo=repo))
+    code, out, _ = run_log(repo, monkeypatch, capsys)
+    _, keep, crash, _ = out.splitlines()
+    description = keep[keep.index("MATRIX_LR"):]
+    assert code == 0 and description.endswith("…") and len(description) == 100
+    assert long.startswith(description[:-1].rstrip())
+    assert crash.endswith("… [OOM: out of memory]") and len(crash[crash.index("MATRIX_LR"):]) == 100
+
+
+def test_log_table_fits_the_terminal_width(repo, monkeypatch, capsys):
+    add_long_rows(Ledger(repo=repo))
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, _ = run_log(repo, monkeypatch, capsys)
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 4 and all(len(line) <= 80 for line in lines), out
+    assert lines[0].split()[:5] == ["id", "tag", "commit", "status", "val_bpb"] and lines[0].endswith("description")
+    assert "MATRIX_LR" in lines[1] and lines[1].endswith("…") and lines[2].endswith("… [OOM: out of memory]")
+    assert lines[3].endswith("…] [starved]") and "baseline (repe" in lines[3]
+    monkeypatch.setenv("COLUMNS", "60")
+    code, out, _ = run_log(repo, monkeypatch, capsys)
+    assert all(len(line) <= 60 for line in out.splitlines()) and out.splitlines()[3].endswith("[starved]"), out
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_log(repo, monkeypatch, capsys)
+    assert max(len(line) for line in out.splitlines()) == 200 and "mem_gb" in out and "proposer" in out
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "json"])
+def test_log_tsv_and_json_keep_the_whole_description_even_at_a_terminal(repo, monkeypatch, capsys, fmt):
+    long = add_long_rows(Ledger(repo=repo))
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, _ = run_log(repo, monkeypatch, capsys, "--format", fmt)
+    assert code == 0 and long in out and "…" not in out
+
+
+def test_log_table_marks_a_starved_noise_repeat(repo, monkeypatch, capsys):
+    add_long_rows(Ledger(repo=repo))
+    code, out, _ = run_log(repo, monkeypatch, capsys)
+    repeat = out.splitlines()[3]
+    assert repeat.endswith("baseline (repeat 2/3, seed 1) [baseline repeat on seed 1: measures the noise] [starved]")
+
+
 def test_log_unknown_tag_is_a_one_line_error(repo, monkeypatch, capsys):
     add_rows(Ledger(repo=repo))
     code, out, err = run_log(repo, monkeypatch, capsys, "--tag", "nope")
