@@ -39,7 +39,10 @@ def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
     when it computes the same function up to its parameters' values."""
     import torch
     program = load_program(path)
+    width = checked_width(program, tokenizer.get_vocab_size())
     module, batch_size = module_of(program), max(1, min(int(batch_size), 4096))
+    if width:  # in memory, an eager batch's logits are the run's to size: bounded as a compiled one's are
+        batch_size = max(1, min(batch_size, EAGER_LOGITS // (prepare.MAX_SEQ_LEN * width)))
     if prepared is not None and prepared.take(module):
         fast, precision, max_rows = prepared.fast, prepared.precision, prepared.max_rows  # compiled ahead
     else:
@@ -54,6 +57,28 @@ def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
         batch_size = batch_rows(batch_size, max_rows)
     with precision:  # what fails from here on (the causality probes, say) is the program's failure
         return prepare.evaluate_bpb(fast, tokenizer, batch_size)
+
+
+LOGITS_PADDING = 256  # columns the logits may have past the vocabulary (a vocabulary padded for the kernels)
+EAGER_LOGITS = 1 << 28  # logits in one batch run eagerly (1 GiB in fp32; cross-entropy takes as much again)
+
+
+def checked_width(program, vocab):
+    """The width of the logits the program returns, as its exported output says (None where it says
+    none). A run could pad its logits with columns no token has (all -inf: the same val_bpb) until the
+    evaluation fills the machine's memory: wider than the vocabulary by more than LOGITS_PADDING is
+    Rejected."""
+    output = next((node for node in program.graph.nodes if node.op == "output"), None)
+    values = output.args[0] if output is not None and output.args else ()
+    value = getattr(values[0], "meta", {}).get("val") if isinstance(values, (tuple, list)) and values else None
+    shape = getattr(value, "shape", None)
+    width = shape[-1] if shape is not None and len(shape) == 3 else None
+    if not isinstance(width, int):  # a symbolic width: the evaluation's shape check says what is wrong
+        return None
+    if width > vocab + LOGITS_PADDING:
+        raise Rejected(f"the model returns logits {width} wide for a vocabulary of {vocab}: at most "
+                       f"{LOGITS_PADDING} columns more are allowed")
+    return width
 
 
 def batch_rows(requested, max_rows):
@@ -419,10 +444,13 @@ class Evaluator:
     """The evaluator process of one experiment, started with it so that its start-up (Python, torch,
     the tokenizer, the validation rows) overlaps the training; `evaluate()` once the model is in."""
 
-    def __init__(self, experiment_dir, model_dir, profile, cache_dir, sandboxed, placement=None, compile_cache=None):
+    def __init__(self, experiment_dir, model_dir, profile, cache_dir, sandboxed, placement=None, compile_cache=None,
+                 group=None):
         """compile_cache: the evaluators' own folder, where their torch.compile caches persist, and the
-        program of the campaign's last kept run (compilecache.PROGRAM), which this one compiles ahead."""
-        from autoresearch import bytecode, compilecache, sandbox
+        program of the campaign's last kept run (compilecache.PROGRAM), which this one compiles ahead.
+        group: its control groups (limits.Group): the program it runs is the run's, and so is the batch
+        size it asks for, so what it takes of the machine is bounded as the run is."""
+        from autoresearch import bytecode, compilecache, limits, sandbox
         here = os.path.dirname(os.path.abspath(__file__))
         inner = [os.path.join(here, "evaluator.py"), "--experiment", experiment_dir]
         env = {"AUTORESEARCH_PROFILE": profile, "AUTORESEARCH_CACHE": cache_dir}
@@ -444,6 +472,7 @@ class Evaluator:
             env = None
         else:
             argv, env = [sys.executable, "-I", *inner], {**sandbox.kept_environment(placement), **env}
+        argv = limits.command(argv, group)
         self.errors = os.path.join(model_dir, "evaluator.log")  # a file: a full pipe would block it
         with open(self.errors, "w") as errors:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,

@@ -190,13 +190,14 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
     folder, handoff, private = (os.path.join(work, name) for name in ("experiment", "handoff", "private"))
     for path in (handoff, private):
         os.makedirs(path)
-    proc, ours, theirs, trusted, group = None, None, None, None, None
+    proc, ours, theirs, trusted, group, eval_group = None, None, None, None, None, None
     try:
         sandbox.materialize(spec, repo, folder)
         os.chmod(folder, 0o555)
 
+        eval_group = _group(placement)
         trusted = evaluator.Evaluator(folder, private, spec.profile, os.path.dirname(profile_dir),
-                                      outcome.sandboxed, placement, eval_compile_cache)
+                                      outcome.sandboxed, placement, eval_compile_cache, group=eval_group)
 
         def take(message):
             return take_over(message, handoff, private)
@@ -244,6 +245,8 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
             group.remove()
         if trusted is not None:
             trusted.close()
+        if eval_group is not None:
+            eval_group.remove()
         hostfiles.remove(work)  # whatever the run made of its hand-off (unreadable, deep) goes too
 
 

@@ -8,6 +8,7 @@ import torch
 import prepare
 from autoresearch.evaluator import (Prepared, answer, batch_rows, block_sparse_attention, compiled, drop_dtype_checks,
                                     evaluate_program, graph_state, prepare_ahead, trial_rows, withheld)
+from autoresearch import evaluator
 from autoresearch.modelfile import check_program, load_program
 from exports import Embed, Windowed, exported, saved
 
@@ -316,3 +317,44 @@ def test_a_previous_program_too_large_to_sit_beside_the_training_is_not_loaded(t
     (tmp_path / "ahead.pt2").write_bytes(b"x" * 1001)
     assert prepare_ahead(str(tmp_path / "ahead.pt2"), None, None) is None
     assert "over 1/32 of the GPU's memory" in capsys.readouterr().err
+
+
+class Padded(SmokeLM):
+    """SmokeLM with its logits padded by columns no token has (-1e4: the same val_bpb), `extra` of them."""
+
+    def __init__(self, vocab, extra):
+        super().__init__(vocab)
+        self.extra = extra
+
+    def forward(self, x):
+        logits = super().forward(x)
+        return torch.cat([logits, logits.new_full((*logits.shape[:2], self.extra), -1e4)], dim=-1)
+
+
+def test_logits_padded_far_past_the_vocabulary_are_refused(smoke_cache, tmp_path):
+    """The run sizes the evaluation's memory with its logits' width and its batch: padded until the
+    evaluator fills the machine, the model is refused before it runs."""
+    tok = prepare.Tokenizer.from_directory()
+    model = handed_over(Padded(tok.get_vocab_size(), 16 * 1024), tmp_path, "model.pt2")
+    error = answer({"model": model, "batch_size": 4096}, prepare, tok)["error"]
+    assert error == (f"the model returns logits {tok.get_vocab_size() + 16 * 1024} wide for a vocabulary of "
+                     f"{tok.get_vocab_size()}: at most 256 columns more are allowed")
+
+
+def test_a_vocabulary_padded_for_the_kernels_is_evaluated_as_it_is(smoke_cache, tmp_path):
+    tok = prepare.Tokenizer.from_directory()
+    plain = handed_over(seeded(0, lambda: SmokeLM(tok.get_vocab_size())), tmp_path, "plain.pt2")
+    padded = handed_over(seeded(0, lambda: Padded(tok.get_vocab_size(), 64)), tmp_path, "padded.pt2")
+    assert evaluate_program(padded, 8, prepare, tok) == pytest.approx(evaluate_program(plain, 8, prepare, tok))
+
+
+def test_an_eager_batch_holds_a_bounded_number_of_logits(smoke_cache, tmp_path, monkeypatch):
+    """On the CPU the program runs eagerly on the batch the run asked for: its logits are bounded as a
+    compiled program's batches are."""
+    tok = prepare.Tokenizer.from_directory()
+    model = handed_over(SmokeLM(tok.get_vocab_size()), tmp_path, "model.pt2")
+    batches = []
+    monkeypatch.setattr(prepare, "evaluate_bpb", lambda module, tokenizer, batch_size: batches.append(batch_size))
+    evaluate_program(model, 4096, prepare, tok)
+    assert batches[0] * prepare.MAX_SEQ_LEN * tok.get_vocab_size() <= evaluator.EAGER_LOGITS < 4096 * \
+        prepare.MAX_SEQ_LEN * tok.get_vocab_size()

@@ -129,3 +129,21 @@ def test_the_groups_of_a_harness_that_died_go_with_the_next_harness():
                    check=True, env=env)
     assert not any(os.path.exists(path) for path in left.values())
     assert not any(os.path.exists(os.path.dirname(path)) for path in left.values())
+
+
+def test_the_trusted_evaluator_runs_in_control_groups_of_its_own(tmp_path, smoke_cache):
+    """It runs the run's program on the batch the run asks for: what it takes of the machine is bounded
+    as the run's own processes are."""
+    from autoresearch import evaluator
+    (tmp_path / "exp").mkdir(), (tmp_path / "model").mkdir()
+    group = limits.Group.make()
+    trusted = evaluator.Evaluator(str(tmp_path / "exp"), str(tmp_path / "model"), "smoke", smoke_cache,
+                                  sandboxed=False, group=group)
+    try:
+        deadline = time.monotonic() + 30
+        while trusted.proc.pid not in group.members():
+            assert time.monotonic() < deadline and trusted.proc.poll() is None
+            time.sleep(0.01)
+    finally:
+        trusted.close()
+        group.remove()
