@@ -308,14 +308,34 @@ def short(text, limit=40):
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def running_best(campaign):
+    """[(experiment #, best)] of one campaign from its first keep on: after each experiment, the best as the
+    keep rule measures it (ledger.reference_of: the lowest mean of a kept program's full-budget runs), not
+    the luckiest single draw, which the decisions never used."""
+    runs, means, steps = {}, {}, []
+    for i, r in enumerate(campaign, start=1):
+        if r["status"] in ("keep", "discard") and r.get("val_bpb") is not None:
+            program = r.get("commit_sha") or f"row {r.get('id')}"
+            runs.setdefault(program, []).append(r)
+            mean = reference_of(runs[program])  # None while the program has no keep
+            if mean is not None:
+                means[program] = mean
+        if means:
+            steps.append((i, min(means.values())))
+    return steps
+
+
 def y_range(rows):
-    """From just below the best result to just above the baseline; crashes don't count."""
+    """From just below the lowest result to just above the highest of what must be seen: the baselines,
+    every kept point and the running best. Crashes don't count; discards above are drawn off the top."""
     values = [r["val_bpb"] for r in rows if not is_failed(r)]
     if not values:
         return 0.0, 1.0
-    baselines = [b for b in (baseline_of([r for r in rows if r["tag"] == t]) for t in {r["tag"] for r in rows})
-                 if b is not None]
-    lo, hi = min(values), max(baselines) if baselines else max(values)
+    campaigns = [[r for r in rows if r["tag"] == t] for t in dict.fromkeys(r["tag"] for r in rows)]
+    shown = [b for b in map(baseline_of, campaigns) if b is not None]
+    shown += [r["val_bpb"] for r in rows if r["status"] == "keep" and not is_failed(r)]
+    shown += [best for campaign in campaigns for _, best in running_best(campaign)]
+    lo, hi = min(values), max(shown) if shown else max(values)
     if hi <= lo:  # nothing beat the baseline yet: show how far off the tries were
         hi = max(values)
     span = hi - lo if hi > lo else max(abs(hi) * 0.01, 1e-3)
@@ -367,16 +387,11 @@ def plot_progress(rows, path):
         for r in keeps:
             ax.annotate(short(r.get("description")), (number[id(r)], r["val_bpb"]), xytext=(4, 6),
                         textcoords="offset points", fontsize=7, rotation=30, color="#1a6b1a", clip_on=True)
-        # the campaign's running best, shared by all its workers
-        best, steps = None, []
-        for i, r in enumerate(campaign, start=1):
-            if r["status"] == "keep" and not is_failed(r):
-                best = r["val_bpb"] if best is None else min(best, r["val_bpb"])
-            if best is not None:
-                steps.append((i, best))
+        steps = running_best(campaign)  # the campaign's, shared by all its workers
         if steps:
+            steps.append((steps[-1][0] + 0.5, steps[-1][1]))  # the last best as a step of its own, not a dot
             ax.step([x for x, _ in steps], [y for _, y in steps], where="post", c="#2ca02c", alpha=0.6,
-                    lw=1.5, label="running best", zorder=3)
+                    lw=1.5, label="running best (mean of a kept program's runs)", zorder=3)
         if not ok:
             ax.text(0.5, 0.5, "no successful experiments", transform=ax.transAxes, ha="center", color="#d62728")
         ax.set_ylim(bottom, top)

@@ -71,6 +71,19 @@ def baseline_only_rows():
     return [dict(r, commit_sha=BASELINE_SHA, is_baseline=1) for r in rows]
 
 
+def drawn_figure(rows, tmp_path, monkeypatch):
+    """The matplotlib figure plot_progress saves for rows."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    seen = []
+    real_savefig = plt.Figure.savefig
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: (seen.append(fig), real_savefig(fig, *a, **k)))
+    report.plot_progress(rows, tmp_path / "p.png")
+    [fig] = seen
+    return fig
+
+
 def run_cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "autoresearch.cli", "report", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120,
@@ -486,6 +499,32 @@ def test_plot_has_one_panel_per_worker_in_a_swarm(tmp_path):
     finally:
         plt.Figure.savefig = real_savefig
     assert seen == [["gpu0: 1 experiments, 1 kept", "gpu1: 1 experiments, 0 kept"]]
+
+
+def test_the_plot_shows_every_kept_point_and_the_running_best_inside_its_y_axis(tmp_path, monkeypatch):
+    [ax] = drawn_figure(baseline_only_rows(), tmp_path, monkeypatch).axes
+    bottom, top = ax.get_ylim()
+    [kept] = [c.get_offsets()[:, 1] for c in ax.collections if c.get_label() == "keep"]
+    [best] = [line.get_ydata() for line in ax.lines if line.get_label().startswith("running best")]
+    assert list(kept) == [2.340574]
+    assert all(bottom < y < top for y in [*kept, *best])
+
+
+def test_the_running_best_is_the_reference_the_keep_decision_uses(tmp_path, monkeypatch):
+    """The mean of a kept program's full-budget runs (ledger.reference_of), not its luckiest draw."""
+    a, c = "a" * 40, "c" * 40
+    rows = [dict(exp("keep", 1.50, "baseline", t=0, is_baseline=1), commit_sha=a),
+            dict(exp("discard", 1.54, "baseline (repeat 2/2)", t=1, is_baseline=1), commit_sha=a),
+            exp("discard", 1.60, "worse", t=2, is_baseline=0),
+            dict(exp("discard", 1.40, "lucky", t=3, is_baseline=0, cause="would-be keep, awaiting its "
+                     "confirmation run"), commit_sha=c),
+            dict(exp("keep", 1.44, "lucky [confirm, seed 44]", t=4, is_baseline=0), commit_sha=c)]
+    assert [x for x, _ in report.running_best(rows)] == [1, 2, 3, 4, 5]
+    assert [y for _, y in report.running_best(rows)] == pytest.approx([1.50, 1.52, 1.52, 1.52, 1.42])
+    [ax] = drawn_figure(rows, tmp_path, monkeypatch).axes
+    [line] = [line for line in ax.lines if line.get_label().startswith("running best")]
+    assert list(line.get_xdata()) == [1, 2, 3, 4, 5, 5.5]
+    assert list(line.get_ydata()) == pytest.approx([1.50, 1.52, 1.52, 1.52, 1.42, 1.42])
 
 
 # --- the page in a real browser -------------------------------------------------------------------
