@@ -231,7 +231,8 @@ def read_rules(checkout):
     proc = subprocess.run([sys.executable, "-I", "-c", _PROBE], cwd=checkout, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
-        raise RunError(f"cannot read the rules from constants.py: {lines[-1] if lines else proc.returncode}")
+        said = lines[-1].removeprefix("error: ") if lines else f"exit status {proc.returncode}"
+        raise RunError(f"cannot read the rules from constants.py: {said}")  # the CLI says "error: " once
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -663,6 +664,7 @@ class _Experiment:
             threshold = max(campaign.get("min_delta") or 0.0, 2 * (campaign.get("noise_std") or 0.0))
         if is_baseline is None:
             is_baseline = best is None
+        repeat_of = None if is_baseline else self.same_train_py(commit, start)
         if timeout is None:
             timeout = 2 * float(rules["time_budget"]) + TIMEOUT_MARGIN
         log_path = os.path.join(checkout, "run.log")
@@ -678,7 +680,9 @@ class _Experiment:
         exp_id = ledger.start_experiment(**cols, log_path=log_path, timeout_s=timeout, best_before=best,
                                          threshold=threshold, is_baseline=int(bool(is_baseline)),
                                          sandbox=executor_name())
-        self.say(f"experiment #{exp_id} on {self.branch} at {gitutil.short(commit)}: {self.description}\n"
+        self.say(f"experiment #{exp_id} on {self.branch} at {gitutil.short(commit)}: {self.description}"
+                 + (f" (train.py as kept at {gitutil.short(repeat_of)}: a repeat, never kept)" if repeat_of else "")
+                 + "\n"
                  f"training (profile {rules['profile']}, budget {rules['time_budget']:g} s, timeout {timeout:g} s), "
                  f"log: {log_path}")
 
@@ -713,7 +717,8 @@ class _Experiment:
 
             # 4. decide and record; only the campaign's own train.py leaves a compile cache for later runs
             row = self.finish(exp_id, commit, start, decide=decide, outcome=outcome, state=state, cause=None,
-                              fingerprint=fingerprint, threshold=threshold, best=best, is_baseline=is_baseline)
+                              fingerprint=fingerprint, threshold=threshold, best=best, is_baseline=is_baseline,
+                              repeat_of=repeat_of)
             adopt = adopts_compile_cache(checkout, spec, row["status"])
         finally:
             adopted = caches.settle(workspace, adopt)
@@ -723,6 +728,15 @@ class _Experiment:
         if self.signals.pending:
             raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
         return row
+
+    def same_train_py(self, commit, start):
+        """start when commit's train.py is start's (a run of what is kept already), else None."""
+        try:
+            same = gitutil.show_bytes(self.checkout, f"{commit}:train.py") == \
+                gitutil.show_bytes(self.checkout, f"{start}:train.py")
+        except gitutil.GitError:  # train.py deleted: judged as such below
+            return None
+        return start if same else None
 
     def check_uncommitted(self):
         """RunError (an event in the ledger, nothing committed, moved or removed) when the checkout holds
@@ -790,9 +804,10 @@ class _Experiment:
         return (file_end(os.path.join(self.checkout, "run.log"), 4 << 20) or b"").decode("utf-8", "replace")
 
     def finish(self, exp_id, commit, start, decide, outcome, state, cause, fingerprint=None, threshold=0.0,
-               best=None, is_baseline=False):
+               best=None, is_baseline=False, repeat_of=None):
         """Work out the status, move the branch, finish the ledger row and append results.tsv.
-        outcome None: the run was interrupted (status crash, with the cause given)."""
+        outcome None: the run was interrupted (status crash, with the cause given). repeat_of: the commit
+        whose train.py this run's is (a repeat is never kept: a lucky draw is not a change)."""
         checkout, tag = self.checkout, self.tag
         text = self.read_log()
         if outcome is None:
@@ -804,6 +819,9 @@ class _Experiment:
                 status = "keep" if is_baseline or best is None or val < best - threshold else "discard"
             elif status == "discard" and is_baseline:  # judged, never a gain: the campaign's own train.py
                 status, cause = "keep", None             # sets the bar (its starved flag says how it ran)
+            if status == "keep" and repeat_of:
+                status, cause = "discard", (f"a repeat of {gitutil.short(repeat_of)}'s train.py: never kept, it "
+                                            f"measures the noise")
         if status == "invalid" or (decide and status != "keep"):
             revert(checkout, tag, commit, start)
         cols = result_columns(outcome, text, status, seed=self.ledger.experiment(exp_id)["seed"])

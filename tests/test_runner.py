@@ -468,6 +468,24 @@ def test_hanging_train_is_killed_at_the_timeout_with_no_process_left(repo, tmp_p
     assert results_tsv(repo)[-1][3:] == ["crash", "hangs [timeout]"]
 
 
+def test_a_run_of_the_kept_train_py_is_a_repeat_never_kept_however_lucky(repo):
+    """Nothing changed since the best: a lower val_bpb (here on seed 7) is a lucky draw, not a gain; the
+    run adds to the kept program's mean instead."""
+    lucky_on_7 = fake_train(1.0).replace('print("val_bpb:          1.000000")', 'print("val_bpb:          " + (\
+        "0.500000" if os.environ.get("AUTORESEARCH_SEED") == "7" else "1.000000"))')
+    baseline = run(repo, "baseline", lucky_on_7)
+    row = run(repo, "again, unchanged", seed=7)
+    assert row["val_bpb"] == 0.5 and row["status"] == "discard" and row["commit_sha"] == baseline["commit_sha"]
+    assert row["cause"] == f"a repeat of {baseline['commit_sha'][:7]}'s train.py: never kept, it measures the noise"
+    assert Ledger(repo=repo).reference("t") == 0.75
+
+
+def test_a_profile_typo_is_one_line_saying_error_once(repo):
+    result = cli(repo, "run", "-m", "baseline", env={"AUTORESEARCH_PROFILE": "smok"})
+    assert result.returncode == 2 and result.stderr.count("error") == 1, result.stderr
+    assert result.stderr.startswith("error: cannot read the rules from constants.py: unknown profile 'smok'")
+
+
 def test_default_timeout_is_twice_the_budget_plus_a_margin(repo, short_budget):
     row = run(repo, "baseline")
     assert row["timeout_s"] == 2 * short_budget + runner.TIMEOUT_MARGIN and row["time_budget"] == short_budget
