@@ -342,7 +342,8 @@ class Loop:
         return max(campaign.get("min_delta") or 0.0, 2 * (campaign.get("noise_std") or 0.0))
 
     def next_seed(self):
-        seeds = [r["seed"] for r in self.rows() if isinstance(r.get("seed"), int)]
+        """A seed no run of the campaign has had, but one a stop cut short (its run is run again)."""
+        seeds = [r["seed"] for r in self.rows() if isinstance(r.get("seed"), int) and not interrupted(r)]
         return max(seeds + [DEFAULT_SEED]) + 1
 
     def run(self, description, **kw):

@@ -574,3 +574,15 @@ def test_after_a_failed_baseline_the_fix_is_what_the_loop_runs(repo):
     code, out = run_loop(repo, None, max_experiments=4)
     assert code == 0, out
     assert "restored" not in out and rows(repo)[3]["commit_sha"] == fixed and rows(repo)[3]["status"] == "keep"
+
+
+def test_a_baseline_repeat_a_stop_cut_short_runs_again_on_its_seed(repo, tmp_path):
+    proc = start(repo, "--tag", "t", "--max-experiments", "4", "--baseline-repeats", "3", env=hang_env(tmp_path, 2))
+    train_pid = wait_for_running(repo, tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 143 and not alive(train_pid)
+    assert cli(repo, "--tag", "t", "--max-experiments", "4", "--baseline-repeats", "3").returncode == 0
+    cut, again = rows(repo)[1], rows(repo)[2]
+    assert interrupted_row(cut) and again["seed"] == cut["seed"] == 43
+    assert again["description"] == cut["description"] == "baseline (repeat 2/3, seed 43)"
