@@ -668,7 +668,7 @@ class Loop:
         self.say(f"ledger {self.ledger.path}")
 
     def finish(self, why):
-        rows = self.rows()
+        rows = self.finished()  # as --max-experiments counts them: runs a stop cut short are not experiments
         kept = sum(r["status"] == "keep" for r in rows)
         best = self.ledger.reference(self.tag)
         self.note("done", f"done: {why}. Campaign {self.tag}: {len(rows)} experiments, {kept} kept, best val_bpb "

@@ -582,7 +582,8 @@ def test_a_baseline_repeat_a_stop_cut_short_runs_again_on_its_seed(repo, tmp_pat
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     assert proc.returncode == 143 and not alive(train_pid)
-    assert cli(repo, "--tag", "t", "--max-experiments", "4", "--baseline-repeats", "3").returncode == 0
+    resumed = cli(repo, "--tag", "t", "--max-experiments", "4", "--baseline-repeats", "3")
+    assert resumed.returncode == 0 and "Campaign t: 4 experiments" in resumed.stdout  # the cut run: none
     cut, again = rows(repo)[1], rows(repo)[2]
     assert interrupted_row(cut) and again["seed"] == cut["seed"] == 43
     assert again["description"] == cut["description"] == "baseline (repeat 2/3, seed 43)"
