@@ -202,11 +202,15 @@ def fmt(value, spec=".6f", missing="n/a"):
     return missing if value is None else format(value, spec)
 
 
+def counted(n, noun):
+    """"1 experiment", "2 experiments": every count the report writes."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def counts_text(s):
-    baseline = f" ({s['baseline_runs']} baseline run{'s' if s['baseline_runs'] != 1 else ''})" \
-        if s["baseline_runs"] else ""
+    baseline = f" ({counted(s['baseline_runs'], 'baseline run')})" if s["baseline_runs"] else ""
     screened = f", {s['screened']} screened (short runs, not compared)" if s.get("screened") else ""
-    return f"{s['experiments']} experiments{baseline}, {s['kept']} kept{screened}"
+    return f"{counted(s['experiments'], 'experiment')}{baseline}, {s['kept']} kept{screened}"
 
 
 def best_text(s):
@@ -358,7 +362,7 @@ def plot_progress(rows, path):
     bottom, top = y_range(rows)
     fig, axes = plt.subplots(len(series), 1, figsize=(14, 2 + 4.5 * len(series)), squeeze=False)
     kept = sum(r["status"] == "keep" and not is_failed(r) and not r.get("is_baseline") for r in rows)
-    fig.suptitle(f"{len(rows)} experiments, {kept} kept", fontsize=14)
+    fig.suptitle(f"{counted(len(rows), 'experiment')}, {kept} kept", fontsize=14)
     for ax, ((tag, worker), mine) in zip(axes[:, 0], series.items()):
         campaign = [r for r in rows if r["tag"] == tag]
         number = {id(r): i for i, r in enumerate(campaign, start=1)}  # x = experiment # in the campaign
@@ -403,7 +407,7 @@ def plot_progress(rows, path):
         name = " / ".join(str(p) for p in ((tag if len(tags) > 1 else None), worker) if p)
         if len(series) > 1:
             kept = sum(not r.get("is_baseline") for r in keeps)
-            ax.set_title(f"{name}: {len(mine)} experiments, {kept} kept", fontsize=11)
+            ax.set_title(f"{name}: {counted(len(mine), 'experiment')}, {kept} kept", fontsize=11)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
@@ -425,7 +429,7 @@ def plot_tags(rows, path):
                 if r["status"] == "keep" and not is_failed(r)]
         if kept:
             ax.plot([x for x, _ in kept], [y for _, y in kept], marker="o", ms=4, drawstyle="steps-post",
-                    label=f"{tag} ({len(campaign)} experiments)")
+                    label=f"{tag} ({counted(len(campaign), 'experiment')})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("experiment # in its campaign")
     ax.set_ylabel("val_bpb of the kept experiments (lower is better)")

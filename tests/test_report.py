@@ -71,15 +71,15 @@ def baseline_only_rows():
     return [dict(r, commit_sha=BASELINE_SHA, is_baseline=1) for r in rows]
 
 
-def drawn_figure(rows, tmp_path, monkeypatch):
-    """The matplotlib figure plot_progress saves for rows."""
+def drawn_figure(rows, tmp_path, monkeypatch, plot=report.plot_progress):
+    """The matplotlib figure plot (plot_progress, plot_tags) saves for rows."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     seen = []
     real_savefig = plt.Figure.savefig
     monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: (seen.append(fig), real_savefig(fig, *a, **k)))
-    report.plot_progress(rows, tmp_path / "p.png")
+    plot(rows, tmp_path / "p.png")
     [fig] = seen
     return fig
 
@@ -460,7 +460,7 @@ def test_empty_ledger_is_one_clear_line(tmp_path):
                  "4 experiments (3 baseline runs), 0 kept", id="crashes-first"),
     pytest.param([exp("discard", 1.5, "a", t=0), exp("discard", 1.6, "b", t=1)],
                  "2 experiments (1 baseline run), 0 kept", id="no-keeps"),
-    pytest.param([exp("keep", 1.5, "baseline", t=0)], "1 experiments (1 baseline run), 0 kept",
+    pytest.param([exp("keep", 1.5, "baseline", t=0)], "1 experiment (1 baseline run), 0 kept",
                  id="single-experiment"),
     pytest.param([exp("crash", None, "a", t=0), exp("timeout", None, "b", t=1)],
                  "2 experiments (2 baseline runs), 0 kept", id="all-crashes"),
@@ -498,7 +498,7 @@ def test_plot_has_one_panel_per_worker_in_a_swarm(tmp_path):
         report.plot_progress(rows, tmp_path / "p.png")
     finally:
         plt.Figure.savefig = real_savefig
-    assert seen == [["gpu0: 1 experiments, 1 kept", "gpu1: 1 experiments, 0 kept"]]
+    assert seen == [["gpu0: 1 experiment, 1 kept", "gpu1: 1 experiment, 0 kept"]]
 
 
 def test_the_plot_shows_every_kept_point_and_the_running_best_inside_its_y_axis(tmp_path, monkeypatch):
@@ -525,6 +525,15 @@ def test_the_running_best_is_the_reference_the_keep_decision_uses(tmp_path, monk
     [line] = [line for line in ax.lines if line.get_label().startswith("running best")]
     assert list(line.get_xdata()) == [1, 2, 3, 4, 5, 5.5]
     assert list(line.get_ydata()) == pytest.approx([1.50, 1.52, 1.52, 1.52, 1.42, 1.42])
+
+
+def test_one_experiment_is_written_in_the_singular(tmp_path, monkeypatch):
+    rows = report.mark_baselines([exp("keep", 1.5, "baseline", t=0)])
+    s = report.summarize("night", report.with_improvements(rows), {})
+    assert report.counts_text(s) == "1 experiment (1 baseline run), 0 kept"
+    assert drawn_figure(rows, tmp_path, monkeypatch)._suptitle.get_text() == "1 experiment, 0 kept"
+    [ax] = drawn_figure(rows, tmp_path, monkeypatch, plot=report.plot_tags).axes
+    assert ax.get_legend_handles_labels()[1] == ["night (1 experiment)"]
 
 
 # --- the page in a real browser -------------------------------------------------------------------
