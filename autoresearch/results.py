@@ -14,8 +14,9 @@ The harness never edits the file line by line: whenever one of the campaign's le
 or changes, write() regenerates the whole file from the ledger (temp file + os.replace, so a reader
 never sees half a file). So it cannot disagree with the ledger, nor mix campaigns; lines added by
 hand are replaced by the ledger's rows at the next write. `autoresearch log --format tsv` is the same
-format (format_rows, the same lines) with extra columns after the five (LOG_EXTRAS); read() takes
-both, and a `tag` column splits the rows into campaigns.
+format (format_rows, the same lines) with extra columns after the five (LOG_EXTRAS), its experiments
+still running among them (`crash`, `[running]` ending the description); read() takes both, the
+finished experiments only, and a `tag` column splits the rows into campaigns.
 """
 
 import os
@@ -45,7 +46,7 @@ def cells(row):
         else "crash"  # a screening run, never kept, is a discard to the reference's tools
     ok = status != "crash" and row.get("val_bpb") is not None
     description = _clean(row.get("description"))
-    if row["status"] in ("timeout", "invalid", "screened"):
+    if row["status"] in ("timeout", "invalid", "screened", "running"):
         description += f" [{row['status']}]"
     if ok and (row.get("starved") or (row.get("cause") or "").startswith("starved")):  # ledger.was_starved
         description += " [starved]"
@@ -86,7 +87,8 @@ def write(checkout, ledger, tag):
 def read(path):
     """The rows of a results.tsv or `autoresearch log --format tsv` output as ledger-like dicts (the
     columns the file lacks are None, is_baseline among them; starved is 1 where the description ends
-    with [starved]). The campaign is the `tag` column, else the file's name."""
+    with [starved]). The campaign is the `tag` column, else the file's name. Experiments still running
+    (`log` prints them) are left out: they have no result yet, and are no crash."""
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"no such results file: {path} (pass the path of a results.tsv)")
@@ -98,7 +100,9 @@ def read(path):
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if line.strip():
-            rows.append(_parse(path, number, line, header))
+            row = _parse(path, number, line, header)
+            if not (row["status"] == "crash" and row["description"].endswith("[running]")):
+                rows.append(row)
     if not rows:
         raise ResultsError(f"{path} has a header but no experiments yet")
     return rows

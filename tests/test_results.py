@@ -81,3 +81,13 @@ def test_a_starved_run_is_marked_starved_and_read_back_as_starved(ledger, tmp_pa
     assert (tmp_path / "results.tsv").read_text().splitlines()[2] == \
         "aaaaaaa\t1.900000\t3.0\tdiscard\tbaseline (repeat 2/2) [starved]"
     assert [r["starved"] for r in results.read(tmp_path / "results.tsv")] == [None, 1, None]
+
+
+def test_a_running_experiment_in_log_output_is_marked_running_and_read_back_without_it(ledger, tmp_path):
+    add(ledger, "night", "keep", 1.5, "baseline", "a")
+    add(ledger, "night", "running", None, "still training", "b")
+    path = tmp_path / "log.tsv"
+    path.write_text(results.format_rows(ledger.experiments(), extra=results.LOG_EXTRAS))
+    assert path.read_text().splitlines()[2].split("\t")[:5] == [
+        "bbbbbbb", "0.000000", "0.0", "crash", "still training [running]"]
+    assert [r["description"] for r in results.read(path)] == ["baseline"]
