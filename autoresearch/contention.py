@@ -54,28 +54,42 @@ def _ours(group=None):
     return total + (account or 0.0), pids | members
 
 
-def _gpu_others(ours, visible=None):
-    """How many processes not of ours hold a context on our GPU (None: not a CUDA machine, or no
-    nvidia-smi). Our GPU is the first of `visible` (the experiment's CUDA_VISIBLE_DEVICES), else GPU 0."""
+def _smi(*query):
+    """nvidia-smi's CSV lines for a query (its documented --format=csv interface), or None without it."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return None
     try:
-        gpus = subprocess.run([smi, "--query-gpu=index,uuid", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=10).stdout
-        apps = subprocess.run([smi, "--query-compute-apps=pid,gpu_uuid", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([smi, *query, "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
+    return [[cell.strip() for cell in line.split(",")] for line in out.stdout.splitlines() if line.strip()]
+
+
+def gpu_apps():
+    """{pid: GPU uuid} of the processes holding a context on an NVIDIA GPU, or None (no nvidia-smi)."""
+    apps = _smi("--query-compute-apps=pid,gpu_uuid")
+    if apps is None:
+        return None
+    return {int(cells[0]): cells[1] for cells in apps if len(cells) == 2 and cells[0].isdigit()}
+
+
+def _gpu_others(ours, visible=None):
+    """How many processes not of ours hold a context on our GPU (None: not a CUDA machine, or no
+    nvidia-smi). Our GPU is the first of `visible` (the experiment's CUDA_VISIBLE_DEVICES), else GPU 0."""
+    gpus, apps = _smi("--query-gpu=index,uuid"), gpu_apps()
+    if gpus is None or apps is None:
+        return None
     visible = (visible or os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
-    uuids = {index.strip(): uuid.strip() for index, _, uuid in (line.partition(",") for line in gpus.splitlines())}
+    uuids = {cells[0]: cells[1] for cells in gpus if len(cells) == 2}
     ours_uuid = uuids.get(visible, visible)  # CUDA_VISIBLE_DEVICES may name a UUID
-    others = 0
-    for line in apps.splitlines():
-        pid, _, uuid = line.partition(",")
-        if uuid.strip() == ours_uuid and pid.strip().isdigit() and int(pid) not in ours:
-            others += 1
-    return others
+    return sum(uuid == ours_uuid and pid not in ours for pid, uuid in apps.items())
+
+
+def gpus_held(pids):
+    """The GPUs (uuids) the processes `pids` hold contexts on, or None where that cannot be told."""
+    apps = gpu_apps()
+    return None if apps is None else {uuid for pid, uuid in apps.items() if pid in set(pids)}
 
 
 class Watch:

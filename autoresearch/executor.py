@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import psutil
+
 from autoresearch import compilecache, contention, evaluator, hostfiles, limits, sandbox
 
 STARTUP_ALLOWANCE = 10.0      # seconds of start-up before the training clock starts regardless (+20 on GPU)
@@ -43,6 +45,7 @@ GPU_COMPILE_ALLOWANCE = 90.0  # on a CUDA machine torch.compile runs in the firs
                               # cold on an H200 (measured); 9 s warm, but only a model the baseline's
                               # compile cache covers starts warm (compilecache.py)
 KILL_GRACE = 5.0              # seconds between SIGTERM and SIGKILL
+GPU_SAMPLE_S = 5.0            # on a machine of several GPUs: how often the GPUs a run holds are looked at
 # what a run may leave on the host's disk, in its log, its hand-off and its compile cache (the rest of
 # what it can write is the sandbox's memory, sized there): a run past either is stopped, and invalid
 WRITE_LIMIT = 16 << 30        # bytes (the exported model and a compile cache take a few hundred MB)
@@ -99,6 +102,7 @@ class Outcome:
     timeout_s: float = None
     cpu_share_others: float = None  # share of the CPUs other processes took during training (contention.py)
     gpu_others: int = None        # other processes on the experiment's GPU during training
+    gpus_held: int = None         # the most GPUs the run's processes held at once (sampled; None: not looked)
     written: tuple = None         # when stopped = "writes": (bytes, files) in the folders it writes, and
                                   # the bytes its disks lost meanwhile
 
@@ -222,7 +226,8 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         clock = _Clock(launched, startup_allowance, time_budget, timeout)
         writable = [log_path, handoff] + ([compile_cache] if compile_cache else [])
         watched = _Watched(gpu=(placement or {}).get("CUDA_VISIBLE_DEVICES"),
-                           runs=limits.all_runs() if group is not None else None)
+                           runs=limits.all_runs() if group is not None else None,
+                           members=group.members if group is not None else lambda: _process_tree(proc.pid))
         _supervise(proc, channel, outcome, clock, watched, writable, (work, os.path.dirname(os.path.abspath(log_path))),
                    tick, cancel)
         kill_group(proc, grace=KILL_GRACE if outcome.stopped not in (None, "writes") else 0)
@@ -292,23 +297,46 @@ class _Clock(NamedTuple):
 
 
 class _Watched(NamedTuple):
-    """What the contention watch of a run looks at: its GPU (CUDA_VISIBLE_DEVICES, or None) and the CPU
-    account of all this harness's runs (limits.all_runs(), or None where runs have no groups)."""
+    """What the watch of a run looks at: its GPU (CUDA_VISIBLE_DEVICES, or None), the CPU account of all
+    this harness's runs (limits.all_runs(), or None where runs have no groups), and its processes (a
+    function giving their pids: its group's members, else its process tree)."""
     gpu: str
     runs: object
+    members: object
+
+
+def _process_tree(pid):
+    try:
+        root = psutil.Process(pid)
+        return [pid] + [child.pid for child in root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _sample_gpus(outcome, watched):
+    """Count the GPUs the run's processes hold now into outcome.gpus_held (the most at once). On a machine
+    of several GPUs every one is bound into the sandbox, and CUDA_VISIBLE_DEVICES is the run's to change:
+    a run that trains on more than one has more compute than the rules give it."""
+    held = contention.gpus_held(watched.members())
+    if held is not None:
+        outcome.gpus_held = max(outcome.gpus_held or 0, len(held))
 
 
 def _supervise(proc, channel, outcome, clock, watched, writable, disks, tick=None, cancel=None):
     """Watch the running experiment until it ends or must be stopped (outcome.stopped says why): what
     it writes to the host's disks (the `writable` paths, and what the disks of `disks` lose), how long
     it trains, what other processes take meanwhile (outcome.cpu_share_others, gpu_others)."""
-    watch, measured_at = None, 0.0
+    watch, measured_at, gpus_at = None, 0.0, time.time()
     free = {path: _free_bytes(path) for path in disks}
+    several_gpus = sandbox.gpu_count() > 1
     while proc.poll() is None:
         time.sleep(0.2)
         now = time.time()
         if tick and int(now * 5) % 5 == 0:
             tick(clock.launched)
+        if several_gpus and now - gpus_at >= GPU_SAMPLE_S:
+            gpus_at = now
+            _sample_gpus(outcome, watched)
         if now - measured_at >= 1.0:
             measured_at = now
             # what the disks lost counts too: files it deleted but holds open, folders it made unreadable

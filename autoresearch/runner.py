@@ -872,6 +872,8 @@ def judge_outcome(outcome, claimed, text, time_budget):
     if outcome.stopped == "budget":
         return "timeout", (f"over budget: still training {outcome.wall_s:.0f} s after its launch (budget "
                            f"{time_budget:g} s + {outcome.grace_s:.0f} s grace from its first batch)")
+    if (outcome.gpus_held or 0) > 1:
+        return "invalid", f"its processes held {outcome.gpus_held} GPUs at once: an experiment has one"
     printed = claimed.get("val_bpb")
     if outcome.returncode != 0:
         return "crash", crash_cause(text, outcome.returncode)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import executor, hostfiles, results, runner
+from autoresearch import executor, hostfiles, results, runner, sandbox
 from autoresearch.ledger import Ledger
 from conftest import git
 
@@ -484,6 +484,36 @@ def test_a_profile_typo_is_one_line_saying_error_once(repo):
     result = cli(repo, "run", "-m", "baseline", env={"AUTORESEARCH_PROFILE": "smok"})
     assert result.returncode == 2 and result.stderr.count("error") == 1, result.stderr
     assert result.stderr.startswith("error: cannot read the rules from constants.py: unknown profile 'smok'")
+
+
+def on_gpus(*gpus):
+    """A train.py body whose children hold a context on each of `gpus` (the stand-in nvidia-smi lists a
+    process started with STANDIN_GPU=i on GPU i) for two seconds."""
+    return ("import subprocess, time\n"
+            f"children = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(2)'], "
+            f"env={{**os.environ, 'STANDIN_GPU': str(gpu)}}) for gpu in {list(gpus)!r}]\n"
+            "[child.wait() for child in children]\n")
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """A machine of two GPUs as far as the harness can tell: the stand-in nvidia-smi, sampled often."""
+    monkeypatch.setenv("PATH", f"{Path(__file__).parent / 'standins'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(sandbox, "gpu_count", lambda: 2)
+    monkeypatch.setattr(executor, "GPU_SAMPLE_S", 0.3)
+
+
+def test_a_run_whose_processes_hold_two_gpus_is_invalid(repo, two_gpus):
+    """Every GPU's device node is in the sandbox and CUDA_VISIBLE_DEVICES is the run's to change: one
+    that trains on a second GPU as well has twice the compute the rules give it."""
+    run(repo, "baseline", fake_train(1.0, on_gpus(0)))
+    row = run(repo, "data parallel on two GPUs", fake_train(0.5, on_gpus(0, 1)))
+    assert row["status"] == "invalid" and row["cause"] == "its processes held 2 GPUs at once: an experiment has one"
+
+
+def test_a_run_on_one_gpu_of_several_is_judged_as_usual(repo, two_gpus):
+    run(repo, "baseline", fake_train(1.0, on_gpus(0)))
+    assert run(repo, "on its own GPU", fake_train(0.5, on_gpus(1)))["status"] == "keep"
 
 
 def test_default_timeout_is_twice_the_budget_plus_a_margin(repo, short_budget):
