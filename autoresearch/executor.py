@@ -22,6 +22,7 @@ the caller (runner.py, or a remote worker) does. The harness, not train.py, owns
 import functools
 import json
 import os
+import random
 import signal
 import socket
 import stat
@@ -45,7 +46,7 @@ GPU_COMPILE_ALLOWANCE = 90.0  # on a CUDA machine torch.compile runs in the firs
                               # cold on an H200 (measured); 9 s warm, but only a model the baseline's
                               # compile cache covers starts warm (compilecache.py)
 KILL_GRACE = 5.0              # seconds between SIGTERM and SIGKILL
-GPU_SAMPLE_S = 5.0            # on a machine of several GPUs: how often the GPUs a run holds are looked at
+GPU_SAMPLE_S = 5.0            # on a machine of several GPUs: about how often the GPUs a run holds are looked at
 # what a run may leave on the host's disk, in its log, its hand-off and its compile cache (the rest of
 # what it can write is the sandbox's memory, sized there): a run past either is stopped, and invalid
 WRITE_LIMIT = 16 << 30        # bytes (the exported model and a compile cache take a few hundred MB)
@@ -326,7 +327,7 @@ def _supervise(proc, channel, outcome, clock, watched, writable, disks, tick=Non
     """Watch the running experiment until it ends or must be stopped (outcome.stopped says why): what
     it writes to the host's disks (the `writable` paths, and what the disks of `disks` lose), how long
     it trains, what other processes take meanwhile (outcome.cpu_share_others, gpu_others)."""
-    watch, measured_at, gpus_at = None, 0.0, time.time()
+    watch, measured_at, gpus_at = None, 0.0, time.time() + 1.0
     free = {path: _free_bytes(path) for path in disks}
     several_gpus = sandbox.gpu_count() > 1
     while proc.poll() is None:
@@ -334,8 +335,8 @@ def _supervise(proc, channel, outcome, clock, watched, writable, disks, tick=Non
         now = time.time()
         if tick and int(now * 5) % 5 == 0:
             tick(clock.launched)
-        if several_gpus and now - gpus_at >= GPU_SAMPLE_S:
-            gpus_at = now
+        if several_gpus and now >= gpus_at:
+            gpus_at = now + GPU_SAMPLE_S * random.uniform(0.4, 1.2)  # when it is looked at cannot be foreseen
             _sample_gpus(outcome, watched)
         if now - measured_at >= 1.0:
             measured_at = now
