@@ -68,18 +68,28 @@ def reference_of(rows):
     that counted, not those thrown away to be run again). One sample
     would let a lucky or unlucky draw set the bar: a first baseline drawn one std high lets a change
     within the noise through. None before anything is kept."""
+    return min(kept_means(rows).values(), default=None)
+
+
+def kept_means(rows):
+    """{program (its commit, or "row <id>"): the mean reference_of takes} for each kept program."""
     programs = {}
     for r in rows:
         if r.get("status") in ("keep", "discard") and r.get("val_bpb") is not None:
             programs.setdefault(r.get("commit_sha") or f"row {r.get('id')}", []).append(r)
-    means = []
-    for runs in programs.values():
+    means = {}
+    for program, runs in programs.items():
         if any(r["status"] == "keep" for r in runs):
             # all starved: the runs that counted, not those thrown away to be run again ("starved: ...")
             counted = [r for r in runs if not (r.get("cause") or "").startswith("starved")]
             fair = [r for r in runs if not was_starved(r)] or counted or runs
-            means.append(statistics.fmean(r["val_bpb"] for r in fair))
-    return min(means, default=None)
+            means[program] = statistics.fmean(r["val_bpb"] for r in fair)
+    return means
+
+
+def was_interrupted(row):
+    """Whether a stop (Ctrl-C, SIGTERM, a killed harness) cut the run short: it is no experiment."""
+    return row.get("status") == "crash" and (row.get("cause") or "").startswith("interrupted")
 
 
 def was_starved(row):

@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 
-from autoresearch import cli, contention, gitutil, results, runner, sandbox
+from autoresearch import cli, contention, gitutil, ledger, results, runner, sandbox
 from autoresearch.ledger import Ledger
 from autoresearch.proposers import REGISTRY, Proposal, ProposalError, ProposerConfigError, get_proposer
 
@@ -68,9 +68,7 @@ class LoopError(Exception):
     """A user mistake or missing precondition: one line, exit 2."""
 
 
-def interrupted(row):
-    """Whether a stop (Ctrl-C, SIGTERM, a killed loop) cut the experiment short: it did not finish."""
-    return row["status"] == "crash" and (row.get("cause") or "").startswith("interrupted")
+interrupted = ledger.was_interrupted  # a stop (Ctrl-C, SIGTERM, a killed loop) cut the experiment short
 
 
 STARVED_RERUN = "; re-run"                  # the end of the cause of a starved would-be keep to run again

@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 from autoresearch import gitutil, results
-from autoresearch.ledger import Ledger, ledger_path, reference_of, was_starved
+from autoresearch.ledger import Ledger, kept_means, ledger_path, reference_of, was_interrupted, was_starved
 
 FAILED = ("crash", "timeout", "invalid")  # statuses that produced no usable val_bpb
 LOG_SLACK = 5.0  # seconds a run's log may be newer than its row's end (file-system clocks)
@@ -166,14 +166,18 @@ def tokens_per_second(row):
 
 def summarize(tag, rows, campaign):
     """The numbers of one campaign, as a dict that the terminal, the page, --json and the tests share."""
+    rows = [r for r in rows if not was_interrupted(r)]  # a run a stop cut short is no experiment
     screened = [r for r in rows if r["status"] == "screened"]  # short runs: never kept, never the best
     after = [r for r in rows if not r.get("is_baseline") and r["status"] != "screened"]
     keeps = [r for r in after if r["status"] == "keep" and not is_failed(r)]
     baseline = baseline_of(rows)
-    best_row = min(keeps, key=lambda r: r["val_bpb"]) if keeps else None
-    if best_row is not None and baseline is not None and best_row["val_bpb"] >= baseline:
+    # the best is what the keep rule compares with: the lowest mean of a kept program's runs, not one lucky run
+    means = kept_means([r for r in rows if r["status"] != "screened"])
+    program = min(means, key=means.get, default=None)
+    best_row = next((r for r in reversed(keeps) if (r.get("commit_sha") or f"row {r.get('id')}") == program), None)
+    if best_row is not None and baseline is not None and means[program] >= baseline:
         best_row = None  # a keep no better than the baseline (a results.tsv kept by hand) is not the best
-    best = best_row["val_bpb"] if best_row else baseline
+    best = means[program] if best_row else baseline
     causes = Counter(f"{r['status']}: {r.get('cause') or 'no cause recorded'}" for r in rows if is_failed(r))
     thresholds = [r.get("threshold") for r in rows if r.get("threshold") is not None]
     starts = [r["started_at"] for r in rows if r.get("started_at")]

@@ -2,9 +2,9 @@
 results.tsv, the reference system's record of a campaign: its one writer and its one reader.
 
 The file (checkout root, never committed) holds exactly one campaign, the one of the checkout's
-branch `autoresearch/<tag>`: its finished experiments in ledger order, one line each, under the
-header `commit val_bpb memory_gb status description` (tab-separated). The status is `keep`,
-`discard` or `crash`, the only three the reference knows: `timeout` and `invalid` are written as
+branch `autoresearch/<tag>`: its finished experiments (not runs a stop cut short) in ledger order, one
+line each, under the header `commit val_bpb memory_gb status description` (tab-separated). The status
+is `keep`, `discard` or `crash`, the only three the reference knows: `timeout` and `invalid` are written as
 `crash`, with `[timeout]` or `[invalid]` ending the description. A crash has val_bpb 0.000000 and
 memory 0.0. A run other processes starved (contention.py) has `[starved]` ending its description, as
 `autoresearch log` and `status` say it: its val_bpb says more about the machine than the program, and a
@@ -69,8 +69,10 @@ def format_rows(rows, extra=None):
 
 
 def write(checkout, ledger, tag):
-    """Regenerate <checkout>/results.tsv from the ledger: the finished experiments of campaign tag."""
-    rows = [r for r in ledger.experiments(tag=tag) if r["status"] != "running"]
+    """Regenerate <checkout>/results.tsv from the ledger: the finished experiments of campaign tag (a run a
+    stop cut short is none: the ledger keeps it, and it is run again)."""
+    from autoresearch.ledger import was_interrupted  # the ledger imports this module for its tsv format
+    rows = [r for r in ledger.experiments(tag=tag) if r["status"] != "running" and not was_interrupted(r)]
     # the new file is made beside the old one (os.replace needs the same file system) under the name
     # results.tsv, which the harness's git commands leave out: one a killed writer left behind is
     # never taken for a change of the experiment's

@@ -393,7 +393,7 @@ def test_a_tsv_of_baseline_runs_only_reports_no_keep_and_the_ledgers_baseline(tm
         tsv.write_text(log_tsv(repo))
     from_ledger, from_tsv = run_cli(cwd=repo), run_cli("--results", str(tsv), "--out", str(tmp_path / "t"), cwd=repo)
     assert from_ledger.returncode == 0 and from_tsv.returncode == 0, from_ledger.stderr + from_tsv.stderr
-    assert "5 experiments (5 baseline runs), 0 kept" in from_tsv.stdout
+    assert "4 experiments (4 baseline runs), 0 kept" in from_tsv.stdout  # the interrupted run is none
     # the starved run is left out, as the ledger leaves it out: the mean of 2.340574, 2.09 and 2.24
     assert "baseline val_bpb:  2.223525" in from_tsv.stdout
     assert "improvement:       0.000000 (0.00%)" in from_tsv.stdout
@@ -628,3 +628,17 @@ def test_screened_runs_are_counted_apart_never_kept_and_never_the_best(tmp_path)
     assert result.returncode == 0, result.stderr
     page = (repo / "reports" / "night" / "report.html").read_text()
     assert '<tr class="screened">' in page and "1 screened (short runs, not compared)" in page
+
+
+def test_a_run_a_stop_cut_short_is_neither_an_experiment_nor_a_failure():
+    rows = campaign_rows() + [exp("crash", None, "cut short", t=7, cause="interrupted (SIGINT)")]
+    s = report.summarize("night", rows, {})
+    assert s["experiments"] == 7 and s["failed"] == 2 and "interrupted" not in " ".join(s["crash_causes"])
+
+
+def test_the_best_is_the_mean_of_the_kept_programs_runs_as_the_keep_rule_has_it():
+    """A keep confirmed by a second run: one lucky sample is not the best a change must beat."""
+    rows = campaign_rows()[:3]
+    rows.append(dict(rows[2], status="discard", val_bpb=1.47, started_at=rows[2]["started_at"] + 30))
+    s = report.summarize("night", rows, {})
+    assert s["best"] == pytest.approx((1.45 + 1.47) / 2) and s["best_row"]["val_bpb"] == 1.45

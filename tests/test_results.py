@@ -91,3 +91,17 @@ def test_a_running_experiment_in_log_output_is_marked_running_and_read_back_with
     assert path.read_text().splitlines()[2].split("\t")[:5] == [
         "bbbbbbb", "0.000000", "0.0", "crash", "still training [running]"]
     assert [r["description"] for r in results.read(path)] == ["baseline"]
+
+
+def test_a_run_a_stop_cut_short_is_no_line_of_results_tsv(ledger, tmp_path):
+    """Ctrl-C during an experiment: the ledger keeps the row (and the run is run again), but it is no
+    result, and results.tsv does not carry it as a crash for ever."""
+    add(ledger, "night", "keep", 1.5, "baseline", "a")
+    cut = ledger.start_experiment(tag="night", commit_sha="b" * 40, description="baseline (repeat 2/3, seed 43)")
+    ledger.finish_experiment(cut, status="crash", cause="interrupted (SIGINT)")
+    add(ledger, "night", "discard", 1.52, "baseline (repeat 2/3, seed 43)", "b")
+    results.write(tmp_path, ledger, "night")
+    assert (tmp_path / "results.tsv").read_text() == (
+        f"{HEADER}\n"
+        "aaaaaaa\t1.500000\t3.0\tkeep\tbaseline\n"
+        "bbbbbbb\t1.520000\t3.0\tdiscard\tbaseline (repeat 2/3, seed 43)\n")
