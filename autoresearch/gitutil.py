@@ -137,6 +137,17 @@ def commit_file(repo, parent, path, text, message):
                "-m", message or "(no description)")
 
 
+def commit_worktree(repo, parent, message):
+    """A commit on top of parent of the working tree as it is (changed, new and deleted files; not the
+    harness's outputs), made without touching the index."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
+        git(repo, "read-tree", parent, env=env)
+        git(repo, "add", "--all", "--", ".", *EXCLUDES, env=env)
+        tree = git(repo, "write-tree", env=env)
+    return git(repo, *_identity(repo), "-c", "commit.gpgsign=false", "commit-tree", tree, "-p", parent, "-m", message)
+
+
 def merge_text(base, ours, theirs):
     """Three-way merge of one file's texts (git merge-file): the merged text, or None on a conflict."""
     with tempfile.TemporaryDirectory() as tmp:

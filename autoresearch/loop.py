@@ -36,7 +36,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -144,7 +143,7 @@ class _Signals:
             self.armed = False
 
 
-def _LoopLock(checkout):
+def loop_lock(checkout):
     """One loop per checkout."""
     return gitutil.CheckoutLock(checkout, "autoresearch-loop.lock", lambda pid: LoopError(
         f"another `autoresearch loop` (pid {pid}) is running in this checkout; stop it first, or run this "
@@ -295,7 +294,7 @@ class Loop:
         whatever else is there is saved under refs/autoresearch/<tag>/leftover-<time> first. Before a
         baseline is kept, branch and tree stay as they are: no proposal ran yet, so they hold the person's
         work (the fix of a train.py whose baseline failed)."""
-        with runner._CheckoutLock(self.checkout):  # no `autoresearch run` is running here
+        with runner.checkout_lock(self.checkout):  # no `autoresearch run` is running here
             for row in runner.recover(self.checkout, self.ledger):
                 self.say(f"recovered #{row['id']} ({row['description']}): left running by a stopped loop, "
                          f"recorded as crash")
@@ -318,15 +317,8 @@ class Loop:
 
     def save_leftover(self, head, dirty):
         """A commit of HEAD plus the uncommitted changes, kept under refs/autoresearch/<tag>/; its ref."""
-        sha = head
-        if dirty:
-            with tempfile.TemporaryDirectory() as tmp:
-                env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
-                gitutil.git(self.checkout, "read-tree", "HEAD", env=env)
-                gitutil.git(self.checkout, "add", "--all", "--", ".", *gitutil.EXCLUDES, env=env)
-                tree = gitutil.git(self.checkout, "write-tree", env=env)
-                sha = gitutil.git(self.checkout, *gitutil._identity(self.checkout), "commit-tree", tree, "-p", head,
-                                  "-m", "uncommitted changes found by autoresearch loop")
+        sha = gitutil.commit_worktree(self.checkout, head, "uncommitted changes found by autoresearch loop") \
+            if dirty else head
         known = {r["commit_sha"] for r in self.rows()} | {self.ledger.campaign(self.tag)["base_commit"]}
         if sha in known:
             return None
@@ -630,7 +622,7 @@ class Loop:
 
     def _main(self):
         self.check_preconditions()
-        with _LoopLock(self.checkout):
+        with loop_lock(self.checkout):
             self.open()
             try:
                 if self.ensure_baseline():

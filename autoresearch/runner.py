@@ -461,11 +461,11 @@ class _Signals:
         self.armed = False
 
 
-def _CheckoutLock(checkout):
-    """One experiment at a time per checkout."""
+def checkout_lock(checkout):
+    """One experiment at a time per checkout (an `autoresearch run`'s, a loop's or a swarm's)."""
     return gitutil.CheckoutLock(checkout, "autoresearch-run.lock", lambda pid: RunError(
-        f"another `autoresearch run` (pid {pid}) is running in this checkout; wait for it to finish, "
-        f"or use another worktree (`git worktree add`)"))
+        f"an experiment (pid {pid}: `autoresearch run`, `loop` or `swarm`) is running in this checkout; wait "
+        f"for it to finish, or use another worktree (`git worktree add`)"))
 
 
 # -- git moves ---------------------------------------------------------------------------------
@@ -603,7 +603,7 @@ def run_experiment(repo, description, *, timeout=None, proposer="manual", model=
     checkout = gitutil.toplevel(repo)
     ledger = ledger or Ledger(repo=checkout)
     worker = worker or os.environ.get("AUTORESEARCH_WORKER") or socket.gethostname()
-    with _CheckoutLock(checkout), _Signals() as signals:
+    with checkout_lock(checkout), _Signals() as signals:
         recover(checkout, ledger)
         experiment = _Experiment(checkout, ledger, tag, description.strip(), worker, signals, progress)
         return experiment.run(timeout=timeout, seed=seed, threshold=threshold, is_baseline=is_baseline,

@@ -386,9 +386,9 @@ class Swarm(Loop):
         self.check_preconditions()
         if self.backend_name == "local":
             self.slots = placements(self.workers, self.devices)  # a bad --devices: before anything changes
-        with loop._LoopLock(self.checkout):
+        with loop.loop_lock(self.checkout):
             self.open()
-            with runner._CheckoutLock(self.checkout):  # no `autoresearch run` here meanwhile
+            with runner.checkout_lock(self.checkout):  # no `autoresearch run` here meanwhile
                 return self._swarm()
 
     def _swarm(self):

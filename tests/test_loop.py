@@ -9,6 +9,7 @@ of its knobs and the seed (and that can hang on its Nth run), so they check the 
 
 import io
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -588,3 +589,17 @@ def test_a_baseline_repeat_a_stop_cut_short_runs_again_on_its_seed(repo, tmp_pat
     cut, again = rows(repo)[1], rows(repo)[2]
     assert interrupted_row(cut) and again["seed"] == cut["seed"] == 43
     assert again["description"] == cut["description"] == "baseline (repeat 2/3, seed 43)"
+
+
+def test_what_a_stopped_loop_left_uncommitted_is_saved_before_the_branch_is_restored(repo):
+    code, out = run_loop(repo, None, max_experiments=1)
+    assert code == 0, out
+    (repo / "train.py").write_text(STANDIN_TRAIN.replace("DEPTH = 4 ", "DEPTH = 7 "))  # a proposal cut short
+    (repo / "notes.txt").write_text("half a thought\n")
+    code, out = run_loop(repo, None, max_experiments=1)
+    assert code == 0, out
+    ref = re.search(r"saved as (refs/autoresearch/t/leftover-\S+)", out).group(1)
+    assert "DEPTH = 7" in git(repo, "show", f"{ref}:train.py")
+    assert git(repo, "show", f"{ref}:notes.txt") == "half a thought"
+    assert git(repo, "rev-parse", f"{ref}^") == rows(repo)[0]["commit_sha"]
+    assert git(repo, "status", "--porcelain") == "" and not (repo / "notes.txt").exists()

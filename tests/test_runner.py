@@ -754,7 +754,7 @@ def test_second_run_in_the_same_checkout_is_refused(repo, tmp_path):
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.1)
         second = cli(repo, "run", "-m", "meanwhile")
-        assert second.returncode == 2 and "another `autoresearch run`" in second.stderr
+        assert second.returncode == 2 and "an experiment (pid " in second.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
