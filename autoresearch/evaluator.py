@@ -41,8 +41,6 @@ def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
     program = load_program(path)
     width = checked_width(program, tokenizer.get_vocab_size())
     module, batch_size = module_of(program), max(1, min(int(batch_size), 4096))
-    if width:  # in memory, an eager batch's logits are the run's to size: bounded as a compiled one's are
-        batch_size = max(1, min(batch_size, EAGER_LOGITS // (prepare.MAX_SEQ_LEN * width)))
     if prepared is not None and prepared.take(module):
         fast, precision, max_rows = prepared.fast, prepared.precision, prepared.max_rows  # compiled ahead
     else:
@@ -55,6 +53,8 @@ def evaluate_program(path, batch_size, prepare, tokenizer, prepared=None):
         return prepare.evaluate_bpb(module_of(program), tokenizer, batch_size)
     if max_rows is not None:  # compiled
         batch_size = batch_rows(batch_size, max_rows)
+    elif width:  # eagerly in the host's memory (CPU, MPS): the run sizes the logits, bounded as compiled ones are
+        batch_size = max(1, min(batch_size, EAGER_LOGITS // (prepare.MAX_SEQ_LEN * width)))
     with precision:  # what fails from here on (the causality probes, say) is the program's failure
         return prepare.evaluate_bpb(fast, tokenizer, batch_size)
 
