@@ -67,11 +67,12 @@ def _smi(*query):
 
 
 def gpu_apps():
-    """{pid: GPU uuid} of the processes holding a context on an NVIDIA GPU, or None (no nvidia-smi)."""
+    """(pid, GPU uuid) for each context a process holds on an NVIDIA GPU (a process on two GPUs is listed
+    twice), or None (no nvidia-smi)."""
     apps = _smi("--query-compute-apps=pid,gpu_uuid")
     if apps is None:
         return None
-    return {int(cells[0]): cells[1] for cells in apps if len(cells) == 2 and cells[0].isdigit()}
+    return [(int(cells[0]), cells[1]) for cells in apps if len(cells) == 2 and cells[0].isdigit()]
 
 
 def _gpu_others(ours, visible=None):
@@ -83,13 +84,13 @@ def _gpu_others(ours, visible=None):
     visible = (visible or os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip()
     uuids = {cells[0]: cells[1] for cells in gpus if len(cells) == 2}
     ours_uuid = uuids.get(visible, visible)  # CUDA_VISIBLE_DEVICES may name a UUID
-    return sum(uuid == ours_uuid and pid not in ours for pid, uuid in apps.items())
+    return len({pid for pid, uuid in apps if uuid == ours_uuid and pid not in ours})
 
 
 def gpus_held(pids):
     """The GPUs (uuids) the processes `pids` hold contexts on, or None where that cannot be told."""
-    apps = gpu_apps()
-    return None if apps is None else {uuid for pid, uuid in apps.items() if pid in set(pids)}
+    apps, pids = gpu_apps(), set(pids)
+    return None if apps is None else {uuid for pid, uuid in apps if pid in pids}
 
 
 class Watch:

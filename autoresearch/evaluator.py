@@ -72,9 +72,12 @@ def checked_width(program, vocab):
     values = output.args[0] if output is not None and output.args else ()
     value = getattr(values[0], "meta", {}).get("val") if isinstance(values, (tuple, list)) and values else None
     shape = getattr(value, "shape", None)
-    width = shape[-1] if shape is not None and len(shape) == 3 else None
-    if not isinstance(width, int):  # a symbolic width: the evaluation's shape check says what is wrong
+    if shape is None or len(shape) != 3:  # the evaluation's shape check says what is wrong
         return None
+    width = shape[-1]
+    if not isinstance(width, int):  # a vocabulary is a number; a width that grows with the batch is padding
+        raise Rejected(f"the model returns logits whose width depends on its input ({width}): it must be the "
+                       f"vocabulary's, {vocab}")
     if width > vocab + LOGITS_PADDING:
         raise Rejected(f"the model returns logits {width} wide for a vocabulary of {vocab}: at most "
                        f"{LOGITS_PADDING} columns more are allowed")

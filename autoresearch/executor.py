@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 import psutil
 
-from autoresearch import compilecache, contention, evaluator, hostfiles, limits, sandbox
+from autoresearch import compilecache, contention, evaluator, gitutil, hostfiles, limits, sandbox
 
 STARTUP_ALLOWANCE = 10.0      # seconds of start-up before the training clock starts regardless (+20 on GPU)
 EXPORT_ALLOWANCE = 30.0       # seconds from the start of the export to the hand-off (a hung export is stopped)
@@ -124,6 +124,7 @@ class _Channel(threading.Thread):
         # handoff_at: the run asked; copied_at: the harness holds its copy of the model. The run trains on
         # meanwhile if it likes (and may rewrite what is not copied yet): the hand-off ends at copied_at.
         self.training_at = self.exporting_at = self.handoff_at = self.copied_at = self.evaluated_at = None
+        self.stopped = False  # set when the harness stopped the run: a model it still hands over is not evaluated
         self.result = None
         self.events = []
 
@@ -171,6 +172,8 @@ class _Channel(threading.Thread):
             model, error = None, f"the model could not be taken over ({type(e).__name__}: {e})"
         finally:
             self.copied_at = time.time()
+        if self.stopped and not error:  # judged already (timeout, writes, cancelled): the evaluation is no use
+            error = "the run was stopped before its model was evaluated"
         try:
             return {"error": error} if error else self.evaluate(model, message)
         except Exception as e:
@@ -231,6 +234,7 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
                            members=group.members if group is not None else lambda: _process_tree(proc.pid))
         _supervise(proc, channel, outcome, clock, watched, writable, (work, os.path.dirname(os.path.abspath(log_path))),
                    tick, cancel)
+        channel.stopped = outcome.stopped is not None
         kill_group(proc, grace=KILL_GRACE if outcome.stopped not in (None, "writes") else 0)
         ours.shutdown(socket.SHUT_RDWR)
         # a cancelled run does not wait for an evaluation in progress (the evaluator is stopped below)
@@ -261,7 +265,13 @@ def _harness_folders(repo, log_path):
     show them): the checkout (its ledger, compile caches, results), the run log's, the temporary folder
     (other experiments' hand-offs and workspaces)."""
     folders = [os.path.dirname(os.path.abspath(log_path)), tempfile.gettempdir()]
-    return tuple(folders + ([os.path.abspath(repo)] if repo else []))
+    if repo:  # a worktree's, and its repository's main checkout, where the ledger and the caches are
+        folders.append(os.path.abspath(repo))
+        try:
+            folders.append(gitutil.main_root(repo))
+        except gitutil.GitError:
+            pass
+    return tuple(folders)
 
 
 def _sandboxed(sandboxed):
@@ -314,30 +324,48 @@ def _process_tree(pid):
         return []
 
 
-def _sample_gpus(outcome, watched):
-    """Count the GPUs the run's processes hold now into outcome.gpus_held (the most at once). On a machine
-    of several GPUs every one is bound into the sandbox, and CUDA_VISIBLE_DEVICES is the run's to change:
-    a run that trains on more than one has more compute than the rules give it."""
-    held = contention.gpus_held(watched.members())
-    if held is not None:
-        outcome.gpus_held = max(outcome.gpus_held or 0, len(held))
+class _GpuSampler(threading.Thread):
+    """On a machine of several GPUs every one is bound into the sandbox, and CUDA_VISIBLE_DEVICES is the
+    run's to change: a run that trains on more than one has more compute than the rules give it. This
+    counts the GPUs the run's processes hold into outcome.gpus_held (the most at once), after random
+    intervals (when it looks cannot be foreseen), off the supervising loop (nvidia-smi can take seconds)."""
+
+    def __init__(self, outcome, watched):
+        super().__init__(daemon=True)
+        self.outcome, self.watched, self.done = outcome, watched, threading.Event()
+
+    def run(self):
+        while not self.done.wait(GPU_SAMPLE_S * random.uniform(0.4, 1.2)):
+            held = contention.gpus_held(self.watched.members())
+            if held is not None:
+                self.outcome.gpus_held = max(self.outcome.gpus_held or 0, len(held))
 
 
 def _supervise(proc, channel, outcome, clock, watched, writable, disks, tick=None, cancel=None):
     """Watch the running experiment until it ends or must be stopped (outcome.stopped says why): what
     it writes to the host's disks (the `writable` paths, and what the disks of `disks` lose), how long
-    it trains, what other processes take meanwhile (outcome.cpu_share_others, gpu_others)."""
-    watch, measured_at, gpus_at = None, 0.0, time.time() + 1.0
+    it trains, what other processes take meanwhile (outcome.cpu_share_others, gpu_others), how many GPUs
+    it holds (outcome.gpus_held, where there are several)."""
     free = {path: _free_bytes(path) for path in disks}
-    several_gpus = sandbox.gpu_count() > 1
+    sampler = _GpuSampler(outcome, watched) if sandbox.gpu_count() > 1 else None
+    if sampler:
+        sampler.start()
+    try:
+        _watch_until_stopped(proc, channel, outcome, clock, watched, writable, free, tick, cancel)
+    finally:
+        if sampler:
+            sampler.done.set()
+            sampler.join(timeout=12)  # a look under way: nvidia-smi is given 10 s
+
+
+def _watch_until_stopped(proc, channel, outcome, clock, watched, writable, free, tick, cancel):
+    """_supervise's loop, five times a second (free: the disks' free bytes at the start)."""
+    watch, measured_at = None, 0.0
     while proc.poll() is None:
         time.sleep(0.2)
         now = time.time()
         if tick and int(now * 5) % 5 == 0:
             tick(clock.launched)
-        if several_gpus and now >= gpus_at:
-            gpus_at = now + GPU_SAMPLE_S * random.uniform(0.4, 1.2)  # when it is looked at cannot be foreseen
-            _sample_gpus(outcome, watched)
         if now - measured_at >= 1.0:
             measured_at = now
             # what the disks lost counts too: files it deleted but holds open, folders it made unreadable
@@ -366,14 +394,16 @@ def _read_timings(outcome, channel, clock):
         return
     outcome.handed_over = True
     outcome.training_s = channel.exporting_at - training_from
-    # to the end of the harness's copy: a run may go on training while it lasts (a large or sparse file)
-    outcome.export_s = channel.copied_at - channel.exporting_at
-    outcome.handoff_s = channel.copied_at - clock.launched
+    # to the end of the harness's copy: a run may go on training while it lasts (a large or sparse file);
+    # a copy still under way (a cancelled run) ends now
+    copied = channel.copied_at or time.time()
+    outcome.export_s = copied - channel.exporting_at
+    outcome.handoff_s = copied - clock.launched
     result = channel.result or {}
     outcome.val_bpb = result.get("val_bpb")
     outcome.eval_error = result.get("error")
     outcome.eval_ahead = result.get("ahead") is True
-    outcome.eval_s = (channel.evaluated_at or time.time()) - channel.copied_at
+    outcome.eval_s = (channel.evaluated_at or time.time()) - copied
 
 
 @functools.lru_cache(maxsize=None)

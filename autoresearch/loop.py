@@ -71,6 +71,15 @@ interrupted = ledger.was_interrupted  # a stop (Ctrl-C, SIGTERM, a killed loop) 
 
 
 STARVED_RERUN = "; re-run"                  # the end of the cause of a starved would-be keep to run again
+
+
+def would_be_keep(row):
+    """An undecided row that beat its bar: judged keep, or judged but never kept for training past its
+    budget while starved (runner.starved_past_budget) though its val_bpb beat the bar."""
+    if runner.starved_past_budget(row):
+        bar = None if row.get("best_before") is None else row["best_before"] - (row.get("threshold") or 0.0)
+        return row.get("val_bpb") is not None and (bar is None or row["val_bpb"] < bar)
+    return row["status"] == "keep"
 MEANWHILE_RERUN = "was kept meanwhile: re-run on it"  # the end of the cause of a swarm result to carry over
 NOT_RERUN = " (not re-run: its change does not merge onto the best)"
 
@@ -289,6 +298,8 @@ class Loop:
             return keeps[-1]["commit_sha"]
         return self.ledger.campaign(self.tag)["base_commit"]
 
+    BASELINE_FROM_CHECKOUT = True  # the baseline runs train.py as the checkout holds it (runner.run_experiment)
+
     def restore(self):
         """Recover rows a dead loop left running, then put the branch and tree on the campaign's best;
         whatever else is there is saved under refs/autoresearch/<tag>/leftover-<time> first. Before a
@@ -301,7 +312,7 @@ class Loop:
         for row in self.rows():  # a would-be keep whose confirmation run never finished
             if row["status"] == "discard" and row.get("cause") == AWAITING:
                 self.ledger.update_experiment(row["id"], cause=UNCONFIRMED_STOP)
-        if not self.ledger.experiments(tag=self.tag, status="keep"):
+        if self.BASELINE_FROM_CHECKOUT and not self.ledger.experiments(tag=self.tag, status="keep"):
             return  # no baseline kept yet: what is there is the person's (a fix of a baseline that failed)
         target = self.best_commit()
         head = gitutil.head(self.checkout)
@@ -349,7 +360,7 @@ class Loop:
         never decides. Returns the row that counts, undecided."""
         row = self.run(description, **kw)
         for _ in range(STARVED_RERUNS):
-            if row["status"] != "keep" or not row.get("starved") or self.budget_left():
+            if not (would_be_keep(row) and row.get("starved")) or self.budget_left():
                 return row
             train_py = gitutil.show_bytes(self.checkout, f"{row['commit_sha']}:train.py")
             starved = runner.settle(self.checkout, row["id"], keep=False, ledger=self.ledger,

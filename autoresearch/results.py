@@ -20,6 +20,7 @@ finished experiments only, and a `tag` column splits the rows into campaigns.
 """
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,7 +46,8 @@ def cells(row):
     status = row["status"] if row["status"] in ("keep", "discard") else "discard" if row["status"] == "screened" \
         else "crash"  # a screening run, never kept, is a discard to the reference's tools
     ok = status != "crash" and row.get("val_bpb") is not None
-    description = _clean(row.get("description"))
+    # a description (a proposer's words) may not end in a mark of ours: read() would take it for one
+    description = re.sub(r"\[(\w+)\]$", r"(\1)", _clean(row.get("description")))
     if row["status"] in ("timeout", "invalid", "screened", "running"):
         description += f" [{row['status']}]"
     if ok and (row.get("starved") or (row.get("cause") or "").startswith("starved")):  # ledger.was_starved

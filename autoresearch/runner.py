@@ -664,7 +664,7 @@ class _Experiment:
             threshold = max(campaign.get("min_delta") or 0.0, 2 * (campaign.get("noise_std") or 0.0))
         if is_baseline is None:
             is_baseline = best is None
-        repeat_of = None if is_baseline else self.same_train_py(commit, start)
+        repeat_of = None if is_baseline or not same_train_py(checkout, commit, start) else start
         if timeout is None:
             timeout = 2 * float(rules["time_budget"]) + TIMEOUT_MARGIN
         log_path = os.path.join(checkout, "run.log")
@@ -728,15 +728,6 @@ class _Experiment:
         if self.signals.pending:
             raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
         return row
-
-    def same_train_py(self, commit, start):
-        """start when commit's train.py is start's (a run of what is kept already), else None."""
-        try:
-            same = gitutil.show_bytes(self.checkout, f"{commit}:train.py") == \
-                gitutil.show_bytes(self.checkout, f"{start}:train.py")
-        except gitutil.GitError:  # train.py deleted: judged as such below
-            return None
-        return start if same else None
 
     def check_uncommitted(self):
         """RunError (an event in the ledger, nothing committed, moved or removed) when the checkout holds
@@ -820,8 +811,7 @@ class _Experiment:
             elif status == "discard" and is_baseline:  # judged, never a gain: the campaign's own train.py
                 status, cause = "keep", None             # sets the bar (its starved flag says how it ran)
             if status == "keep" and repeat_of:
-                status, cause = "discard", (f"a repeat of {gitutil.short(repeat_of)}'s train.py: never kept, it "
-                                            f"measures the noise")
+                status, cause = "discard", repeat_cause(repeat_of)
         if status == "invalid" or (decide and status != "keep"):
             revert(checkout, tag, commit, start)
         cols = result_columns(outcome, text, status, seed=self.ledger.experiment(exp_id)["seed"])
@@ -851,6 +841,27 @@ class _Experiment:
         if self.signals.pending:
             raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
         return row
+
+
+def same_train_py(checkout, commit, start):
+    """Whether commit's train.py is start's: a run of it is a repeat, never kept (a lucky draw is no change)."""
+    try:
+        return gitutil.show_bytes(checkout, f"{commit}:train.py") == gitutil.show_bytes(checkout, f"{start}:train.py")
+    except gitutil.GitError:  # train.py deleted: judged as such
+        return False
+
+
+def repeat_cause(start):
+    return f"a repeat of {gitutil.short(start)}'s train.py: never kept, it measures the noise"
+
+
+STARVED_PAST_BUDGET = "starved past its budget"  # how the cause of a run judged but never kept begins
+
+
+def starved_past_budget(row):
+    """Whether the run trained past its budget while starved: judged, never kept (a loop runs a would-be
+    keep again, as any starved one; a campaign's baseline sets the bar regardless)."""
+    return (row.get("cause") or "").startswith(STARVED_PAST_BUDGET)
 
 
 def judge_outcome(outcome, claimed, text, time_budget):
@@ -919,8 +930,8 @@ def judge_outcome(outcome, claimed, text, time_budget):
                                f"(start-up, untimed first steps, export{'; measured: ' + where if where else ''})")
     if past_budget:  # starved, one step can take any time: judged, but more training never wins a keep
         others = contention.describe(dict(cpu_share_others=outcome.cpu_share_others, gpu_others=outcome.gpu_others))
-        return "discard", (f"trained {said:g} s by its own count while starved ({others}): past the budget of "
-                           f"{time_budget:g} s, so it is not kept; re-run it on a quieter machine")
+        return "discard", (f"{STARVED_PAST_BUDGET}: trained {said:g} s by its own count, the budget is "
+                           f"{time_budget:g} s ({others}); not kept, re-run it on a quieter machine")
     return "keep", None
 
 

@@ -291,10 +291,10 @@ def base_args(hidden=()):
     # a folder before what lies in it: a mask above a Python lets its bind show, a bind above a mask is hidden
     layers = [(root, ["--ro-bind", root, root]) for root in roots] + [(place, ["--tmpfs", place]) for place in places]
     args += [arg for _, layer in sorted(layers, key=lambda layer: _depth(layer[0])) for arg in layer]
+    for hidden in hidden_text():  # before the masks above turn read-only: one may have to be made inside them
+        args += ["--tmpfs", hidden, "--remount-ro", hidden]
     for place in places:
         args += ["--remount-ro", place]
-    for hidden in hidden_text():
-        args += ["--tmpfs", hidden, "--remount-ro", hidden]
     return args + private_dev(gpu_nodes()) + proc_args()
 
 

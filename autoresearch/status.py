@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from autoresearch import gitutil
-from autoresearch.ledger import STATUSES
+from autoresearch.ledger import STATUSES, was_interrupted
 from autoresearch.report import FAILED, ReportError, is_failed, mark_baselines, open_ledger, short, summarize
 
 # train.py's progress line, e.g. "step 00042 (13.9%) | loss: 5.123456 | ... | remaining: 258s",
@@ -109,9 +109,10 @@ def result_line(row):
 
 
 def finished_of(rows):
-    """The finished rows, each marked is_baseline or not as the report marks them (an older ledger does
-    not say: its rows up to the first result are the baseline), so that every count leaves it out alike."""
-    return mark_baselines([r for r in rows if r["status"] != "running"])
+    """The finished rows (not those a stop cut short), each marked is_baseline or not as the report marks
+    them (an older ledger does not say: its rows up to the first result are the baseline), so that every
+    count leaves it out alike."""
+    return mark_baselines([r for r in rows if r["status"] != "running" and not was_interrupted(r)])
 
 
 def where_text(profile, device):
@@ -179,9 +180,10 @@ def campaign_snapshot(tag, rows, campaign, now):
     """One campaign for `status --json`: plain numbers and strings, null where unknown."""
     finished = finished_of(rows)
     s = summarize(tag, finished, campaign) if finished else {}
-    counts = dict.fromkeys(STATUSES, 0)
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    counts = dict.fromkeys(STATUSES + ("interrupted",), 0)
+    for r in rows:  # a run a stop cut short is no crash of its program
+        status = "interrupted" if was_interrupted(r) else r["status"]
+        counts[status] = counts.get(status, 0) + 1
     running = [dict(id=r["id"], worker=r.get("worker"), description=r.get("description"),
                     commit=gitutil.short(r.get("commit_sha")) or None, started_at=r.get("started_at"),
                     elapsed_s=round(now - r["started_at"], 1) if r.get("started_at") else None,

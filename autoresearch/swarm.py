@@ -164,6 +164,8 @@ class Swarm(Loop):
         self.retry_at = 0.0  # no proposal before this time (the proposer is backing off)
         self.backend = None
 
+    BASELINE_FROM_CHECKOUT = False  # its baseline is the base commit's train.py, committed apart (dispatch)
+
     # -- budgets: what is in flight counts too -------------------------------------------------
     def room(self):
         """Whether another experiment may be dispatched now."""
@@ -285,8 +287,12 @@ class Swarm(Loop):
                 cause = f"interrupted ({self.signals.pending or 'cancelled'})"
             if not os.environ.get(runner.EXECUTOR_ENV):  # how it really ran, wherever that was
                 cols["sandbox"] = "bwrap" if done.outcome.sandboxed else "none"
-        if status == "keep":
-            status, cause = self.decide(row, cols)
+        past_budget = runner.starved_past_budget({"cause": cause})
+        if status == "keep" or past_budget:  # the latter: starved, so decide may run it again
+            status, decided = self.decide(row, cols)
+            if past_budget and not row["is_baseline"] and (status == "keep" or decided is None):
+                status, decided = "discard", cause  # judged, never kept (a baseline sets the bar regardless)
+            cause = decided
         if status == "keep":
             gitutil.reset_hard(self.checkout, row["commit_sha"])  # the branch (checked out) moves to it
         row = runner.record_finish(self.ledger, self.checkout, job.exp_id, status, cause, cols)
@@ -335,6 +341,8 @@ class Swarm(Loop):
         start = row["best_before"]
         if start is None or not val < start - threshold:
             return "discard", None
+        if runner.same_train_py(self.checkout, row["commit_sha"], row["parent_commit"]):  # a carried-over change
+            return "discard", runner.repeat_cause(row["parent_commit"])                  # the best holds already
         if row["parent_commit"] == self.best_commit():
             if not starved:
                 return "keep", None
@@ -360,8 +368,9 @@ class Swarm(Loop):
             last = self.rows()[-1]
             crashes = crashes + 1 if last["status"] not in ("keep", "discard") else 0
             if crashes >= loop.BASELINE_CRASH_LIMIT:
-                raise LoopError(f"the baseline failed {crashes} times in a row ({last['status']}: {last.get('cause')}); "
-                                f"fix train.py (see its log: {last.get('log_path')}) and start the swarm again")
+                raise LoopError(f"the baseline failed {crashes} times in a row ({last['status']}: {last.get('cause')}; "
+                                f"its log: {last.get('log_path')}); the swarm runs the campaign's base commit: fix "
+                                f"train.py, commit it and start a new campaign (another --tag)")
         campaign = self.ledger.campaign(self.tag)
         repeats = campaign.get("baseline_repeats") or 1
         failed = 0

@@ -358,3 +358,18 @@ def test_an_eager_batch_holds_a_bounded_number_of_logits(smoke_cache, tmp_path, 
     evaluate_program(model, 4096, prepare, tok)
     assert batches[0] * prepare.MAX_SEQ_LEN * tok.get_vocab_size() <= evaluator.EAGER_LOGITS < 4096 * \
         prepare.MAX_SEQ_LEN * tok.get_vocab_size()
+
+
+class PaddedByBatch(SmokeLM):
+    """SmokeLM padded with a column per row of its batch: a width torch.export keeps symbolic."""
+
+    def forward(self, x):
+        logits = super().forward(x)
+        return torch.cat([logits, logits.new_full((*logits.shape[:2], x.size(0)), -1e4)], dim=-1)
+
+
+def test_logits_whose_width_grows_with_the_batch_are_refused(smoke_cache, tmp_path):
+    tok = prepare.Tokenizer.from_directory()
+    model = handed_over(PaddedByBatch(tok.get_vocab_size()), tmp_path, "model.pt2")
+    error = answer({"model": model, "batch_size": 4096}, prepare, tok)["error"]
+    assert error.startswith("the model returns logits whose width depends on its input ("), error

@@ -37,6 +37,7 @@ STANDIN_TRAIN = textwrap.dedent("""\
     MATRIX_LR = 0.04          # Muon
     DEPTH = 4                 # layers
     LUCKY = 0.0               # how much better seed 42 looks than the others
+    TRAINED = 1.0             # the training seconds its summary claims
     seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
     if os.environ.get("STANDIN_HANG_AT"):
         with open(os.environ["STANDIN_COUNTER"], "a") as f:
@@ -166,6 +167,20 @@ def test_a_starved_would_be_keep_is_run_again_before_it_counts(repo, tmp_path, m
     assert experiments[1]["cause"] == "starved: other processes took 60% of the CPUs during training; re-run"
     assert experiments[2]["retry_of"] == experiments[1]["id"] and experiments[2]["cost_usd"] is None
     assert git(repo, "show", "HEAD:train.py") == git(repo, "show", f"{experiments[1]['commit_sha']}:train.py")
+
+
+def test_a_would_be_keep_that_trained_past_its_budget_while_starved_is_run_again_and_never_kept(
+        repo, tmp_path, monkeypatch):
+    """A run that keeps the machine busy (kernel work for its own I/O counts as others') trains on past
+    its budget: judged, run again as any starved would-be keep, and never kept."""
+    monkeypatch.setenv("STANDIN_CPU_SHARE", "0,0.6")
+    monkeypatch.setenv("STANDIN_CPU_SHARE_RUNS", str(tmp_path / "runs"))
+    code, out = run_loop(repo, Scripted([("gain, trained 40 s", {"MATRIX_LR": 0.05, "TRAINED": 40.0})]),
+                         max_experiments=4)
+    experiments = assert_consistent(repo)
+    assert [(r["status"], r["starved"]) for r in experiments] == [("keep", 0)] + [("discard", 1)] * 3
+    assert [r["retry_of"] for r in experiments[2:]] == [experiments[1]["id"], experiments[2]["id"]]
+    assert experiments[-1]["cause"].startswith("starved past its budget: trained 40 s by its own count")
 
 
 def test_a_starved_discard_says_on_its_line_that_the_machine_was_busy(repo, tmp_path, monkeypatch):

@@ -105,3 +105,13 @@ def test_a_run_a_stop_cut_short_is_no_line_of_results_tsv(ledger, tmp_path):
         f"{HEADER}\n"
         "aaaaaaa\t1.500000\t3.0\tkeep\tbaseline\n"
         "bbbbbbb\t1.520000\t3.0\tdiscard\tbaseline (repeat 2/3, seed 43)\n")
+
+
+def test_a_description_cannot_end_in_a_mark_of_the_harness(ledger, tmp_path):
+    """A proposer's description ending in "[starved]" would be read back as a starved run, left out of
+    the means: the mark is the harness's to write."""
+    add(ledger, "night", "keep", 1.5, "baseline", "a")
+    add(ledger, "night", "keep", 1.4, "tiny gain [starved]", "b")
+    results.write(tmp_path, ledger, "night")
+    rows = results.read(tmp_path / "results.tsv")
+    assert rows[1]["description"] == "tiny gain (starved)" and not rows[1]["starved"]

@@ -124,7 +124,8 @@ def test_crash_cause_names_oom_fail_exception_or_exit_code():
         "FAIL: loss is nan at step 3; the run diverged"
     exc = 'x\nTraceback (most recent call last):\n  File "train.py", line 7, in <module>\n    boom()\nValueError: bad\n'
     assert runner.crash_cause(exc, 1) == 'exception: ValueError: bad (File "train.py", line 7, in <module>)'
-    syntax = '  File "/autoresearch/experiment/train.py", line 12\n    x = (\n        ^\nSyntaxError: \'(\' was never closed\n'
+    syntax = ('  File "/autoresearch/experiment/train.py", line 12\n    x = (\n        ^\n'
+              'SyntaxError: \'(\' was never closed\n')
     assert runner.crash_cause(syntax, 1) == \
         'exception: SyntaxError: \'(\' was never closed (File "/autoresearch/experiment/train.py", line 12)'
     assert runner.crash_cause("", 3) == "exit code 3 without a val_bpb line"
@@ -488,7 +489,7 @@ def test_a_profile_typo_is_one_line_saying_error_once(repo):
 
 def on_gpus(*gpus):
     """A train.py body whose children hold a context on each of `gpus` (the stand-in nvidia-smi lists a
-    process started with STANDIN_GPU=i on GPU i) for two seconds."""
+    process started with STANDIN_GPU=i on GPU i; "0,1": one process on both) for two seconds."""
     return ("import subprocess, time\n"
             f"children = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(2)'], "
             f"env={{**os.environ, 'STANDIN_GPU': str(gpu)}}) for gpu in {list(gpus)!r}]\n"
@@ -508,6 +509,8 @@ def test_a_run_whose_processes_hold_two_gpus_is_invalid(repo, two_gpus):
     that trains on a second GPU as well has twice the compute the rules give it."""
     run(repo, "baseline", fake_train(1.0, on_gpus(0)))
     row = run(repo, "data parallel on two GPUs", fake_train(0.5, on_gpus(0, 1)))
+    assert row["status"] == "invalid" and row["cause"] == "its processes held 2 GPUs at once: an experiment has one"
+    row = run(repo, "one process, the model split over two GPUs", fake_train(0.5, on_gpus("0,1")))
     assert row["status"] == "invalid" and row["cause"] == "its processes held 2 GPUs at once: an experiment has one"
 
 
@@ -649,7 +652,7 @@ def test_sigint_kills_training_records_crash_and_resets(repo, tmp_path):
     leader, child = map(int, pid_file.read_text().split())
     assert live_group_members(leader) == []
     assert git(repo, "rev-parse", "HEAD") == baseline["commit_sha"] and git(repo, "status", "--porcelain") == ""
-    assert results_tsv(repo)[-1][0] == row["commit_sha"][:7] and results_tsv(repo)[-1][3] == "crash"
+    assert results_tsv(repo)[1:] == [[baseline["commit_sha"][:7], "1.000000", "1.5", "keep", "baseline"]]  # no result
 
 
 def test_row_left_running_by_a_dead_runner_is_recorded_on_the_next_run(repo):
@@ -955,8 +958,9 @@ def test_a_starved_run_past_the_budget_is_judged_but_never_kept():
     The run is judged, but its extra training never wins a keep: a run can make the machine look busy
     (kernel work for its own I/O counts as others') to train past its budget."""
     status, cause = judged(16.5, measured=20.0, budget=6.0, others=0.53)
-    assert status == "discard" and cause.startswith("trained 16.5 s by its own count while starved (other "
-                                                    "processes took 53% of the CPUs during training)")
+    assert status == "discard" and cause == ("starved past its budget: trained 16.5 s by its own count, the budget "
+                                             "is 6 s (other processes took 53% of the CPUs during training); not "
+                                             "kept, re-run it on a quieter machine")
 
 
 def test_a_starved_baseline_past_the_budget_still_sets_the_bar(repo, monkeypatch):

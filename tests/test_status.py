@@ -160,6 +160,7 @@ def test_status_json_is_a_snapshot_of_every_campaign(tmp_path):
     log = tmp_path / "run.log"
     log.write_text("profile: smoke\nstep 00002 (42.5%) | loss: 6.100000 | dt: 5ms | mfu: 1.0% | remaining: 5s\n")
     write_ledger(repo, [exp("keep", 1.5, "baseline", t=0), exp("crash", None, "oops", t=1, cause="NaN loss"),
+                        exp("crash", None, "cut short", t=1, cause="interrupted (SIGINT)"),
                         exp("keep", 1.4, "better", t=2), exp("discard", 1.45, "worse", t=3),
                         dict(tag="night", status="running", description="now", worker="w1", started_at=time.time() - 30,
                              timeout_s=750, log_path=str(log)),
@@ -171,7 +172,8 @@ def test_status_json_is_a_snapshot_of_every_campaign(tmp_path):
     snapshot = json.loads(result.stdout)
     night, day = (next(c for c in snapshot["campaigns"] if c["tag"] == tag) for tag in ("night", "day"))
     assert night["best"] == 1.4 and night["noise_std"] is None and day["noise_std"] == 0.0007
-    assert night["counts"] == dict(running=1, keep=2, discard=1, crash=1, timeout=0, invalid=0, screened=0)
+    assert night["counts"] == dict(running=1, keep=2, discard=1, crash=1, timeout=0, invalid=0, screened=0,
+                                   interrupted=1)  # a run a stop cut short is no crash of its program
     [running] = night["running"]
     assert (running["description"], running["worker"], running["timeout_s"]) == ("now", "w1", 750)
     assert 29 <= running["elapsed_s"] < 120
