@@ -165,6 +165,17 @@ def test_a_starved_baseline_repeat_is_run_again_and_is_no_noise_sample(repo, tmp
         statistics.stdev([experiments[i]["val_bpb"] for i in (0, 2, 3)]))
 
 
+def test_a_would_be_keep_that_trained_past_its_budget_while_starved_is_run_again_and_never_kept(
+        repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_CPU_SHARE", "0,0.6")
+    monkeypatch.setenv("STANDIN_CPU_SHARE_RUNS", str(tmp_path / "runs"))
+    run_swarm(repo, [("gain, trained 40 s", {"MATRIX_LR": 0.05, "TRAINED": 40.0})], workers=1, max_experiments=4)
+    experiments = assert_consistent(repo)
+    assert [(r["status"], r["starved"]) for r in experiments] == [("keep", 0)] + [("discard", 1)] * 3
+    assert [r["retry_of"] for r in experiments[2:]] == [experiments[1]["id"], experiments[2]["id"]]
+    assert experiments[-1]["cause"].startswith("starved past its budget: trained 40 s by its own count")
+
+
 def test_every_experiment_starts_from_the_best_at_its_dispatch(repo):
     run_swarm(repo, [("gain", {"MATRIX_LR": 0.05}), ("after it", {"SLEEP": 0.1}), ("and more", {"DEPTH": 5})],
               workers=1, max_experiments=4)
