@@ -48,8 +48,9 @@ UNDER_LIMITS = """
 import os, resource, sys
 if int(sys.argv[1]):
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2)
-with open("/proc/self/oom_score_adj", "w") as f:
-    f.write("1000")
+if os.path.exists("/proc/self/oom_score_adj"):  # Linux: first to go when memory runs out (not macOS)
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
 for procs in sys.argv[2].split(":") if sys.argv[2] != "-" else ():
     with open(procs, "w") as f:
         f.write(str(os.getpid()))

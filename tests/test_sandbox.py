@@ -201,3 +201,13 @@ def test_the_data_cache_and_the_checkout_are_hidden_where_a_bind_would_show_them
     shown, cache_inside, checkout_inside, training = proc.stdout.strip().split(" ", 3)
     assert (shown, cache_inside, checkout_inside) == ("True", "[]", "[]")
     assert "train_tokens.npy" in training and "val_rows.npy" not in training  # what training needs, no more
+
+
+def test_the_limits_wrapper_runs_where_there_is_no_proc(tmp_path):
+    """macOS has no /proc (no OOM score to set, no control groups): every experiment starts under the
+    wrapper, which must still run it. Here /proc is an empty folder."""
+    from autoresearch import limits
+    argv = limits.command([sys.executable, "-c", "print('ran')"], group=None, file_size=1 << 20)
+    proc = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--tmpfs", "/proc", "--dev", "/dev", "--", *argv],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == "ran\n", proc.stderr
