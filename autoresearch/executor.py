@@ -198,14 +198,16 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
     folder, handoff, private = (os.path.join(work, name) for name in ("experiment", "handoff", "private"))
     for path in (handoff, private):
         os.makedirs(path)
-    proc, ours, theirs, trusted, group, eval_group = None, None, None, None, None, None
+    proc, ours, theirs, trusted, group = None, None, None, None, None
     try:
         sandbox.materialize(spec, repo, folder)
         os.chmod(folder, 0o555)
 
-        eval_group = _group(placement)
+        # one set of control groups for the run and its evaluator, which runs the run's program on the run's
+        # batch size: together within the run's share of the memory (a swarm's slot)
+        group = _group(placement)
         trusted = evaluator.Evaluator(folder, private, spec.profile, os.path.dirname(profile_dir),
-                                      outcome.sandboxed, placement, eval_compile_cache, group=eval_group)
+                                      outcome.sandboxed, placement, eval_compile_cache, group=group)
 
         def take(message):
             return take_over(message, handoff, private)
@@ -216,7 +218,6 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         ours, theirs = socket.socketpair()
         argv, env = sandbox.command(spec, folder, profile_dir, handoff, theirs.fileno(), outcome.sandboxed, placement,
                                     compile_cache, hidden=_harness_folders(repo, log_path))
-        group = _group(placement)
         argv = limits.command(argv, group, WRITE_LIMIT)
         launched = time.time()
         with open(log_path, "wb") as log:
@@ -251,12 +252,10 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         for s in (ours, theirs):
             if s is not None:
                 s.close()
-        if group is not None:  # whatever of the run outlived its process group
-            group.remove()
         if trusted is not None:
             trusted.close()
-        if eval_group is not None:
-            eval_group.remove()
+        if group is not None:  # whatever of the run (or its evaluator) outlived its process group
+            group.remove()
         hostfiles.remove(work)  # whatever the run made of its hand-off (unreadable, deep) goes too
 
 
