@@ -233,8 +233,9 @@ def execute(spec, repo, profile_dir, time_budget, log_path, timeout, started=Non
         watched = _Watched(gpu=(placement or {}).get("CUDA_VISIBLE_DEVICES"),
                            runs=limits.all_runs() if group is not None else None,
                            members=group.members if group is not None else lambda: _process_tree(proc.pid))
-        _supervise(proc, channel, outcome, clock, watched, writable, (work, os.path.dirname(os.path.abspath(log_path))),
-                   tick, cancel)
+        with _IN_FLIGHT:
+            _supervise(proc, channel, outcome, clock, watched, writable,
+                       (work, os.path.dirname(os.path.abspath(log_path))), tick, cancel)
         channel.stopped = outcome.stopped is not None
         kill_group(proc, grace=KILL_GRACE if outcome.stopped not in (None, "writes") else 0)
         ours.shutdown(socket.SHUT_RDWR)
@@ -369,7 +370,7 @@ def _watch_until_stopped(proc, channel, outcome, clock, watched, writable, free,
             measured_at = now
             # what the disks lost counts too: files it deleted but holds open, folders it made unreadable
             (size, files), lost = disk_use(writable, FILE_LIMIT), _lost(free)
-            if max(size, lost) > WRITE_LIMIT or files > FILE_LIMIT:
+            if over_write_limits(size, files, lost, _IN_FLIGHT.count):
                 outcome.stopped, outcome.written = "writes", (size, files, lost)
                 break
         watch = _watch_training(watch, channel, outcome, now, clock.launched + clock.startup_allowance, watched)
@@ -468,6 +469,32 @@ def take_over(message, handoff, private):
         except OSError as e:
             return None, f"model.pt2 could not be copied ({e.strerror or e})"
     return model, None
+
+
+def over_write_limits(size, files, lost, in_flight):
+    """Whether a run's writes are past the limits: the bytes and files in its folders, or what the disks
+    lost while it ran (files it deleted but holds open, folders it made unreadable). The disks are every
+    run's: with `in_flight` runs of this harness at once each may lose WRITE_LIMIT of them, so that one
+    run's legal writes never stop its siblings."""
+    return size > WRITE_LIMIT or files > FILE_LIMIT or lost > WRITE_LIMIT * max(1, in_flight)
+
+
+class _InFlight:
+    """How many experiments this process runs at once (a local swarm's workers are its threads)."""
+
+    def __init__(self):
+        self.count, self.lock = 0, threading.Lock()
+
+    def __enter__(self):
+        with self.lock:
+            self.count += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.count -= 1
+
+
+_IN_FLIGHT = _InFlight()
 
 
 def _lost(disks):

@@ -973,3 +973,13 @@ def test_a_starved_baseline_past_the_budget_still_sets_the_bar(repo, monkeypatch
     (repo / "train.py").write_text(fake_train(0.5))
     row = run(repo, "better, but starved and over budget")
     assert row["status"] == "discard" and row["cause"] == starved
+
+
+def test_what_the_disks_lose_counts_against_each_of_the_runs_in_flight_together():
+    """A swarm's runs share the disks: one run's legal 16 GiB must not stop its sibling, whose own folders
+    hold little; alone, a run whose disk lost that much (deleted files it holds open) is stopped."""
+    limit = executor.WRITE_LIMIT
+    assert executor.over_write_limits(size=1 << 20, files=10, lost=limit + (1 << 30), in_flight=1)
+    assert not executor.over_write_limits(size=1 << 20, files=10, lost=limit + (1 << 30), in_flight=2)
+    assert executor.over_write_limits(size=limit + 1, files=10, lost=0, in_flight=2)
+    assert executor.over_write_limits(size=0, files=executor.FILE_LIMIT + 1, lost=0, in_flight=2)
