@@ -77,7 +77,8 @@ def read_results_tsv(path):
 def load_ledger(tags, repo="."):
     """(rows, campaigns by tag, tags) for the given tags; the latest campaign when none."""
     ledger = open_ledger(repo, hint=", or pass --results results.tsv")
-    everything = [r for r in ledger.experiments() if r["status"] != "running"]
+    # finished experiments: not those in flight, nor runs a stop cut short (run again; the ledger keeps them)
+    everything = [r for r in ledger.experiments() if r["status"] != "running" and not was_interrupted(r)]
     known = ledger.tags()
     if not everything:
         raise ReportError(f"the ledger {ledger_path(repo)} has no finished experiments yet")
@@ -188,7 +189,7 @@ def summarize(tag, rows, campaign):
              failed=sum(is_failed(r) for r in rows), baseline=baseline, best=best, best_row=best_row,
              keep_rate=len(keeps) / len(after) if after else None,
              crash_causes=dict(causes.most_common()),
-             threshold=thresholds[-1] if thresholds else campaign.get("min_delta"),
+             threshold=keep_threshold(campaign, thresholds),
              noise_std=campaign.get("noise_std"),
              per_hour=len(rows) / hours if hours else None,
              profile=", ".join(sorted({r["profile"] for r in rows if r.get("profile")})) or None,
@@ -200,6 +201,15 @@ def summarize(tag, rows, campaign):
     else:
         s["improvement"] = s["improvement_pct"] = None
     return s
+
+
+def keep_threshold(campaign, recorded):
+    """The threshold a change must now beat the best by, as the loop sets it: max(min_delta, 2 x the
+    noise std) once the campaign knows them, else the last one an experiment recorded (a results file's
+    rows, a campaign run by hand)."""
+    if campaign.get("noise_std") is not None or campaign.get("min_delta") is not None:
+        return max(campaign.get("min_delta") or 0.0, 2 * (campaign.get("noise_std") or 0.0))
+    return recorded[-1] if recorded else None
 
 
 def fmt(value, spec=".6f", missing="n/a"):

@@ -142,7 +142,8 @@ def campaign_lines(tag, rows, campaign, now):
         where = where_text(s["profile"] or campaign.get("profile"), s["device"])
         lines.append(f"campaign {tag}{where}: {counts_text(s, finished)}, best {best}{rate}")
     else:
-        where = where_text(campaign.get("profile") or running[0].get("profile"), None)
+        profile = campaign.get("profile") or next((r.get("profile") for r in rows if r.get("profile")), None)
+        where = where_text(profile, None)  # nothing finished: its runs are in flight, or a stop cut them short
         lines.append(f"campaign {tag}{where}: no finished experiment yet")
     if running:
         lines.append("  running:")

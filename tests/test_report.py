@@ -642,3 +642,17 @@ def test_the_best_is_the_mean_of_the_kept_programs_runs_as_the_keep_rule_has_it(
     rows.append(dict(rows[2], status="discard", val_bpb=1.47, started_at=rows[2]["started_at"] + 30))
     s = report.summarize("night", rows, {})
     assert s["best"] == pytest.approx((1.45 + 1.47) / 2) and s["best_row"]["val_bpb"] == 1.45
+
+
+def test_the_threshold_is_the_one_the_next_change_must_beat_once_the_noise_is_measured():
+    """The baseline runs recorded threshold 0 (no noise yet); the loop then set max(min_delta, 2 x std)."""
+    rows = [dict(r, threshold=0.0) for r in campaign_rows()]
+    assert report.summarize("night", rows, {"noise_std": 0.006473})["threshold"] == pytest.approx(0.012946)
+    assert report.summarize("night", rows, {})["threshold"] == 0.0  # a campaign that says nothing: as recorded
+
+
+def test_the_report_leaves_out_runs_a_stop_cut_short_everywhere(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, campaign_rows() + [exp("crash", None, "cut short", t=7, cause="interrupted (SIGINT)")])
+    rows, summaries, _, _ = report.load(repo=repo)
+    assert "cut short" not in [r["description"] for r in rows] and summaries[0]["experiments"] == 7

@@ -262,3 +262,12 @@ def test_status_says_the_noise_is_pending_while_baseline_repeats_are_to_run(tmp_
     assert "noise pending: 2 of 3 baseline runs done" in status.status_text(ledger)
     ledger.save_campaign(tag="night", baseline_repeats=1)
     assert "noise not measured (loop --baseline-repeats K)" in status.status_text(ledger)
+
+
+def test_a_campaign_whose_only_run_a_stop_cut_short_says_nothing_finished(tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    write_ledger(repo, [exp("crash", None, "baseline", tag="cut", t=0, cause="interrupted (SIGINT)")],
+                 [dict(tag="cut", profile="smoke")])
+    result = run_status("--tag", "cut", cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert "campaign cut [smoke]: no finished experiment yet" in result.stdout
