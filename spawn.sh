@@ -46,16 +46,21 @@ launch() {
         [ -e "worktrees/gpu$gpu" ] && die "worktrees/gpu$gpu exists already (./spawn.sh stop <its tag>)"
         specs+=("$agent:$gpu")
     done
+    # the caller's settings and keys, which a tmux server started earlier would not hand its panes
+    local pass=() name
+    for name in $(compgen -e); do
+        [[ "$name" =~ ^(AUTORESEARCH_|ANTHROPIC_|OPENAI_|CLAUDE_|CODEX_) ]] && pass+=(-e "$name=${!name}")
+    done
     local first=1
     for spec in "${specs[@]}"; do
         agent="${spec%%:*}"; gpu="${spec##*:}"
         git worktree add -q -b "autoresearch/$tag-gpu$gpu" "worktrees/gpu$gpu" HEAD
         local cmd="cd '$ROOT/worktrees/gpu$gpu' && export CUDA_VISIBLE_DEVICES=$gpu AUTORESEARCH_WORKER=gpu$gpu PATH='$ROOT/.venv/bin':\$PATH && $(agent_command "$agent")"
         if [ $first = 1 ]; then
-            tmux new-session -d -s "$session" -n agents -x 240 -y 60 "bash -lc \"$(printf '%s' "$cmd" | sed 's/"/\\"/g')\"; exec bash"
+            tmux new-session ${pass[@]+"${pass[@]}"} -d -s "$session" -n agents -x 240 -y 60 "bash -lc \"$(printf '%s' "$cmd" | sed 's/"/\\"/g')\"; exec bash"
             first=0
         else
-            tmux split-window -t "$session:agents" "bash -lc \"$(printf '%s' "$cmd" | sed 's/"/\\"/g')\"; exec bash"
+            tmux split-window ${pass[@]+"${pass[@]}"} -t "$session:agents" "bash -lc \"$(printf '%s' "$cmd" | sed 's/"/\\"/g')\"; exec bash"
             tmux select-layout -t "$session:agents" tiled >/dev/null
         fi
         echo "gpu$gpu: $agent on autoresearch/$tag-gpu$gpu in worktrees/gpu$gpu"

@@ -16,6 +16,7 @@ FAKE_CLAUDE = """#!/usr/bin/env bash
 # behaves like an interactive coding agent: records how it was started, then waits at a prompt
 echo "args: $*" >> "$AGENT_LOG"
 echo "cwd: $PWD gpu: $CUDA_VISIBLE_DEVICES worker: $AUTORESEARCH_WORKER" >> "$AGENT_LOG"
+echo "cache: ${AUTORESEARCH_CACHE:-}" >> "$AGENT_LOG"
 while true; do
     printf '> '
     IFS= read -r line || exit 0
@@ -92,3 +93,15 @@ def test_bad_input_is_one_clear_line_and_creates_nothing(spawn_repo, args, messa
     r = spawn(spawn_repo, *args)
     assert r.returncode == 2 and message in r.stderr
     assert not (spawn_repo / "worktrees").exists()
+
+
+def test_agents_get_the_callers_settings_from_a_tmux_server_started_before_them(spawn_repo, tmp_path,
+                                                                              monkeypatch):
+    """A tmux server keeps the environment it started with: the panes it opens later would miss the data
+    cache (and the keys) the caller set since, and train against another cache."""
+    subprocess.run(["tmux", "new-session", "-d", "-s", "earlier"], check=True)
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "my-cache"))
+    assert spawn(spawn_repo, "launch", "t5", "claude:0").returncode == 0
+    log = tmp_path / "agents.log"
+    assert wait_for(lambda: log.exists() and "cache:" in log.read_text())
+    assert f"cache: {tmp_path / 'my-cache'}" in log.read_text()
