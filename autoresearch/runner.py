@@ -633,6 +633,8 @@ class _Experiment:
             self.check_uncommitted()
         campaign = ledger.campaign(tag) or {}
         base = campaign.get("base_commit") or gitutil.head(checkout)
+        if ledger_cols["proposer"] == "manual":
+            self.check_history(base)
         rules, fingerprint, cause = self.check_integrity(campaign, base)
         if time_budget is not None and rules:
             rules = dict(rules, time_budget=float(time_budget))
@@ -728,6 +730,35 @@ class _Experiment:
         if self.signals.pending:
             raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
         return row
+
+    def check_history(self, base):
+        """RunError (an event in the ledger, nothing changed) when the branch is not where the campaign
+        left it, as a person who also keeps and resets by hand may leave it: its last keep reset away
+        (the run would be judged against a best the branch no longer holds), or commits no experiment
+        recorded since the best (the run would take them in under its own description, and a discard
+        would reset them away)."""
+        keeps = self.ledger.experiments(tag=self.tag, status="keep")
+        history = gitutil.first_parent_history(self.checkout)
+        problem = None
+        if keeps and keeps[-1]["commit_sha"] not in history:
+            last = keeps[-1]["commit_sha"]
+            problem = (f"the campaign's last kept commit {gitutil.short(last)} is not on this branch (reset by "
+                       f"hand?): go back to it (`git reset --hard {gitutil.short(last)}`) or start another campaign")
+        else:
+            start = start_point(self.checkout, self.ledger, self.tag, base)
+            beyond = history[:history.index(start)] if start in history else []
+            if len(beyond) + bool(self.pending_change()) > 1:
+                problem = (f"{len(beyond)} commit(s) since the campaign's best {gitutil.short(start)} that no "
+                           f"experiment recorded ({', '.join(gitutil.short(sha) for sha in beyond[:3])}), and one "
+                           f"experiment is one change: run them one at a time, or squash them "
+                           f"(`git reset --soft {gitutil.short(start)}`)")
+        if problem:
+            self.ledger.event(self.tag, "refused", problem, self.worker)
+            raise RunError(problem)
+
+    def pending_change(self):
+        """Whether train.py has changes not committed yet (run commits them as the experiment)."""
+        return "train.py" in gitutil.dirty_paths(self.checkout)
 
     def check_uncommitted(self):
         """RunError (an event in the ledger, nothing committed, moved or removed) when the checkout holds

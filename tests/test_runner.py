@@ -983,3 +983,37 @@ def test_what_the_disks_lose_counts_against_each_of_the_runs_in_flight_together(
     assert not executor.over_write_limits(size=1 << 20, files=10, lost=limit + (1 << 30), in_flight=2)
     assert executor.over_write_limits(size=limit + 1, files=10, lost=0, in_flight=2)
     assert executor.over_write_limits(size=0, files=executor.FILE_LIMIT + 1, lost=0, in_flight=2)
+
+
+def test_a_commit_kept_by_hand_then_a_run_is_refused_instead_of_taken_in(repo):
+    """The manual flow mixed with `run`: a change committed and kept by hand, then another edited and run:
+    the run would carry both under one description, and a discard would reset the first away."""
+    baseline = run(repo, "baseline")
+    (repo / "train.py").write_text(fake_train(0.9))
+    git(repo, "commit", "-qam", "manual: kept by hand")
+    kept_by_hand = git(repo, "rev-parse", "HEAD")
+    (repo / "train.py").write_text(fake_train(0.8))
+    result = cli(repo, "run", "-m", "scalar lr 0.3")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: 1 commit(s) since the campaign's best {baseline['commit_sha'][:7]} "
+                                    f"that no experiment recorded ({kept_by_hand[:7]})")
+    assert git(repo, "rev-parse", "HEAD") == kept_by_hand and (repo / "train.py").read_text() == fake_train(0.8)
+    assert len(Ledger(repo=repo).experiments()) == 1
+
+
+def test_a_committed_change_then_run_is_the_experiment(repo):
+    """The reference's own order, `git commit` then the run: that one commit is the experiment."""
+    run(repo, "baseline")
+    (repo / "train.py").write_text(fake_train(0.9))
+    git(repo, "commit", "-qam", "lower it")
+    row = run(repo, "lower it")
+    assert row["status"] == "keep" and row["commit_sha"] == git(repo, "rev-parse", "HEAD")
+
+
+def test_a_run_after_the_last_keep_was_reset_away_by_hand_is_refused(repo):
+    baseline = run(repo, "baseline")
+    kept = run(repo, "lower it", fake_train(0.9))
+    git(repo, "reset", "-q", "--hard", baseline["commit_sha"])
+    (repo / "train.py").write_text(fake_train(0.8))
+    with pytest.raises(runner.RunError, match=f"last kept commit {kept['commit_sha'][:7]} is not on this branch"):
+        run(repo, "after a reset by hand")
