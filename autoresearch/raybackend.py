@@ -140,7 +140,12 @@ class RayBackend:
     def ready(self, timeout):
         if not self.running:
             return []
-        ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        try:
+            ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        except SystemError as e:  # Ctrl-C: the loop's Stop, raised in Ray's compiled wait, comes out wrapped
+            if isinstance(e.__context__, Exception) and not isinstance(e.__context__, SystemError):
+                raise e.__context__ from None
+            raise
         return ready
 
     def take(self, ready):

@@ -90,3 +90,19 @@ def test_a_killed_ray_swarm_resumes_its_campaign_with_nothing_lost_or_twice(repo
     cut = [r for r in experiments if r["cause"] and r["cause"].startswith("interrupted")]
     assert len(cut) == 2
     assert sorted(r["retry_of"] for r in experiments if r.get("retry_of")) == [r["id"] for r in cut]
+
+
+def test_ctrl_c_stops_a_ray_swarm_with_130_and_no_traceback(repo, tmp_path):
+    """The loop's stop, raised by the signal handler inside Ray's compiled wait, comes out of Ray wrapped
+    in a SystemError: the swarm must still stop as a Ctrl-C does."""
+    first = start(repo, *ARGS, env=hang_env(tmp_path, 2))
+    try:
+        wait_for(lambda: sum(r["status"] == "running" for r in rows(repo)) == 2 and len(run_pids(tmp_path)) == 3,
+                 proc=first)
+        first.send_signal(signal.SIGINT)
+        out, err = first.communicate(timeout=120)
+    finally:
+        kill_all(run_pids(tmp_path))
+        clean_up_group(first)
+    assert first.returncode == 130 and "Traceback" not in err, err
+    assert [(r["status"], r["cause"]) for r in rows(repo)[1:]] == [("crash", "interrupted (SIGINT)")] * 2
