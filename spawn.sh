@@ -18,7 +18,7 @@ NUDGE="Keep going. Do not stop — continue your research loop."
 WATCH_INTERVAL="${WATCH_INTERVAL:-120}"
 
 die() { echo "error: $*" >&2; exit 2; }
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 agent_command() {  # agent -> the command line that starts it, permissions granted, non-interactively trusted
     case "$1" in
@@ -35,10 +35,12 @@ launch() {
     [[ "$tag" =~ ^[A-Za-z0-9._-]+$ ]] || die "tag '$tag' may only hold letters, digits, '.', '_' and '-'"
     local session="autoresearch-$tag"
     tmux has-session -t "$session" 2>/dev/null && die "session $session is already running (./spawn.sh stop $tag first)"
-    local specs=() spec agent gpu
+    local specs=() spec agent gpu gpus=" "
     for spec in "$@"; do  # check everything before creating anything
         [[ "$spec" =~ ^([a-z]+):([0-9]+)$ ]] || die "'$spec' is not <agent>:<gpu>, e.g. claude:0"
         agent="${BASH_REMATCH[1]}"; gpu="${BASH_REMATCH[2]}"
+        [[ "$gpus" == *" $gpu "* ]] && die "GPU $gpu is named twice; one agent per GPU"
+        gpus+="$gpu "
         agent_command "$agent" >/dev/null || die "unknown agent '$agent'; use claude, sonnet, opus, haiku or codex"
         local cli=claude; [ "$agent" = codex ] && cli=codex
         command -v "$cli" >/dev/null 2>&1 || die "$cli is not on PATH; install it first"
@@ -55,6 +57,9 @@ launch() {
     for spec in "${specs[@]}"; do
         agent="${spec%%:*}"; gpu="${spec##*:}"
         git worktree add -q -b "autoresearch/$tag-gpu$gpu" "worktrees/gpu$gpu" HEAD
+        # program.md's setup makes a branch: this agent's is made and checked out in its worktree already
+        PROMPT="Read program.md and follow the instructions. Your branch, autoresearch/$tag-gpu$gpu, is made"
+        PROMPT+=" and checked out here: skip making one."
         local cmd="cd '$ROOT/worktrees/gpu$gpu' && export CUDA_VISIBLE_DEVICES=$gpu AUTORESEARCH_WORKER=gpu$gpu PATH='$ROOT/.venv/bin':\$PATH && $(agent_command "$agent")"
         if [ $first = 1 ]; then
             tmux new-session ${pass[@]+"${pass[@]}"} -d -s "$session" -n agents -x 240 -y 60 "bash -lc \"$(printf '%s' "$cmd" | sed 's/"/\\"/g')\"; exec bash"

@@ -61,7 +61,8 @@ def test_launch_gives_each_agent_its_own_worktree_branch_and_gpu(spawn_repo, tmp
     text = log.read_text()
     assert f"cwd: {spawn_repo}/worktrees/gpu0 gpu: 0 worker: gpu0" in text
     assert f"cwd: {spawn_repo}/worktrees/gpu1 gpu: 1 worker: gpu1" in text
-    assert "args: --dangerously-skip-permissions Read program.md and follow the instructions." in text
+    assert ("args: --dangerously-skip-permissions Read program.md and follow the instructions. Your branch, "
+            "autoresearch/t1-gpu0, is made and checked out here: skip making one.") in text
     assert "args: --dangerously-skip-permissions --model opus Read program.md" in text
     branches = subprocess.run(["git", "branch", "--list", "autoresearch/*"], cwd=spawn_repo,
                               capture_output=True, text=True).stdout
@@ -88,6 +89,7 @@ def test_stop_removes_the_worktrees_and_keeps_the_branches(spawn_repo):
     (["launch", "t4", "gpt:0"], "unknown agent 'gpt'"),
     (["launch", "t4", "claude"], "'claude' is not <agent>:<gpu>"),
     (["launch", "bad tag", "claude:0"], "may only hold"),
+    (["launch", "t4", "claude:5", "opus:5"], "GPU 5 is named twice"),
 ])
 def test_bad_input_is_one_clear_line_and_creates_nothing(spawn_repo, args, message):
     r = spawn(spawn_repo, *args)
@@ -105,3 +107,8 @@ def test_agents_get_the_callers_settings_from_a_tmux_server_started_before_them(
     log = tmp_path / "agents.log"
     assert wait_for(lambda: log.exists() and "cache:" in log.read_text())
     assert f"cache: {tmp_path / 'my-cache'}" in log.read_text()
+
+
+def test_help_is_the_scripts_own_description_and_exits_0(spawn_repo):
+    r = spawn(spawn_repo, "--help")
+    assert r.returncode == 0 and r.stdout.startswith("Launch several coding agents") and "set -e" not in r.stdout
