@@ -670,10 +670,10 @@ class Loop:
 
     def finish(self, why):
         rows = self.finished()  # as --max-experiments counts them: runs a stop cut short are not experiments
-        kept = sum(r["status"] == "keep" for r in rows)
+        kept = sum(r["status"] == "keep" and not r.get("is_baseline") for r in rows)  # as status counts them
         best = self.ledger.reference(self.tag)
-        self.note("done", f"done: {why}. Campaign {self.tag}: {len(rows)} experiments, {kept} kept, best val_bpb "
-                          f"{_fmt(best)} at {gitutil.short(self.best_commit())} on branch {self.branch}. "
+        self.note("done", f"done: {why}. Campaign {self.tag}: {len(rows)} experiments, baseline + {kept} kept, "
+                          f"best val_bpb {_fmt(best)} at {gitutil.short(self.best_commit())} on branch {self.branch}. "
                           f"Results: `autoresearch log --tag {self.tag}`, {os.path.join(self.checkout, 'results.tsv')}")
 
     def clean_up_after_stop(self):

@@ -827,7 +827,8 @@ def register(subparsers):
     source.add_argument("--results", metavar="PATH",
                         help="read a results.tsv (or `autoresearch log --format tsv` output) instead of the ledger")
     p.add_argument("--out", metavar="DIR",
-                   help="output folder (default: reports/<tag> under the checkout)")
+                   help="output folder (default: reports/<name> under the checkout: the tag, the tags joined "
+                        "by '+', or the results file's name without .tsv)")
     p.add_argument("--json", action="store_true",
                    help="print the summaries and rows as JSON instead of writing the report")
     p.set_defaults(func=cmd_report)

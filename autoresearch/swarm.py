@@ -392,6 +392,8 @@ class Swarm(Loop):
         return True
 
     def _main(self):
+        if self.ray_address and self.backend_name != "ray":  # before anything changes
+            raise SwarmError("--ray-address joins a Ray cluster: pass --backend ray with it")
         self.check_preconditions()
         if self.backend_name == "local":
             self.slots = placements(self.workers, self.devices)  # a bad --devices: before anything changes
@@ -404,7 +406,8 @@ class Swarm(Loop):
         try:
             self.backend = make_backend(self)
             self.signals.reclaim()  # (Ray's init takes SIGTERM for itself)
-            self.say(f"swarm: {self.backend.idle()} workers ({self.backend.name} backend)")
+            workers = self.backend.idle()
+            self.say(f"swarm: {workers} worker{'' if workers == 1 else 's'} ({self.backend.name} backend)")
             if self.run_baseline():
                 while True:
                     while self.backend.idle() and self.room():

@@ -181,6 +181,7 @@ def test_a_would_be_keep_that_trained_past_its_budget_while_starved_is_run_again
     assert [(r["status"], r["starved"]) for r in experiments] == [("keep", 0)] + [("discard", 1)] * 3
     assert [r["retry_of"] for r in experiments[2:]] == [experiments[1]["id"], experiments[2]["id"]]
     assert experiments[-1]["cause"].startswith("starved past its budget: trained 40 s by its own count")
+    assert "Campaign t: 4 experiments, baseline + 0 kept, best val_bpb" in out  # counted as status counts
 
 
 def test_a_starved_discard_says_on_its_line_that_the_machine_was_busy(repo, tmp_path, monkeypatch):

@@ -141,6 +141,12 @@ def test_devices_on_a_machine_without_gpus_is_a_one_line_error(repo):
         "error: --devices names GPUs, and this machine has none; use --workers alone on a CPU"]
 
 
+def test_a_ray_address_without_the_ray_backend_is_a_one_line_error(repo):
+    proc = cli(repo, "--tag", "t", "--ray-address", "auto")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --ray-address joins a Ray cluster: pass --backend ray with it"]
+
+
 def test_two_workers_run_two_experiments_at_once_each_on_its_share_of_the_cores(repo):
     code, out = run_swarm(repo, [("slow a", {"SLEEP": 3.0}), ("slow b", {"SLEEP": 3.0, "DEPTH": 5})],
                           max_experiments=3)
