@@ -737,11 +737,11 @@ class _Experiment:
         (the run would be judged against a best the branch no longer holds), or commits no experiment
         recorded since the best (the run would take them in under its own description, and a discard
         would reset them away)."""
-        keeps = self.ledger.experiments(tag=self.tag, status="keep")
+        keeps = [r["commit_sha"] for r in self.ledger.experiments(tag=self.tag, status="keep") if r["commit_sha"]]
         history = gitutil.first_parent_history(self.checkout)
         problem = None
-        if keeps and keeps[-1]["commit_sha"] not in history:
-            last = keeps[-1]["commit_sha"]
+        if keeps and keeps[-1] not in history:
+            last = keeps[-1]
             problem = (f"the campaign's last kept commit {gitutil.short(last)} is not on this branch (reset by "
                        f"hand?): go back to it (`git reset --hard {gitutil.short(last)}`) or start another campaign")
         else:
