@@ -514,6 +514,22 @@ def test_a_run_whose_processes_hold_two_gpus_is_invalid(repo, two_gpus):
     assert row["status"] == "invalid" and row["cause"] == "its processes held 2 GPUs at once: an experiment has one"
 
 
+def test_a_run_that_takes_a_second_gpu_in_short_bursts_is_caught(repo, two_gpus):
+    """An attack on the sampling: the second GPU held for half a second at a time, let go in between,
+    while the first is held throughout; the looks come at random, so the bursts are seen."""
+    bursts = ("import subprocess, time\n"
+              "main = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(4)'], "
+              "env={**os.environ, 'STANDIN_GPU': '0'})\n"
+              "for _ in range(4):\n"
+              "    subprocess.run([sys.executable, '-c', 'import time; time.sleep(0.5)'], "
+              "env={**os.environ, 'STANDIN_GPU': '1'})\n"
+              "    time.sleep(0.4)\n"
+              "main.wait()\n")
+    run(repo, "baseline", fake_train(1.0, on_gpus(0)))
+    row = run(repo, "a second GPU in bursts", fake_train(0.5, bursts))
+    assert row["status"] == "invalid" and row["cause"] == "its processes held 2 GPUs at once: an experiment has one"
+
+
 def test_a_run_on_one_gpu_of_several_is_judged_as_usual(repo, two_gpus):
     run(repo, "baseline", fake_train(1.0, on_gpus(0)))
     assert run(repo, "on its own GPU", fake_train(0.5, on_gpus(1)))["status"] == "keep"
