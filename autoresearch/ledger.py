@@ -87,6 +87,12 @@ def kept_means(rows):
     return means
 
 
+def threshold_of(campaign):
+    """How far below the reference a change must come to be kept: max(min_delta, 2 x the baseline's noise
+    std), each 0 until the campaign has it."""
+    return max(campaign.get("min_delta") or 0.0, 2 * (campaign.get("noise_std") or 0.0))
+
+
 def was_interrupted(row):
     """Whether a stop (Ctrl-C, SIGTERM, a killed harness) cut the run short: it is no experiment."""
     return row.get("status") == "crash" and (row.get("cause") or "").startswith("interrupted")

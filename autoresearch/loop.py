@@ -73,11 +73,19 @@ interrupted = ledger.was_interrupted  # a stop (Ctrl-C, SIGTERM, a killed loop) 
 STARVED_RERUN = "; re-run"                  # the end of the cause of a starved would-be keep to run again
 
 
+def bar_of(row):
+    """The val_bpb the row had to beat to be kept (the campaign's reference when it started, less the
+    threshold), or None (a baseline run, or no reference yet)."""
+    if row.get("is_baseline") or row.get("best_before") is None:
+        return None
+    return row["best_before"] - (row.get("threshold") or 0.0)
+
+
 def would_be_keep(row):
     """An undecided row that beat its bar: judged keep, or judged but never kept for training past its
     budget while starved (runner.starved_past_budget) though its val_bpb beat the bar."""
     if runner.starved_past_budget(row):
-        bar = None if row.get("best_before") is None else row["best_before"] - (row.get("threshold") or 0.0)
+        bar = bar_of(row)
         return row.get("val_bpb") is not None and (bar is None or row["val_bpb"] < bar)
     return row["status"] == "keep"
 MEANWHILE_RERUN = "was kept meanwhile: re-run on it"  # the end of the cause of a swarm result to carry over
@@ -209,8 +217,7 @@ class Loop:
         """One line per finished experiment: its ledger number (as in `log`, `status` and the report),
         status, val_bpb, the val_bpb it had to beat to be kept (the campaign's reference less the
         threshold: the mean of the kept runs and their repeats, not the best single run), description."""
-        bar = None if row.get("is_baseline") or row.get("best_before") is None \
-            else row["best_before"] - (row.get("threshold") or 0.0)
+        bar = bar_of(row)
         cause = f"  [{row['cause']}]" if row.get("cause") and row["status"] != "keep" else ""
         if not cause and row.get("starved"):  # its number says more about the machine than the change
             cause = f"  [starved: {contention.describe(row)}]"
@@ -340,7 +347,7 @@ class Loop:
     # -- experiments ------------------------------------------------------------------------------
     def threshold(self):
         campaign = self.ledger.campaign(self.tag) or {}
-        return max(campaign.get("min_delta") or 0.0, 2 * (campaign.get("noise_std") or 0.0))
+        return ledger.threshold_of(campaign)
 
     def next_seed(self):
         """A seed no run of the campaign has had, but one a stop cut short (its run is run again)."""

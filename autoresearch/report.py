@@ -31,7 +31,8 @@ from collections import Counter
 from pathlib import Path
 
 from autoresearch import gitutil, results
-from autoresearch.ledger import Ledger, kept_means, ledger_path, reference_of, was_interrupted, was_starved
+from autoresearch.ledger import (Ledger, kept_means, ledger_path, reference_of, threshold_of, was_interrupted,
+                                was_starved)
 
 FAILED = ("crash", "timeout", "invalid")  # statuses that produced no usable val_bpb
 LOG_SLACK = 5.0  # seconds a run's log may be newer than its row's end (file-system clocks)
@@ -208,7 +209,7 @@ def keep_threshold(campaign, recorded):
     noise std) once the campaign knows them, else the last one an experiment recorded (a results file's
     rows, a campaign run by hand)."""
     if campaign.get("noise_std") is not None or campaign.get("min_delta") is not None:
-        return max(campaign.get("min_delta") or 0.0, 2 * (campaign.get("noise_std") or 0.0))
+        return threshold_of(campaign)
     return recorded[-1] if recorded else None
 
 

@@ -53,7 +53,7 @@ import time
 
 from autoresearch import cli, compilecache, contention, executor, gitutil, results, sandbox
 from autoresearch.executor import EXPORT_ALLOWANCE, KILL_GRACE, execute
-from autoresearch.ledger import Ledger
+from autoresearch.ledger import Ledger, threshold_of
 
 BRANCH_PREFIX = "autoresearch/"
 TIMEOUT_MARGIN = 120.0   # seconds over twice the budget before a run is killed
@@ -629,12 +629,12 @@ class _Experiment:
         checkout, ledger, tag = self.checkout, self.ledger, self.tag
         # 1. checks (Ctrl-C simply stops here; nothing changes but fixed files an index flag hid)
         self.signals.arm()
-        if ledger_cols["proposer"] == "manual":
-            self.check_uncommitted()
         campaign = ledger.campaign(tag) or {}
         base = campaign.get("base_commit") or gitutil.head(checkout)
-        if ledger_cols["proposer"] == "manual":
-            self.check_history(base)
+        if ledger_cols["proposer"] == "manual":  # a person's or an agent's checkout: left as it is if refused
+            dirty = gitutil.dirty_paths(checkout)
+            self.check_uncommitted(dirty)
+            self.check_history(base, pending="train.py" in dirty)
         rules, fingerprint, cause = self.check_integrity(campaign, base)
         if time_budget is not None and rules:
             rules = dict(rules, time_budget=float(time_budget))
@@ -663,7 +663,7 @@ class _Experiment:
 
         best = ledger.reference(tag)
         if threshold is None:
-            threshold = max(campaign.get("min_delta") or 0.0, 2 * (campaign.get("noise_std") or 0.0))
+            threshold = threshold_of(campaign)
         if is_baseline is None:
             is_baseline = best is None
         repeat_of = None if is_baseline or not same_train_py(checkout, commit, start) else start
@@ -731,12 +731,12 @@ class _Experiment:
             raise Interrupted(f"interrupted by {self.signals.pending}", row=row)
         return row
 
-    def check_history(self, base):
+    def check_history(self, base, pending):
         """RunError (an event in the ledger, nothing changed) when the branch is not where the campaign
         left it, as a person who also keeps and resets by hand may leave it: its last keep reset away
         (the run would be judged against a best the branch no longer holds), or commits no experiment
         recorded since the best (the run would take them in under its own description, and a discard
-        would reset them away)."""
+        would reset them away). pending: whether train.py has changes the run is to commit."""
         keeps = [r["commit_sha"] for r in self.ledger.experiments(tag=self.tag, status="keep") if r["commit_sha"]]
         history = gitutil.first_parent_history(self.checkout)
         problem = None
@@ -747,7 +747,7 @@ class _Experiment:
         else:
             start = start_point(self.checkout, self.ledger, self.tag, base)
             beyond = history[:history.index(start)] if start in history else []
-            if len(beyond) + bool(self.pending_change()) > 1:
+            if len(beyond) + pending > 1:
                 problem = (f"{len(beyond)} commit(s) since the campaign's best {gitutil.short(start)} that no "
                            f"experiment recorded ({', '.join(gitutil.short(sha) for sha in beyond[:3])}), and one "
                            f"experiment is one change: run them one at a time, or squash them "
@@ -756,19 +756,15 @@ class _Experiment:
             self.ledger.event(self.tag, "refused", problem, self.worker)
             raise RunError(problem)
 
-    def pending_change(self):
-        """Whether train.py has changes not committed yet (run commits them as the experiment)."""
-        return "train.py" in gitutil.dirty_paths(self.checkout)
-
-    def check_uncommitted(self):
+    def check_uncommitted(self, dirty):
         """RunError (an event in the ledger, nothing committed, moved or removed) when the checkout holds
         uncommitted changes other than train.py: `autoresearch run` commits everything it runs, and an
         experiment may change train.py only. (A loop's proposers are checked by the loop; what is
-        committed already is judged by check_integrity, and recorded invalid.)"""
-        untracked = set(gitutil.untracked_paths(self.checkout))
-        others = sorted(set(gitutil.dirty_paths(self.checkout)) - {"train.py"})
+        committed already is judged by check_integrity, and recorded invalid.) dirty: gitutil.dirty_paths."""
+        others = sorted(set(dirty) - {"train.py"})
         if not others:
             return
+        untracked = set(gitutil.untracked_paths(self.checkout))
         listed = ", ".join(p + (" (untracked)" if p in untracked else " (modified)") for p in others[:5])
         listed += f" and {len(others) - 5} more" if len(others) > 5 else ""
         self.ledger.event(self.tag, "refused", f"uncommitted changes other than train.py: {listed}", self.worker)
